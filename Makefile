@@ -1,0 +1,47 @@
+# heteronn — every target runs inside .venv, created by `make install`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_ROOT ?= ./data
+ROUNDS ?= 20
+export DATA_ROOT
+
+PROTOS := $(wildcard proto/heteronn/v1/*.proto)
+GEN := $(PROTOS:.proto=_pb2.py)
+
+.PHONY: install proto test test-all demo demo-secure bench lint image compose-demo chart-lint certs clean
+
+install: $(VENV)/.installed proto
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+proto: $(VENV)/.installed $(GEN)
+
+proto/heteronn/v1/%_pb2.py: proto/heteronn/v1/%.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
+		--grpc_python_out=proto $(PROTOS)
+
+test: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) -m examples.mnist_halves.demo --mode plain --rounds $(ROUNDS) --data-root $(DATA_ROOT)
+
+demo-secure: install
+	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT)
+
+bench: install
+	$(PY) -m bench.run_all
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf out .heteronn proto/heteronn/v1/*_pb2*.py proto/heteronn/v1/*_pb2.pyi
