@@ -1,0 +1,89 @@
+"""The PartyNode gRPC servicer: checks who is talking and what they sent, then hands the
+decoded message to the runtime's inbox. It knows nothing about models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.transport.node_state import NodeState
+from party_node.transport.serde import message_from_payload
+from wire.chunking import payload_from_chunks
+from wire.tensor_codec import TensorDecodeError
+
+log = logging.getLogger("heteronn")
+
+#: How long an early message waits for this node to finish joining.
+_READY_WAIT_S = 10.0
+
+
+class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServicer):
+    def __init__(self, state: NodeState):
+        self.state = state
+
+    def _accept(
+        self,
+        chunks: Iterator[common_pb2.PayloadChunk],
+        context: grpc.ServicerContext,
+        sender_role: str,
+        rpc: str,
+    ) -> common_pb2.Ack:
+        st = self.state
+        try:
+            payload = payload_from_chunks(chunks)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: {exc}")
+        h = payload.header
+        if h.task_id != st.task_id:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node '{st.node_id}' runs task '{st.task_id}', not '{h.task_id}'",
+            )
+        if not st.wait_ready(_READY_WAIT_S):
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"node '{st.node_id}' has not joined yet")
+        peer = st.participants.get(h.sender)
+        if peer is None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"'{h.sender}' is not a participant of task '{st.task_id}'",
+            )
+        if peer.role != sender_role:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{rpc} is for messages from a {sender_role}; '{h.sender}' is the {peer.role}",
+            )
+        try:
+            message = message_from_payload(payload)
+        except TensorDecodeError as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{peer.role} '{h.sender}' sent a bad tensor in {h.kind} (round {h.round} "
+                f"batch {h.batch}): {exc}",
+            )
+        st.inbox.put(h.sender, message)
+        return common_pb2.Ack()
+
+    def FeatureExchange(self, request_iterator, context):
+        return self._accept(request_iterator, context, "collaborator", "FeatureExchange")
+
+    def GradientReturn(self, request_iterator, context):
+        return self._accept(request_iterator, context, "host", "GradientReturn")
+
+    def Psi(self, request_iterator, context):
+        if not self.state.wait_ready(_READY_WAIT_S) or self.state.psi_session is None:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"node '{self.state.node_id}' is not ready for PSI"
+            )
+        yield from self.state.psi_session.handle(request_iterator, context)
+
+    def GetStatus(self, request, context):
+        st = self.state
+        return party_node_pb2.NodeStatus(
+            node_id=st.node_id, task_id=st.task_id, phase=st.phase, round=st.round
+        )
+
+
+SERVICE_NAME = party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name
