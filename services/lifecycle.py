@@ -148,7 +148,7 @@ class Lifecycle:
                 self._all_joined(task)
             else:
                 task.deadline = self._waiting_deadline(task)
-                self._commit(task)
+                self._commit(task, publish=False)
             return task.clone()
 
     def report(self, rep: Report) -> None:
