@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from party_node.mock import current_mock
 from party_node.runtime.errors import ConfigError, TaskFailed
 from party_node.runtime.links import AbortSignal
@@ -20,7 +21,7 @@ from party_node.transport.coordinator_client import CoordinatorLink
 from party_node.transport.node_state import NodeState
 from party_node.transport.peers import GrpcPeers
 from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
-from wire.grpc_factory import start_server
+from wire.grpc_factory import open_channel, start_server
 
 log = logging.getLogger("heteronn")
 
@@ -105,23 +106,25 @@ def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, rec
 def _start_embedded_coordinator(
     scheduler: Any, nodes: tuple[str, ...], task_id: str, rendezvous: Path, recover: bool
 ) -> Any:
-    from services.server import CoordinatorSettings, create_task, start_coordinator
+    from services.server import CoordinatorSettings, start_coordinator
 
     (rendezvous / "coordinator.json").unlink(missing_ok=True)
     db = rendezvous / "coordinator.db"
     if not recover:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=db))
-    create_task(
-        coordinator.address,
+    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=str(db)))
+    spec = coordinator_pb2.TaskSpec(
         task_id=task_id,
         participants=list(nodes),
-        schedule_timeout=scheduler.schedule_timeout,
-        calculation_timeout=scheduler.calculation_timeout,
+        schedule_timeout_s=scheduler.schedule_timeout,
+        calculation_timeout_s=scheduler.calculation_timeout,
         recover=recover,
         mode="secure" if getattr(scheduler, "_secure", False) else "plain",
     )
+    with open_channel(coordinator.address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=10)
     return coordinator
 
 

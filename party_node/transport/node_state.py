@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from party_node.runtime.links import AbortSignal, Participant
 from party_node.transport.inbox import Inbox
@@ -20,7 +21,8 @@ class NodeState:
     phase: str = "STARTING"
     round: int = 0
     _ready: threading.Event = field(default_factory=threading.Event)
-    psi_session: object | None = None
+    psi_session: Any = None
+    psi_ready: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.inbox = Inbox(self.abort)

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 
 import grpc
 
-from heteronn.v1 import party_node_pb2_grpc
+from heteronn.v1 import common_pb2, party_node_pb2_grpc
+from party_node.psi import PsiError
+from party_node.psi_pool import PsiPool
 from party_node.runtime.errors import TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
+from party_node.transport.psi_rpc import CollaboratorPsiSession, run_host_psi
 from party_node.transport.serde import message_to_payload
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import open_channel
@@ -70,19 +73,35 @@ class GrpcPeers:
     def receive(self, peer: str, timeout: float) -> Message:
         return self.state.inbox.get(peer, timeout, self.describe(peer))
 
-    def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]:
-        from party_node.transport.psi_rpc import run_host_psi
+    def _psi_header(self) -> common_pb2.Header:
+        return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")
 
-        collaborators = [p for p in self.participants.values() if p.role == "collaborator"]
+    def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]:
+        stubs = {
+            p: self.stubs[p] for p, info in self.participants.items() if info.role == "collaborator"
+        }
         try:
-            return run_host_psi(self, collaborators, ids, round_timeout)
-        except grpc.RpcError as exc:
-            raise TaskFailed(self._rpc_failure("?", "PSI", exc)) from None
+            with PsiPool() as pool:
+                return run_host_psi(
+                    stubs, ids, self._psi_header, pool, round_timeout, cancel=self.state.abort
+                )
+        except (PsiError, TimeoutError) as exc:
+            raise TaskFailed(self.state.abort.reason or str(exc)) from None
 
     def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
-        from party_node.transport.psi_rpc import run_collaborator_psi
-
-        return run_collaborator_psi(self.state, ids, timeout)
+        host = next(p for p in self.participants.values() if p.role == "host")
+        with PsiPool() as pool:
+            session = CollaboratorPsiSession(
+                ids, pool, self._psi_header, peer=f"host '{host.node_id}'"
+            )
+            self.state.psi_session = session
+            self.state.psi_ready.set()
+            try:
+                return session.wait_result(timeout, cancel=self.state.abort)
+            except (PsiError, TimeoutError) as exc:
+                raise TaskFailed(self.state.abort.reason or str(exc)) from None
+            finally:
+                session.close()
 
     def close(self) -> None:
         for channel in self._channels.values():

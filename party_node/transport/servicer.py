@@ -4,11 +4,14 @@ decoded message to the runtime's inbox. It knows nothing about models."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.runtime.links import AbortSignal
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_from_payload
 from wire.chunking import payload_from_chunks
@@ -18,6 +21,16 @@ log = logging.getLogger("heteronn")
 
 #: How long an early message waits for this node to finish joining.
 _READY_WAIT_S = 10.0
+#: How long the host's PSI call may wait for this node's load_local_ids().
+_PSI_WAIT_S = 600.0
+
+
+def _wait(event: threading.Event, abort: AbortSignal, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not event.wait(0.2):
+        if abort.is_set() or time.monotonic() > deadline:
+            return False
+    return True
 
 
 class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServicer):
