@@ -86,11 +86,11 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServicer):
         return self._accept(request_iterator, context, "host", "GradientReturn")
 
     def Psi(self, request_iterator, context):
-        if not self.state.wait_ready(_READY_WAIT_S) or self.state.psi_session is None:
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"node '{self.state.node_id}' is not ready for PSI"
-            )
-        yield from self.state.psi_session.handle(request_iterator, context)
+        st = self.state
+        # The host may call before this node has loaded its ids; wait for that (bounded).
+        if not (st.wait_ready(_READY_WAIT_S) and _wait(st.psi_ready, st.abort, _PSI_WAIT_S)):
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"node '{st.node_id}' is not ready for PSI")
+        yield from st.psi_session.handle(request_iterator, context)
 
     def GetStatus(self, request, context):
         st = self.state
