@@ -4,6 +4,10 @@ watch, heartbeat and report; the coordinator runs with its SQLite store and tick
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -72,6 +76,7 @@ def _run(nodes: list[FakeNode], finish_round: int, test_rounds: set[int]) -> Non
         t.start()
     for t in threads:
         t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads), "a watch stream did not end"
 
 
 def _names(cmds: list[P.PhaseCommand]) -> list[tuple[str, int]]:
@@ -262,3 +267,31 @@ def test_recover_after_failure_resumes_at_min_checkpoint(coord, make_nodes) -> N
     for node in nodes:
         node.report(P.PHASE_SPLIT, train_size=5, test_size=1, split_digest="d")
     assert nodes[0].wait_phase(P.PHASE_TRAIN).round == 4
+
+
+def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
+    """`heteronn coordinator` as a real process: answers RPCs, keeps its db, exits 0."""
+    db = tmp_path / "cli.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.server", "--listen", "127.0.0.1:0", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("heteronn coordinator listening on 127.0.0.1:"), line
+        node = FakeNode(line.split()[-1], "t", "h", host=True)
+        try:
+            node.stub.CreateTask(spec("t", ["h", "c"]), timeout=5)
+            node.join()
+        finally:
+            node.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    again = _start(db)
+    try:
+        assert again.lifecycle.get_task("t").participants["h"].joined
+    finally:
+        again.stop(0)
