@@ -157,14 +157,14 @@ class Lifecycle:
             node = self._participant(task, rep.node_id)
             if task.phase.terminal:
                 raise WrongPhase(self._ended(task, f"the report of node '{rep.node_id}' is late"))
+            if rep.error:  # even before it joined: a node that cannot start ends the task now
+                self._fail(task, "node_error", verdicts.name_node(rep))
+                return
             if not node.joined:
                 raise WrongPhase(
                     f"node '{rep.node_id}' reported for task '{task.task_id}' without joining it "
                     "(in this attempt); join first"
                 )
-            if rep.error:
-                self._fail(task, "node_error", verdicts.name_node(rep))
-                return
             if (rep.phase, rep.round) == (task.phase, task.round) and rep.phase in PHASE_ORDER:
                 task.reports[rep.node_id] = rep
                 self._advance(task)

@@ -283,6 +283,17 @@ def test_error_report_fails_with_prefixed_reason(store: TaskStore) -> None:
     assert rig.commands[-1].reason == rig.task.reason
 
 
+def test_error_before_joining_fails_the_task_at_once(store: TaskStore) -> None:
+    rig = Rig(store)
+    rig.create()
+    rig.join("h")
+    with pytest.raises(WrongPhase, match="join first"):
+        rig.report("c1", Phase.PSI)
+    rig.report("c1", Phase.WAITING_FOR_NODES, error="collaborator 'c1': feature model failed")
+    assert rig.task.phase == Phase.FAILED
+    assert rig.commands[-1].reason == "collaborator 'c1': feature model failed"
+
+
 def test_error_report_that_names_the_node_is_kept_as_is(store: TaskStore) -> None:
     rig = Rig(store)
     rig.create()
