@@ -71,7 +71,7 @@ class RunningCoordinator:
         self.lifecycle = Lifecycle(
             self.store, self.hub.publish, observer=CoordinatorMetrics(self.registry)
         )
-        servicer = CoordinatorServicer(self.lifecycle, self.hub)
+        self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub)
 
         def register(server: grpc.Server) -> list[str]:
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +190,23 @@ def test_error_report_reaches_every_watcher(coord: RunningCoordinator, make_node
     (late,) = make_nodes("t", ["c2"])
     late.watch()  # a watcher connecting after the end gets the verdict replayed
     assert _final(late).reason == reason
+    failures = coord.registry.get_sample_value(
+        "heteronn_task_failures_total", {"reason": "node_error"})
+    assert failures == 1.0
+
+
+def test_watch_stream_is_released_when_the_client_goes(coord, make_nodes) -> None:
+    (node,) = make_nodes("t", ["h"])
+    node.stub.CreateTask(spec("t", ["h", "c"], sched=30), timeout=5)
+    node.join()
+    node.watch()
+    assert node.wait_phase(P.PHASE_WAITING_FOR_NODES)
+    assert coord.servicer.active_watchers == 1
+    node.close()  # cancels the stream: the server thread must return, not wait forever
+    deadline = time.monotonic() + 5
+    while coord.servicer.active_watchers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert coord.servicer.active_watchers == 0
 
 
 def test_cancel_by_cli(coord: RunningCoordinator, make_nodes, capsys) -> None:
