@@ -46,6 +46,7 @@ class Lifecycle:
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
         address: str = "",
+        min_liveness_s: float = 0.0,
     ):
         self._store = store
         self._publish = publish
@@ -53,6 +54,7 @@ class Lifecycle:
         self._observer = observer
         #: How nodes reach this coordinator; quoted in "task not known" errors.
         self.address = address
+        self._min_liveness_s = min_liveness_s
         self._lock = threading.RLock()
         self._tasks = {t.task_id: t for t in store.load_all()}
         now = clock()
@@ -206,7 +208,7 @@ class Lifecycle:
             for task in list(self._tasks.values()):
                 if task.phase.terminal:
                     continue
-                verdict = verdicts.overdue(task, now)
+                verdict = verdicts.overdue(task, now, self._min_liveness_s)
                 if verdict is not None:
                     self._fail(task, *verdict)
 

@@ -46,6 +46,10 @@ class CoordinatorSettings(BaseSettings):
         None, description="how nodes reach this coordinator, quoted in error messages"
     )
     tick_interval_s: float = Field(0.2, gt=0, description="how often deadlines are checked")
+    min_liveness_s: float = Field(
+        3.0, ge=0, description="a node is declared dead after max(schedule_timeout, this) "
+        "seconds without a heartbeat; nodes beat every ~1 s, so less would misfire",
+    )
     max_workers: int = Field(
         256, ge=8, description="gRPC worker threads; every watching node holds one"
     )
@@ -69,7 +73,10 @@ class RunningCoordinator:
             InMemoryTaskStore() if settings.db == ":memory:" else SqliteTaskStore(settings.db)
         )
         self.lifecycle = Lifecycle(
-            self.store, self.hub.publish, observer=CoordinatorMetrics(self.registry)
+            self.store,
+            self.hub.publish,
+            observer=CoordinatorMetrics(self.registry),
+            min_liveness_s=settings.min_liveness_s,
         )
         self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub)
 

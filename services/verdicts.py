@@ -7,8 +7,11 @@ from services.domain import PHASE_ORDER, Phase, Report, Task
 from services.joining import names
 
 
-def overdue(task: Task, now: float) -> tuple[str, str] | None:
+def overdue(task: Task, now: float, min_liveness_s: float = 0.0) -> tuple[str, str] | None:
     """(kind, reason) when a deadline of a running task has passed, else None.
+
+    A node is dead after max(schedule_timeout, `min_liveness_s`) without a heartbeat; the
+    floor keeps a ~1 s heartbeat from looking like a death under a tiny schedule_timeout.
 
     Order matters: a node that never joined, then a node that died (heartbeats, noticed
     within schedule_timeout), then a phase that ran over calculation_timeout.
@@ -27,7 +30,7 @@ def overdue(task: Task, now: float) -> tuple[str, str] | None:
                     "coordinator address")
     for p in joined:
         silent = now - p.last_heartbeat
-        if silent > sched:
+        if silent > max(sched, min_liveness_s):
             return "heartbeat_lost", (
                 f"node '{p.node_id}' stopped sending heartbeats {silent:.1f} s ago during "
                 f"{task.phase_label()}; its process probably died. Restart every party with "

@@ -28,7 +28,7 @@ NODES = ["h", "c1", "c2"]
 def _start(db: Path, metrics: bool = False) -> RunningCoordinator:
     return start_coordinator(CoordinatorSettings(
         listen="127.0.0.1:0", db=str(db), metrics_port=0 if metrics else None,
-        metrics_host="127.0.0.1", tick_interval_s=0.05))
+        metrics_host="127.0.0.1", tick_interval_s=0.05, min_liveness_s=0))
 
 
 @pytest.fixture

@@ -240,6 +240,19 @@ def test_heartbeat_loss_and_host_timeouts(store: TaskStore) -> None:
         rig.lc.heartbeat("t", "h")
 
 
+def test_liveness_floor_protects_tiny_schedule_timeouts(store: TaskStore) -> None:
+    rig = Rig(store)
+    rig.lc = Lifecycle(store, rig.commands.append, clock=rig.clock, min_liveness_s=3.0)
+    rig.create(schedule_timeout_s=0.5)
+    rig.join_all()
+    rig.clock.now += 2.9
+    rig.lc.tick()
+    assert rig.task.phase == Phase.PSI
+    rig.clock.now += 0.2
+    rig.lc.tick()
+    assert "stopped sending heartbeats 3.1 s ago" in rig.task.reason
+
+
 def test_phase_timeout_names_the_slow_nodes(store: TaskStore) -> None:
     rig = Rig(store)
     rig.create()
