@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from services import joining
+from services import joining, verdicts
 from services.domain import PHASE_ORDER, Command, Participant, Phase, Report, Task, TaskSpec
 from services.errors import (
     InvalidRequest,
@@ -46,6 +46,7 @@ class Lifecycle:
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
         address: str = "",
+        min_liveness_s: float = 0.0,
     ):
         self._store = store
         self._publish = publish
@@ -53,6 +54,7 @@ class Lifecycle:
         self._observer = observer
         #: How nodes reach this coordinator; quoted in "task not known" errors.
         self.address = address
+        self._min_liveness_s = min_liveness_s
         self._lock = threading.RLock()
         self._tasks = {t.task_id: t for t in store.load_all()}
         now = clock()
@@ -157,14 +159,14 @@ class Lifecycle:
             node = self._participant(task, rep.node_id)
             if task.phase.terminal:
                 raise WrongPhase(self._ended(task, f"the report of node '{rep.node_id}' is late"))
+            if rep.error:  # even before it joined: a node that cannot start ends the task now
+                self._fail(task, "node_error", verdicts.name_node(rep))
+                return
             if not node.joined:
                 raise WrongPhase(
                     f"node '{rep.node_id}' reported for task '{task.task_id}' without joining it "
                     "(in this attempt); join first"
                 )
-            if rep.error:
-                self._fail(task, "node_error", _name_node(rep))
-                return
             if (rep.phase, rep.round) == (task.phase, task.round) and rep.phase in PHASE_ORDER:
                 task.reports[rep.node_id] = rep
                 self._advance(task)
@@ -204,37 +206,11 @@ class Lifecycle:
         now = self._clock()
         with self._lock:
             for task in list(self._tasks.values()):
-                if not task.phase.terminal:
-                    self._check_deadlines(task, now)
-
-    def _check_deadlines(self, task: Task, now: float) -> None:
-        tid = task.task_id
-        sched, calc, _ = task.effective_timeouts()
-        joined = [p for p in task.participants.values() if p.joined]
-        if task.phase == Phase.WAITING_FOR_NODES:
-            for p in joined:
-                own = p.schedule_timeout_s or task.spec.schedule_timeout_s
-                if now > p.joined_at + own:
-                    missing = [n for n, q in task.participants.items() if not q.joined]
-                    self._fail(task, "join_timeout", (
-                        f"participant(s) {joining.names(missing)} did not join task {tid} within "
-                        f"{own:g} s (schedule_timeout of '{p.node_id}'); start its node with this "
-                        "task id and coordinator address"))
-                    return
-        for p in joined:
-            silent = now - p.last_heartbeat
-            if silent > sched:
-                self._fail(task, "heartbeat_lost", (
-                    f"node '{p.node_id}' stopped sending heartbeats {silent:.1f} s ago during "
-                    f"{task.phase_label()}; its process probably died. Restart every party with "
-                    "recover=True to resume from the last complete round"))
-                return
-        if task.phase in PHASE_ORDER and task.deadline and now > task.deadline:
-            waiting = [p.node_id for p in joined if p.node_id not in task.reports]
-            self._fail(task, "phase_timeout", (
-                f"phase {task.phase_label()} exceeded calculation_timeout={calc:g} s waiting for "
-                f"{joining.names(waiting)}; raise calculation_timeout or find why "
-                f"{joining.names(waiting)} {'is' if len(waiting) == 1 else 'are'} slow"))
+                if task.phase.terminal:
+                    continue
+                verdict = verdicts.overdue(task, now, self._min_liveness_s)
+                if verdict is not None:
+                    self._fail(task, *verdict)
 
     # --- transitions -----------------------------------------------------------------
 
@@ -260,7 +236,7 @@ class Lifecycle:
         if task.phase == Phase.PSI:
             self._enter(task, Phase.SPLIT, 0)
         elif task.phase == Phase.SPLIT:
-            mismatch = _split_mismatch(task, host.node_id)
+            mismatch = verdicts.split_mismatch(task, host.node_id)
             if mismatch:
                 self._fail(task, "split_mismatch", mismatch)
             else:
@@ -362,24 +338,3 @@ class Lifecycle:
 
 def _order(phase: Phase, round_: int) -> tuple[int, int]:
     return (round_, PHASE_ORDER.get(phase, 0))
-
-
-def _name_node(rep: Report) -> str:
-    if f"'{rep.node_id}'" in rep.error or f"node {rep.node_id}" in rep.error:
-        return rep.error
-    label = f"{rep.phase.name} round {rep.round}" if rep.round else rep.phase.name
-    return f"node '{rep.node_id}' (phase {label}): {rep.error}"
-
-
-def _split_mismatch(task: Task, host_id: str) -> str:
-    reps = [task.reports[host_id]] + [r for n, r in task.reports.items() if n != host_id]
-    keys = {(r.train_size, r.test_size, r.split_digest) for r in reps}
-    if len(keys) == 1:
-        return ""
-    parts = [f"host '{host_id}' {reps[0].train_size} train / {reps[0].test_size} test"]
-    parts += [f"'{r.node_id}' {r.train_size} / {r.test_size}" for r in reps[1:]]
-    sizes_equal = len({(r.train_size, r.test_size) for r in reps}) == 1
-    extra = " (same sizes, different ids)" if sizes_equal else ""
-    return (f"split_dataset gave different splits on different parties: {', '.join(parts)}"
-            f"{extra}; split_dataset must be deterministic and identical on every party")
-

@@ -46,6 +46,13 @@ class CoordinatorSettings(BaseSettings):
         None, description="how nodes reach this coordinator, quoted in error messages"
     )
     tick_interval_s: float = Field(0.2, gt=0, description="how often deadlines are checked")
+    min_liveness_s: float = Field(
+        3.0, ge=0, description="a node is declared dead after max(schedule_timeout, this) "
+        "seconds without a heartbeat; nodes beat every ~1 s, so less would misfire",
+    )
+    max_workers: int = Field(
+        256, ge=8, description="gRPC worker threads; every watching node holds one"
+    )
     tls_ca_file: Path | None = Field(None, description="CA that signs every node's certificate")
     tls_cert_file: Path | None = Field(None, description="the coordinator's certificate")
     tls_key_file: Path | None = Field(None, description="the coordinator's private key")
@@ -66,15 +73,20 @@ class RunningCoordinator:
             InMemoryTaskStore() if settings.db == ":memory:" else SqliteTaskStore(settings.db)
         )
         self.lifecycle = Lifecycle(
-            self.store, self.hub.publish, observer=CoordinatorMetrics(self.registry)
+            self.store,
+            self.hub.publish,
+            observer=CoordinatorMetrics(self.registry),
+            min_liveness_s=settings.min_liveness_s,
         )
-        servicer = CoordinatorServicer(self.lifecycle, self.hub)
+        self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub)
 
         def register(server: grpc.Server) -> list[str]:
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
             return [SERVICE_NAME]
 
-        self._server = start_server(settings.listen, register, tls=settings.tls())
+        self._server = start_server(
+            settings.listen, register, tls=settings.tls(), max_workers=settings.max_workers
+        )
         self.port = self._server.port
         host = settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"

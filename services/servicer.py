@@ -43,6 +43,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, lifecycle: Lifecycle, hub: CommandHub):
         self._lifecycle = lifecycle
         self._hub = hub
+        self._watchers = 0
+        self._watchers_lock = threading.Lock()
+
+    @property
+    def active_watchers(self) -> int:
+        """Open WatchTask streams (each holds a server thread)."""
+        with self._watchers_lock:
+            return self._watchers
 
     def CreateTask(self, request, context):
         spec = serde.spec_from_proto(request.spec)
@@ -88,10 +96,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
         context.add_callback(on_done)
         log.info("task %s: node %r watching", request.task_id, request.node_id)
+        with self._watchers_lock:
+            self._watchers += 1
+        try:
+            yield from self._stream(request.task_id, gone, context)
+        finally:
+            with self._watchers_lock:
+                self._watchers -= 1
+
+    def _stream(
+        self, task_id: str, gone: threading.Event, context: grpc.ServicerContext
+    ) -> Iterator[coordinator_pb2.PhaseCommand]:
         seq = -1
         while not gone.is_set() and context.is_active():
             entry = self._hub.wait_newer(
-                request.task_id, seq, active=lambda: not gone.is_set(), timeout=WATCH_RECHECK_S
+                task_id, seq, active=lambda: not gone.is_set(), timeout=WATCH_RECHECK_S
             )
             if entry is None:
                 if self._hub.closed:

@@ -240,6 +240,19 @@ def test_heartbeat_loss_and_host_timeouts(store: TaskStore) -> None:
         rig.lc.heartbeat("t", "h")
 
 
+def test_liveness_floor_protects_tiny_schedule_timeouts(store: TaskStore) -> None:
+    rig = Rig(store)
+    rig.lc = Lifecycle(store, rig.commands.append, clock=rig.clock, min_liveness_s=3.0)
+    rig.create(schedule_timeout_s=0.5)
+    rig.join_all()
+    rig.clock.now += 2.9
+    rig.lc.tick()
+    assert rig.task.phase == Phase.PSI
+    rig.clock.now += 0.2
+    rig.lc.tick()
+    assert "stopped sending heartbeats 3.1 s ago" in rig.task.reason
+
+
 def test_phase_timeout_names_the_slow_nodes(store: TaskStore) -> None:
     rig = Rig(store)
     rig.create()
@@ -281,6 +294,17 @@ def test_error_report_fails_with_prefixed_reason(store: TaskStore) -> None:
     rig.report("c2", Phase.PSI, error="ValueError: bad ids")
     assert rig.task.reason == "node 'c2' (phase PSI): ValueError: bad ids"
     assert rig.commands[-1].reason == rig.task.reason
+
+
+def test_error_before_joining_fails_the_task_at_once(store: TaskStore) -> None:
+    rig = Rig(store)
+    rig.create()
+    rig.join("h")
+    with pytest.raises(WrongPhase, match="join first"):
+        rig.report("c1", Phase.PSI)
+    rig.report("c1", Phase.WAITING_FOR_NODES, error="collaborator 'c1': feature model failed")
+    assert rig.task.phase == Phase.FAILED
+    assert rig.commands[-1].reason == "collaborator 'c1': feature model failed"
 
 
 def test_error_report_that_names_the_node_is_kept_as_is(store: TaskStore) -> None:
