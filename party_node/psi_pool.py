@@ -83,8 +83,10 @@ class PsiPool:
         kind: Literal["threads", "processes"] = "threads",
     ) -> None:
         if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-                os.cpu_count() or 1
+            workers = (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
             )
         if workers < 0:
             raise ValueError(f"PsiPool workers must be >= 0, got {workers}")

@@ -123,8 +123,12 @@ def test_nothing_on_the_wire_reveals_an_id_or_its_hash(pool: PsiPool) -> None:
     for item in host_ids + collab_ids:
         assert encode_id(item) not in blob
         assert hash_to_group(item) not in blob
-    points = {f.data[i : i + 32] for f in wires[0] if f.step != "result_indices"
-              for i in range(0, len(f.data), 32)}
+    points = {
+        f.data[i : i + 32]
+        for f in wires[0]
+        if f.step != "result_indices"
+        for i in range(0, len(f.data), 32)
+    }
     assert len(points) == 2 * 52 + 52  # P(x)^a, P(x)^ab for the host, P(y)^b: all distinct
 
 
@@ -232,10 +236,12 @@ def collaborators(pool: PsiPool):
     """Start collaborator nodes on 127.0.0.1:0; yields a function that adds one."""
     started = []
 
-    def start(ids: list[str], **session_args) -> tuple[str, CollaboratorPsiSession,
-                                                        PsiOnlyServicer]:
-        session = CollaboratorPsiSession(ids, pool, _header(f"c{len(started)}"),
-                                         chunk_points=16, **session_args)
+    def start(
+        ids: list[str], **session_args
+    ) -> tuple[str, CollaboratorPsiSession, PsiOnlyServicer]:
+        session = CollaboratorPsiSession(
+            ids, pool, _header(f"c{len(started)}"), chunk_points=16, **session_args
+        )
         servicer = PsiOnlyServicer(session)
 
         def register(server: grpc.Server) -> list[str]:
@@ -260,8 +266,8 @@ def _stub(address: str) -> party_node_pb2_grpc.PartyNodeStub:
 def test_grpc_two_collaborators(pool: PsiPool, collaborators) -> None:
     rng = random.Random(3)
     universe = [f"客户-{i}" for i in range(400)]
-    host_ids = rng.sample(universe, 150) + ["dup", "dup"]
-    c_ids = [rng.sample(universe, 200) + ["dup"], rng.sample(universe, 180) + ["dup", "dup"]]
+    host_ids = [*rng.sample(universe, 150), "dup", "dup"]
+    c_ids = [[*rng.sample(universe, 200), "dup"], [*rng.sample(universe, 180), "dup", "dup"]]
     nodes = [collaborators(ids) for ids in c_ids]
     stubs = {f"c{i}": _stub(addr) for i, (addr, _, _) in enumerate(nodes)}
     final = run_host_psi(stubs, host_ids, _header("host"), pool, timeout=30, chunk_points=16)
@@ -298,13 +304,13 @@ def test_grpc_rejected_header_fails_both_sides(pool: PsiPool, collaborators) -> 
 
 
 def test_grpc_unreachable_collaborator_names_it(pool: PsiPool) -> None:
-    with pytest.raises(PsiRpcError, match="collaborator 'gone'.*UNAVAILABLE"):
+    with pytest.raises(PsiRpcError, match=r"collaborator 'gone'.*UNAVAILABLE"):
         run_host_psi({"gone": _stub("127.0.0.1:1")}, ["a"], _header("host"), pool, timeout=5)
 
 
 def test_collaborator_wait_is_bounded_and_cancellable(pool: PsiPool) -> None:
     session = CollaboratorPsiSession(["a"], pool, _header("c"))
-    with pytest.raises(TimeoutError, match="did not complete PSI within 0.2 s"):
+    with pytest.raises(TimeoutError, match=r"did not complete PSI within 0\.2 s"):
         session.wait_result(timeout=0.2)
     cancel = threading.Event()
     threading.Timer(0.1, cancel.set).start()
