@@ -26,6 +26,7 @@ import numpy as np
 from party_node.psi_pool import (
     CHUNK_POINTS,
     POINT_BYTES,
+    UNIT_POINTS,
     PsiPool,
     blind,
     hash_and_blind,
@@ -218,7 +219,9 @@ class HostPsi:
 
     def blinded_frames(self) -> Iterator[PsiFrame]:
         """Step 1: P(x)^a for the host's ids, chunk by chunk."""
-        chunks = self._pool.ordered_map(hash_and_blind, self._key, _slices(self._ids, self._chunk))
+        chunks = self._pool.map_chunks(
+            hash_and_blind, self._key, _slices(self._ids, self._chunk), UNIT_POINTS
+        )
         yield from _frames(BLINDED, chunks, len(self._ids))
 
     def consume(self, frames: Iterable[PsiFrame]) -> None:
@@ -236,7 +239,7 @@ class HostPsi:
         matches: dict[str, int] = {}
         position = 0
         try:
-            for data in self._pool.ordered_map(blind, self._key, peer):
+            for data in self._pool.map_chunks(blind, self._key, peer, UNIT_POINTS * POINT_BYTES):
                 for point in _split_points(data):
                     found = table.get(point)
                     if found is not None:
@@ -290,9 +293,10 @@ class CollaboratorPsi:
         self._pool = pool
         self.peer = peer
         self._key = new_key()
+        self._chunk = chunk_points
         self._own: list[futures.Future[bytes]] = [
-            pool.submit(hash_and_blind, self._key, chunk)
-            for chunk in _slices(self._shuffled, chunk_points)
+            pool.submit(hash_and_blind, self._key, part)
+            for part in _slices(self._shuffled, UNIT_POINTS)
         ]
         self.peer_size: int | None = None
         self.result: set[str] | None = None
@@ -306,7 +310,7 @@ class CollaboratorPsi:
         blinded = _StepReader(iter(frames), BLINDED, self.peer)
         announced = False
         try:
-            for data in self._pool.ordered_map(blind, self._key, blinded):
+            for data in self._pool.map_chunks(blind, self._key, blinded, UNIT_POINTS * POINT_BYTES):
                 yield PsiFrame(DOUBLE_BLINDED, data, 0 if announced else (blinded.total or 0))
                 announced = True
         except ValueError as exc:
@@ -315,7 +319,23 @@ class CollaboratorPsi:
             raise PsiError(f"{self.peer} sent an invalid blinded chunk: {exc}") from None
         self.peer_size = blinded.count
         yield PsiFrame(DOUBLE_BLINDED, b"", 0 if announced else blinded.count, True)
-        yield from _frames(PEER_BLINDED, (f.result() for f in self._own), len(self._shuffled))
+        yield from _frames(PEER_BLINDED, self._own_chunks(), len(self._shuffled))
+
+    def _own_chunks(self) -> Iterator[bytes]:
+        """P(y)^b regrouped from work units into wire chunks of `chunk_points`."""
+        buffer: list[bytes] = []
+        size = 0
+        for future in self._own:
+            data = future.result()
+            buffer.append(data)
+            size += len(data)
+            while size >= self._chunk * POINT_BYTES:
+                joined = b"".join(buffer)
+                cut = self._chunk * POINT_BYTES
+                yield joined[:cut]
+                buffer, size = [joined[cut:]], len(joined) - cut
+        if size:
+            yield b"".join(buffer)
 
     def accept_result(self, frames: Iterable[PsiFrame]) -> set[str]:
         """Map the host's result indices back to this party's ids."""

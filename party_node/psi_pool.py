@@ -24,8 +24,11 @@ import rbcl
 #: Domain separation: these points serve nothing but heteronn PSI.
 DOMAIN_TAG = b"heteronn/v1/psi/ristretto255/SHA-512/"
 POINT_BYTES = 32
-#: About 1 MB of points per wire chunk and per unit of pool work.
+#: About 1 MB of points per wire chunk.
 CHUNK_POINTS = 1 << 15
+#: Points per unit of pool work (~0.4 s of one core): small enough to spread one chunk
+#: over every worker, large enough that dispatch costs nothing.
+UNIT_POINTS = 1 << 12
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,8 +109,8 @@ class PsiPool:
 
     @property
     def window(self) -> int:
-        """How many chunks may be in flight: enough to keep every worker busy."""
-        return max(2, 2 * self.workers)
+        """How many chunks may be in flight ahead of the one being collected."""
+        return max(2, self.workers)
 
     def submit(self, fn: Callable[..., R], *args: object) -> futures.Future[R]:
         if self._closed:
@@ -121,21 +124,29 @@ class PsiPool:
             return done
         return self._executor.submit(fn, *args)
 
-    def ordered_map(
-        self, fn: Callable[[bytes, T], R], key: bytes, items: Iterable[T]
-    ) -> Iterator[R]:
-        """fn(key, item) for each item, in order, with a bounded number in flight."""
-        pending: deque[futures.Future[R]] = deque()
+    def map_chunks(
+        self,
+        fn: Callable[[bytes, Sequence[T]], bytes],
+        key: bytes,
+        chunks: Iterable[Sequence[T]],
+        step: int,
+    ) -> Iterator[bytes]:
+        """fn(key, part) over parts of `step` elements of each chunk, all workers at once;
+        yields each chunk's joined result in order, with a few chunks in flight at most."""
+        pending: deque[list[futures.Future[bytes]]] = deque()
         try:
-            for item in items:
-                pending.append(self.submit(fn, key, item))
-                while pending and (len(pending) > self.window or pending[0].done()):
-                    yield pending.popleft().result()
+            for chunk in chunks:
+                pending.append(
+                    [self.submit(fn, key, chunk[i : i + step]) for i in range(0, len(chunk), step)]
+                )
+                while pending and (len(pending) > self.window or all(f.done() for f in pending[0])):
+                    yield b"".join(f.result() for f in pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield b"".join(f.result() for f in pending.popleft())
         finally:
-            for future in pending:
-                future.cancel()
+            for parts in pending:
+                for future in parts:
+                    future.cancel()
 
     def close(self) -> None:
         if not self._closed:

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node import psi as psi_module
 from party_node.psi import (
     CollaboratorPsi,
     HostPsi,
@@ -102,7 +103,9 @@ def test_in_process_equals_set_intersection(case: str, pool: PsiPool) -> None:
     assert learned == [want] * len(collab_ids)
 
 
-def test_random_sets_match_python(pool: PsiPool) -> None:
+@pytest.mark.parametrize("unit", [3, 4096])
+def test_random_sets_match_python(pool: PsiPool, unit: int, monkeypatch) -> None:
+    monkeypatch.setattr(psi_module, "UNIT_POINTS", unit)  # work units smaller than chunks
     rng = random.Random(7)
     universe = [f"user-{rng.getrandbits(40):x}" for _ in range(600)]
     host_ids = rng.sample(universe, 300) + rng.sample(universe, 20)
