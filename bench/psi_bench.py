@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -77,8 +78,16 @@ def run_collaborator(n: int) -> None:
         server.stop(1.0)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children: a load-independent figure."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_ours(n: int) -> float:
     """Both parties over gRPC; seconds until both know the intersection."""
+    cpu_before = _cpu_seconds()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "proto")]))
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.psi_bench", "--collaborator", str(n)],
@@ -111,7 +120,12 @@ def run_ours(n: int) -> float:
         raise SystemExit(
             f"wrong intersection: host {len(final)}, collaborator {result}, expected {want}"
         )
-    print(f"heteronn PSI: host done {host_done:.1f} s, both done {seconds:.1f} s", flush=True)
+    cpu = _cpu_seconds() - cpu_before
+    print(
+        f"heteronn PSI: host done {host_done:.1f} s, both done {seconds:.1f} s, "
+        f"{cpu:.1f} CPU s in both parties ({2 * n / cpu:.0f} ids per CPU second)",
+        flush=True,
+    )
     return seconds
 
 
@@ -128,11 +142,17 @@ def _peer_python() -> Path:
 
 def run_peer(n: int) -> float:
     script = ROOT / "bench" / "psi_peer_openmined.py"
+    python = _peer_python()
+    cpu_before = _cpu_seconds()
     out = subprocess.run(
-        [str(_peer_python()), str(script), str(n)], check=True, capture_output=True, text=True
+        [str(python), str(script), str(n)], check=True, capture_output=True, text=True
     )
     seconds = float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
-    print(f"openmined-psi: {seconds:.1f} s", flush=True)
+    cpu = _cpu_seconds() - cpu_before
+    print(
+        f"openmined-psi: {seconds:.1f} s, {cpu:.1f} CPU s ({2 * n / cpu:.0f} ids per CPU second)",
+        flush=True,
+    )
     return seconds
 
 
