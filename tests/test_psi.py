@@ -307,8 +307,40 @@ def test_grpc_rejected_header_fails_both_sides(pool: PsiPool, collaborators) -> 
 
 
 def test_grpc_unreachable_collaborator_names_it(pool: PsiPool) -> None:
-    with pytest.raises(PsiRpcError, match=r"collaborator 'gone'.*UNAVAILABLE"):
-        run_host_psi({"gone": _stub("127.0.0.1:1")}, ["a"], _header("host"), pool, timeout=5)
+    with pytest.raises(PsiRpcError, match=r"collaborator 'gone'.*DEADLINE_EXCEEDED") as err:
+        run_host_psi({"gone": _stub("127.0.0.1:1")}, ["a"], _header("host"), pool, timeout=1)
+    assert "check that its node is running" in str(err.value)
+
+
+class NotYetServicer(party_node_pb2_grpc.PartyNodeServicer):
+    """A node whose PSI session opens only after a few calls (it is still joining)."""
+
+    def __init__(self, session: CollaboratorPsiSession, refusals: int):
+        self.session, self.refusals = session, refusals
+
+    def Psi(self, request_iterator, context):
+        if self.refusals > 0:
+            self.refusals -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not ready for PSI")
+        return serve_psi(self.session, request_iterator, context)
+
+
+def test_grpc_host_waits_for_a_collaborator_that_is_not_ready(pool: PsiPool) -> None:
+    session = CollaboratorPsiSession(["a", "b", "c"], pool, _header("c0"))
+    servicer = NotYetServicer(session, refusals=2)
+
+    def register(server: grpc.Server) -> list[str]:
+        party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
+        return [SERVICE]
+
+    server = start_server("127.0.0.1:0", register)
+    try:
+        stub = _stub(f"127.0.0.1:{server.port}")
+        final = run_host_psi({"c0": stub}, ["c", "d", "a"], _header("host"), pool, timeout=10)
+        assert final == {"a", "c"} and servicer.refusals == 0
+        assert session.wait_result(timeout=5) == {"a", "c"}
+    finally:
+        server.stop(0)
 
 
 def test_collaborator_wait_is_bounded_and_cancellable(pool: PsiPool) -> None:

@@ -43,6 +43,9 @@ _TO_PROTO = {
 _FROM_PROTO = {value: key for key, value in _TO_PROTO.items()}
 #: How often blocking waits look at the cancel signal.
 _POLL_S = 0.1
+#: Back-off while a collaborator is not ready for PSI yet.
+_RETRY_FIRST_S = 0.2
+_RETRY_MAX_S = 2.0
 
 
 class Cancellation(Protocol):
@@ -88,6 +91,14 @@ def _frames_in(
         if check_header is not None:
             check_header(message.header)
         yield frame_from_proto(message, peer)
+
+
+def _noting_first(messages: Iterable[PsiMessage], seen: list[PsiMessage]) -> Iterator[PsiMessage]:
+    """Pass messages through, keeping the first in `seen` (did the peer answer at all?)."""
+    for message in messages:
+        if not seen:
+            seen.append(message)
+        yield message
 
 
 def _rpc_error(peer: str, what: str, exc: grpc.RpcError) -> PsiRpcError:
@@ -157,13 +168,29 @@ def run_host_psi(
 
     def exchange(name: str) -> None:
         host = hosts[name]
-        requests = (frame_to_proto(f, header_factory()) for f in host.blinded_frames())
-        call = stubs[name].Psi(requests, timeout=remaining())
-        calls[name] = call
-        try:
-            host.consume(_frames_in(call, host.peer, check_header))
-        except grpc.RpcError as exc:
-            raise _rpc_error(host.peer, "exchange", exc) from None
+        delay = _RETRY_FIRST_S
+        while True:
+            replies: list[PsiMessage] = []
+            requests = (frame_to_proto(f, header_factory()) for f in host.blinded_frames())
+            call = stubs[name].Psi(requests, timeout=remaining(), wait_for_ready=True)
+            calls[name] = call
+            try:
+                host.consume(_frames_in(_noting_first(call, replies), host.peer, check_header))
+                return
+            except grpc.RpcError as exc:
+                # A collaborator that has not opened its PSI session yet answers UNAVAILABLE
+                # before anything else: try again until the deadline.
+                retry = (
+                    isinstance(exc, grpc.Call)
+                    and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and not replies
+                    and deadline - time.monotonic() > delay
+                    and not (cancel is not None and cancel.is_set())
+                )
+                if not retry:
+                    raise _rpc_error(host.peer, "exchange", exc) from None
+            time.sleep(delay)
+            delay = min(2 * delay, _RETRY_MAX_S)
 
     _run_all({name: (lambda n=name: exchange(n)) for name in stubs}, calls, cancel)
     final = intersect_all(list(hosts.values()))
@@ -172,7 +199,7 @@ def run_host_psi(
     def deliver(name: str) -> None:
         host = hosts[name]
         requests = (frame_to_proto(f, header_factory()) for f in host.result_frames(final))
-        call = stubs[name].Psi(requests, timeout=remaining())
+        call = stubs[name].Psi(requests, timeout=remaining(), wait_for_ready=True)
         calls[name] = call
         try:
             for _ in call:
