@@ -4,13 +4,14 @@ Hash-to-group is P(id) = ristretto255_from_hash(SHA-512(DOMAIN_TAG || utf-8(id))
 Elligator-based map, so nobody knows a discrete log of P(id). Blinding is libsodium's
 constant-time ristretto255 scalar multiplication. Nothing here does curve arithmetic itself.
 
-libsodium calls go through ctypes, which releases the GIL, so a thread pool scales across
-cores with no start-up cost and no copying; a process pool is available for hosts whose
-Python threads are busy with other work.
+libsodium calls go through ctypes (rbcl's own loader), which releases the GIL, so a thread
+pool scales across cores with no start-up cost and no copying; a process pool is available
+for hosts whose Python threads are busy with other work.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 from collections import deque
@@ -20,6 +21,10 @@ from multiprocessing import get_context
 from typing import Literal, TypeVar
 
 import rbcl
+
+#: rbcl's bundled libsodium. The hot loops call it directly (same functions rbcl wraps) to
+#: write results in place: ~3% less CPU per element and less time holding the GIL.
+_sodium = rbcl._sodium
 
 #: Domain separation: these points serve nothing but heteronn PSI.
 DOMAIN_TAG = b"heteronn/v1/psi/ristretto255/SHA-512/"
@@ -52,27 +57,31 @@ def hash_to_group(item: str) -> bytes:
 
 def hash_and_blind(key: bytes, ids: Sequence[str]) -> bytes:
     """P(id)^key for every id, concatenated in order."""
-    from_hash = rbcl.crypto_core_ristretto255_from_hash
-    mult = rbcl.crypto_scalarmult_ristretto255
+    out = ctypes.create_string_buffer(POINT_BYTES * len(ids))
+    base = ctypes.addressof(out)
+    point = ctypes.create_string_buffer(POINT_BYTES)
+    from_hash = _sodium.crypto_core_ristretto255_from_hash
+    mult = _sodium.crypto_scalarmult_ristretto255
     sha512 = hashlib.sha512
-    return b"".join(
-        mult(key, from_hash(sha512(DOMAIN_TAG + encode_id(item)).digest())) for item in ids
-    )
+    for index, item in enumerate(ids):
+        from_hash(point, sha512(DOMAIN_TAG + encode_id(item)).digest())
+        if mult(ctypes.c_void_p(base + index * POINT_BYTES), key, point) != 0:
+            raise ValueError(f"id {index} of the chunk hashed to a point that cannot be blinded")
+    return out.raw
 
 
 def blind(key: bytes, points: bytes) -> bytes:
     """Q^key for every 32-byte point Q of `points`; ValueError names a bad element."""
-    mult = rbcl.crypto_scalarmult_ristretto255
-    out = []
-    for index in range(len(points) // POINT_BYTES):
-        point = points[index * POINT_BYTES : (index + 1) * POINT_BYTES]
-        try:
-            out.append(mult(key, point))
-        except (RuntimeError, TypeError, ValueError):
+    out = ctypes.create_string_buffer(len(points) - len(points) % POINT_BYTES)
+    base = ctypes.addressof(out)
+    mult = _sodium.crypto_scalarmult_ristretto255
+    for start in range(0, len(out), POINT_BYTES):
+        # libsodium refuses a non-canonical or invalid encoding, and an identity result.
+        if mult(ctypes.c_void_p(base + start), key, points[start : start + POINT_BYTES]) != 0:
             raise ValueError(
-                f"element {index} of the chunk is not a valid ristretto255 point"
-            ) from None
-    return b"".join(out)
+                f"element {start // POINT_BYTES} of the chunk is not a valid ristretto255 point"
+            )
+    return out.raw
 
 
 class PsiPool:
