@@ -192,6 +192,47 @@ def decode_indices(data: bytes) -> list[int]:
     return packed.tolist()
 
 
+class OwnBlinding:
+    """P(id)^key for one party's distinct ids, computed once by the pool from construction
+    on, in work units; read back as wire chunks any number of times (a retried call, or the
+    host's exchanges with several collaborators)."""
+
+    def __init__(self, ids: Sequence[str], pool: PsiPool, key: bytes | None = None) -> None:
+        self.ids = ids
+        self.key = key if key is not None else new_key()
+        self._units: list[futures.Future[bytes]] = [
+            pool.submit(hash_and_blind, self.key, part) for part in _slices(ids, UNIT_POINTS)
+        ]
+
+    def chunks(self, chunk_points: int) -> Iterator[bytes]:
+        """The blinded points regrouped into chunks of `chunk_points`, in id order."""
+        cut = chunk_points * POINT_BYTES
+        buffer: list[bytes] = []
+        size = 0
+        for unit in self._units:
+            data = unit.result()
+            buffer.append(data)
+            size += len(data)
+            while size >= cut:
+                joined = b"".join(buffer)
+                yield joined[:cut]
+                buffer, size = [joined[cut:]], size - cut
+        if size:
+            yield b"".join(buffer)
+
+    def cancel(self) -> None:
+        for unit in self._units:
+            unit.cancel()
+
+
+class HostBlinding(OwnBlinding):
+    """The host's blinded set, shared by its exchanges with every collaborator: each of them
+    sees the same P(x)^a, which tells a collaborator nothing that its own copy would not."""
+
+    def __init__(self, ids: Iterable[str], pool: PsiPool) -> None:
+        super().__init__(prepare_ids(ids), pool)
+
+
 class HostPsi:
     """The host's side of one exchange with one collaborator.
 
@@ -200,16 +241,17 @@ class HostPsi:
 
     def __init__(
         self,
-        ids: Iterable[str],
+        ids: Iterable[str] | HostBlinding,
         pool: PsiPool,
         peer: str = "collaborator",
         chunk_points: int = CHUNK_POINTS,
     ) -> None:
-        self._ids = prepare_ids(ids)
+        self._blinding = ids if isinstance(ids, HostBlinding) else HostBlinding(ids, pool)
+        self._ids = self._blinding.ids
+        self._key = self._blinding.key
         self._pool = pool
         self.peer = peer
         self._chunk = chunk_points
-        self._key = new_key()
         self._matches: dict[str, int] | None = None
         self.peer_size: int | None = None
 
@@ -218,11 +260,8 @@ class HostPsi:
         return len(self._ids)
 
     def blinded_frames(self) -> Iterator[PsiFrame]:
-        """Step 1: P(x)^a for the host's ids, chunk by chunk."""
-        chunks = self._pool.map_chunks(
-            hash_and_blind, self._key, _slices(self._ids, self._chunk), UNIT_POINTS
-        )
-        yield from _frames(BLINDED, chunks, len(self._ids))
+        """Step 1: P(x)^a for the host's ids, chunk by chunk (may be called again to retry)."""
+        yield from _frames(BLINDED, self._blinding.chunks(self._chunk), len(self._ids))
 
     def consume(self, frames: Iterable[PsiFrame]) -> None:
         """Steps 2-4: read P(x)^ab, then P(y)^b (blinding it to P(y)^ba as it arrives)
@@ -292,12 +331,9 @@ class CollaboratorPsi:
         self._shuffled = [unique[i] for i in _random_permutation(len(unique))]
         self._pool = pool
         self.peer = peer
-        self._key = new_key()
         self._chunk = chunk_points
-        self._own: list[futures.Future[bytes]] = [
-            pool.submit(hash_and_blind, self._key, part)
-            for part in _slices(self._shuffled, UNIT_POINTS)
-        ]
+        self._own = OwnBlinding(self._shuffled, pool)
+        self._key = self._own.key
         self.peer_size: int | None = None
         self.result: set[str] | None = None
 
@@ -319,23 +355,7 @@ class CollaboratorPsi:
             raise PsiError(f"{self.peer} sent an invalid blinded chunk: {exc}") from None
         self.peer_size = blinded.count
         yield PsiFrame(DOUBLE_BLINDED, b"", 0 if announced else blinded.count, True)
-        yield from _frames(PEER_BLINDED, self._own_chunks(), len(self._shuffled))
-
-    def _own_chunks(self) -> Iterator[bytes]:
-        """P(y)^b regrouped from work units into wire chunks of `chunk_points`."""
-        buffer: list[bytes] = []
-        size = 0
-        for future in self._own:
-            data = future.result()
-            buffer.append(data)
-            size += len(data)
-            while size >= self._chunk * POINT_BYTES:
-                joined = b"".join(buffer)
-                cut = self._chunk * POINT_BYTES
-                yield joined[:cut]
-                buffer, size = [joined[cut:]], len(joined) - cut
-        if size:
-            yield b"".join(buffer)
+        yield from _frames(PEER_BLINDED, self._own.chunks(self._chunk), len(self._shuffled))
 
     def accept_result(self, frames: Iterable[PsiFrame]) -> set[str]:
         """Map the host's result indices back to this party's ids."""
@@ -356,8 +376,7 @@ class CollaboratorPsi:
 
     def close(self) -> None:
         """Stop blinding work that nobody will collect (the task ended early)."""
-        for future in self._own:
-            future.cancel()
+        self._own.cancel()
 
 
 def intersect_all(hosts: Sequence[HostPsi]) -> set[str]:

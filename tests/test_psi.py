@@ -276,6 +276,8 @@ def test_grpc_two_collaborators(pool: PsiPool, collaborators) -> None:
     final = run_host_psi(stubs, host_ids, _header("host"), pool, timeout=30, chunk_points=16)
     want = expected(host_ids, c_ids)
     assert final == want and "dup" in final
+    blinded = [[m.data for m in s.wire if m.step == m.STEP_BLINDED] for _, _, s in nodes]
+    assert blinded[0] == blinded[1]  # the host blinds its set once for all collaborators
     for _, session, servicer in nodes:
         assert session.wait_result(timeout=5) == want
         blob = b"".join(m.data for m in servicer.wire)

@@ -22,6 +22,7 @@ from party_node.psi import (
     PEER_BLINDED,
     RESULT_INDICES,
     CollaboratorPsi,
+    HostBlinding,
     HostPsi,
     PsiError,
     PsiFrame,
@@ -160,8 +161,9 @@ def run_host_psi(
             raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
         return left
 
+    blinding = HostBlinding(unique, pool)
     hosts = {
-        name: HostPsi(unique, pool, peer=f"collaborator '{name}'", chunk_points=chunk_points)
+        name: HostPsi(blinding, pool, peer=f"collaborator '{name}'", chunk_points=chunk_points)
         for name in stubs
     }
     calls: dict[str, grpc.Future] = {}
@@ -192,7 +194,10 @@ def run_host_psi(
             time.sleep(delay)
             delay = min(2 * delay, _RETRY_MAX_S)
 
-    _run_all({name: (lambda n=name: exchange(n)) for name in stubs}, calls, cancel)
+    try:
+        _run_all({name: (lambda n=name: exchange(n)) for name in stubs}, calls, cancel)
+    finally:
+        blinding.cancel()
     final = intersect_all(list(hosts.values()))
     calls.clear()
 
