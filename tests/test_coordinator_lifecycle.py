@@ -122,7 +122,8 @@ def test_happy_path_through_test_and_finish(store: TaskStore) -> None:
     assert task.metrics == {"accuracy": 0.9}
     assert {p.checkpoint_round for p in task.participants.values()} == {3}
     psi = rig.commands[1]
-    assert psi.deadline_unix_ms == int((rig.clock.now + 20.0) * 1000)
+    # calculation_timeout (20 s) plus schedule_timeout (5 s) of grace
+    assert psi.deadline_unix_ms == int((rig.clock.now + 25.0) * 1000)
     assert [p.address for p in psi.participants] == ["h:7000", "c1:7000", "c2:7000"]
 
 
@@ -272,7 +273,9 @@ def test_phase_timeout_names_the_slow_nodes(store: TaskStore) -> None:
     rig.all_report(Phase.SPLIT)
     rig.report("h", Phase.TRAIN, 1)
     rig.report("c2", Phase.TRAIN, 1)
-    for _ in range(11):
+    for second in range(16):  # calculation_timeout 10 s + schedule_timeout 5 s of grace
+        if second == 14:
+            assert rig.task.reason == "", "failed before the grace period ended"
         rig.clock.now += 1.0
         for n in NODES:
             rig.lc.heartbeat("t", n)

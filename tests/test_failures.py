@@ -3,8 +3,6 @@ phase and the fix, and a non-zero exit. Parties are separate processes over real
 
 from __future__ import annotations
 
-import time
-
 from tests.harness import run_task, spawn, wait_all
 
 FAST = ["--schedule-timeout", "4", "--calculation-timeout", "60"]
@@ -20,37 +18,39 @@ def assert_all_failed(results, *needles: str) -> None:
 
 
 def test_peer_that_never_joins(tmp_path):
-    start = time.monotonic()
     results = wait_all({"h": spawn(tmp_path, "h", ["h", "c1"], "t", *FAST)})
-    assert_all_failed(results, "'c1' did not join", "schedule_timeout")
-    assert time.monotonic() - start < 30
+    assert_all_failed(results, "'c1' did not join", "within 4 s", "schedule_timeout")
 
 
 def test_peer_process_dies(tmp_path):
-    start = time.monotonic()
+    # calculation_timeout is long: the death must be noticed through liveness
+    # (~schedule_timeout = 4 s), not by waiting out the data timeout.
+    slow_calc = ["--schedule-timeout", "4", "--calculation-timeout", "600"]
     results = run_task(
-        tmp_path, ["h", "c1"], "t", common=FAST, per_node={"c1": ["--faults", "die=2"]}
+        tmp_path, ["h", "c1"], "t", common=slow_calc, per_node={"c1": ["--faults", "die=2"]}
     )
     assert results["c1"].code == 17
-    elapsed = time.monotonic() - start
     host = results["h"]
+    last = host.stderr.splitlines()[-1]
     assert host.code == 1
-    assert "c1" in host.stderr.splitlines()[-1] and "TRAIN" in host.stderr.splitlines()[-1]
-    assert "recover=True" in host.stderr.splitlines()[-1]
-    assert elapsed < 40, f"the death was noticed after {elapsed:.0f} s, not ~schedule_timeout"
+    assert "c1" in last and "TRAIN" in last and "recover=True" in last, last
+    reaction = host.exited_at - results["c1"].exited_at
+    assert reaction < 60, f"the host noticed the death after {reaction:.0f} s"
 
 
 def test_local_work_over_calculation_timeout(tmp_path):
-    start = time.monotonic()
+    # The host's own watchdog (20 s) fires before the collaborator's wait for it (120 s).
     results = run_task(
         tmp_path,
         ["h", "c1"],
         "t",
-        common=["--schedule-timeout", "10", "--calculation-timeout", "20"],
-        per_node={"h": ["--faults", "host_sleep=1"]},
+        common=["--schedule-timeout", "10"],
+        per_node={
+            "h": ["--faults", "host_sleep=1", "--calculation-timeout", "20"],
+            "c1": ["--calculation-timeout", "120"],
+        },
     )
     assert_all_failed(results, "train_a_batch", "calculation_timeout=20", "'h'")
-    assert time.monotonic() - start < 90
 
 
 def test_mismatched_batch_sizes(tmp_path):
