@@ -203,9 +203,10 @@ def test_frames_round_trip_through_proto() -> None:
         frame_from_proto(party_node_pb2.PsiMessage(data=b"x"))
 
 
-def test_process_pool_gives_the_same_result() -> None:
-    with PsiPool(1, kind="processes") as procs:
-        final, learned, _ = run_in_process(["a", "b", "c"], [["c", "a", "q"]], procs)
+@pytest.mark.parametrize("workers, kind", [(1, "processes"), (0, "threads")])
+def test_other_pools_give_the_same_result(workers: int, kind) -> None:
+    with PsiPool(workers, kind=kind) as other:
+        final, learned, _ = run_in_process(["a", "b", "c"], [["c", "a", "q"]], other)
     assert final == {"a", "c"} and learned == [{"a", "c"}]
 
 
