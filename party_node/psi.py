@@ -33,6 +33,17 @@ from party_node.psi_pool import (
     new_key,
 )
 
+__all__ = [
+    "CollaboratorPsi",
+    "HostBlinding",
+    "HostPsi",
+    "PsiError",
+    "PsiFrame",
+    "PsiPool",
+    "intersect_all",
+    "prepare_ids",
+]
+
 BLINDED = "blinded"
 DOUBLE_BLINDED = "double_blinded"
 PEER_BLINDED = "peer_blinded"
