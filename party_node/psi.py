@@ -15,14 +15,28 @@ parties; P is a random-oracle hash to the group and DDH is hard in ristretto255)
 from __future__ import annotations
 
 import os
-import sys
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 
 import numpy as np
 
+from party_node.psi_frames import (
+    BLINDED,
+    CHUNK_INDICES,
+    DOUBLE_BLINDED,
+    INDEX_BYTES,
+    MAX_IDS,
+    PEER_BLINDED,
+    RESULT_INDICES,
+    STEPS,
+    PsiError,
+    PsiFrame,
+    StepReader,
+    decode_indices,
+    encode_indices,
+    frames_of,
+    split_points,
+)
 from party_node.psi_pool import (
     CHUNK_POINTS,
     POINT_BYTES,
@@ -33,32 +47,23 @@ from party_node.psi_pool import (
     new_key,
 )
 
-BLINDED = "blinded"
-DOUBLE_BLINDED = "double_blinded"
-PEER_BLINDED = "peer_blinded"
-RESULT_INDICES = "result_indices"
-STEPS = (BLINDED, DOUBLE_BLINDED, PEER_BLINDED, RESULT_INDICES)
-
-INDEX_BYTES = 4
-#: Indices are uint32 on the wire, so a party may bring at most this many distinct ids.
-MAX_IDS = 2**32 - 1
-#: About 1 MB of indices per result chunk.
-CHUNK_INDICES = 1 << 18
-
-
-class PsiError(ValueError):
-    """The peer broke the PSI protocol, or the exchange cannot go on; the message says how."""
-
-
-@dataclass(frozen=True)
-class PsiFrame:
-    """One chunk of one PSI step, as it crosses the wire."""
-
-    step: str
-    data: bytes
-    #: Element count of the whole step, announced in its first chunk (0 in the others).
-    total: int = 0
-    last: bool = False
+__all__ = [
+    "BLINDED",
+    "DOUBLE_BLINDED",
+    "PEER_BLINDED",
+    "RESULT_INDICES",
+    "STEPS",
+    "CollaboratorPsi",
+    "HostBlinding",
+    "HostPsi",
+    "PsiError",
+    "PsiFrame",
+    "PsiPool",
+    "decode_indices",
+    "encode_indices",
+    "intersect_all",
+    "prepare_ids",
+]
 
 
 def prepare_ids(ids: Iterable[str]) -> list[str]:
@@ -83,113 +88,12 @@ def _slices(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _frames(step: str, chunks: Iterable[bytes], total: int) -> Iterator[PsiFrame]:
-    """Wrap data chunks as frames: `total` on the first, `last` on the final one (which
-    may be empty when the step has no elements)."""
-    previous: bytes | None = None
-    announced = False
-    for data in chunks:
-        if previous is not None:
-            yield PsiFrame(step, previous, 0 if announced else total, False)
-            announced = True
-        previous = data
-    yield PsiFrame(step, previous or b"", 0 if announced else total, True)
-
-
-class _StepReader:
-    """Reads one step's frames off a shared iterator and checks what the peer claims:
-    the step, the announced total, whole elements, and a final `last` frame."""
-
-    def __init__(
-        self,
-        frames: Iterator[PsiFrame],
-        step: str,
-        peer: str,
-        element_bytes: int = POINT_BYTES,
-        expected_total: int | None = None,
-    ) -> None:
-        self._frames = frames
-        self.step = step
-        self.peer = peer
-        self.element_bytes = element_bytes
-        self.expected_total = expected_total
-        self.total: int | None = None
-        self.count = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        what = "ristretto255 points" if self.element_bytes == POINT_BYTES else "uint32 indices"
-        for frame in self._frames:
-            if frame.step != self.step:
-                raise PsiError(
-                    f"{self.peer} sent a {frame.step!r} chunk where {self.step!r} was expected "
-                    "(both parties must run the same PSI protocol version)"
-                )
-            if self.total is None:
-                self.total = self._check_total(frame.total)
-            size = len(frame.data)
-            if size % self.element_bytes:
-                raise PsiError(
-                    f"{self.peer} sent {size} bytes in a {self.step} chunk, not a multiple of "
-                    f"{self.element_bytes} ({what} are {self.element_bytes} bytes each)"
-                )
-            self.count += size // self.element_bytes
-            if self.count > self.total:
-                raise PsiError(
-                    f"{self.peer} sent more {self.step} elements ({self.count}) than it "
-                    f"announced ({self.total})"
-                )
-            if size:
-                yield frame.data
-            if frame.last:
-                if self.count != self.total:
-                    raise PsiError(
-                        f"{self.peer} ended the {self.step} step after {self.count} elements, "
-                        f"having announced {self.total}"
-                    )
-                return
-        got = "nothing" if self.total is None else f"{self.count} of {self.total} elements"
-        raise PsiError(
-            f"{self.peer}'s stream ended before the last {self.step} chunk ({got} received); "
-            "the peer stopped or the connection broke"
-        )
-
-    def _check_total(self, total: int) -> int:
-        if total < 0 or total > MAX_IDS:
-            raise PsiError(f"{self.peer} announced {total} {self.step} elements, out of range")
-        if self.expected_total is not None and total != self.expected_total:
-            raise PsiError(
-                f"{self.peer} announced {total} {self.step} elements; expected "
-                f"{self.expected_total}, one for each element sent to it"
-            )
-        return total
-
-
-def _split_points(data: bytes) -> Iterator[bytes]:
-    for start in range(0, len(data), POINT_BYTES):
-        yield data[start : start + POINT_BYTES]
-
-
 def _random_permutation(n: int) -> list[int]:
     """A uniformly random order of range(n) from the OS CSPRNG (sort by 128-bit keys)."""
     if n < 2:
         return list(range(n))
     keys = np.frombuffer(os.urandom(16 * n), dtype="<u8").reshape(n, 2)
     return np.lexsort((keys[:, 1], keys[:, 0])).tolist()
-
-
-def encode_indices(indices: Sequence[int]) -> bytes:
-    packed = array("I", indices) if array("I").itemsize == INDEX_BYTES else array("L", indices)
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def decode_indices(data: bytes) -> list[int]:
-    packed = array("I") if array("I").itemsize == INDEX_BYTES else array("L")
-    packed.frombytes(data)
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return packed.tolist()
 
 
 class OwnBlinding:
@@ -261,7 +165,7 @@ class HostPsi:
 
     def blinded_frames(self) -> Iterator[PsiFrame]:
         """Step 1: P(x)^a for the host's ids, chunk by chunk (may be called again to retry)."""
-        yield from _frames(BLINDED, self._blinding.chunks(self._chunk), len(self._ids))
+        yield from frames_of(BLINDED, self._blinding.chunks(self._chunk), len(self._ids))
 
     def consume(self, frames: Iterable[PsiFrame]) -> None:
         """Steps 2-4: read P(x)^ab, then P(y)^b (blinding it to P(y)^ba as it arrives)
@@ -269,17 +173,17 @@ class HostPsi:
         if self._matches is not None:
             raise RuntimeError("HostPsi.consume may run only once per exchange")
         stream = iter(frames)
-        double = _StepReader(stream, DOUBLE_BLINDED, self.peer, expected_total=len(self._ids))
+        double = StepReader(stream, DOUBLE_BLINDED, self.peer, expected_total=len(self._ids))
         table: dict[bytes, str] = {}
         ids = iter(self._ids)
         for data in double:
-            table.update(zip(_split_points(data), ids, strict=False))
-        peer = _StepReader(stream, PEER_BLINDED, self.peer)
+            table.update(zip(split_points(data), ids, strict=False))
+        peer = StepReader(stream, PEER_BLINDED, self.peer)
         matches: dict[str, int] = {}
         position = 0
         try:
             for data in self._pool.map_chunks(blind, self._key, peer, UNIT_POINTS * POINT_BYTES):
-                for point in _split_points(data):
+                for point in split_points(data):
                     found = table.get(point)
                     if found is not None:
                         matches.setdefault(found, position)
@@ -312,7 +216,7 @@ class HostPsi:
             encode_indices(indices[start : start + CHUNK_INDICES])
             for start in range(0, len(indices), CHUNK_INDICES)
         )
-        yield from _frames(RESULT_INDICES, chunks, len(indices))
+        yield from frames_of(RESULT_INDICES, chunks, len(indices))
 
 
 class CollaboratorPsi:
@@ -343,7 +247,7 @@ class CollaboratorPsi:
 
     def respond(self, frames: Iterable[PsiFrame]) -> Iterator[PsiFrame]:
         """Steps 2 and 3: P(x)^ab for each blinded chunk as it arrives, then P(y)^b."""
-        blinded = _StepReader(iter(frames), BLINDED, self.peer)
+        blinded = StepReader(iter(frames), BLINDED, self.peer)
         announced = False
         try:
             for data in self._pool.map_chunks(blind, self._key, blinded, UNIT_POINTS * POINT_BYTES):
@@ -355,11 +259,11 @@ class CollaboratorPsi:
             raise PsiError(f"{self.peer} sent an invalid blinded chunk: {exc}") from None
         self.peer_size = blinded.count
         yield PsiFrame(DOUBLE_BLINDED, b"", 0 if announced else blinded.count, True)
-        yield from _frames(PEER_BLINDED, self._own.chunks(self._chunk), len(self._shuffled))
+        yield from frames_of(PEER_BLINDED, self._own.chunks(self._chunk), len(self._shuffled))
 
     def accept_result(self, frames: Iterable[PsiFrame]) -> set[str]:
         """Map the host's result indices back to this party's ids."""
-        reader = _StepReader(iter(frames), RESULT_INDICES, self.peer, element_bytes=INDEX_BYTES)
+        reader = StepReader(iter(frames), RESULT_INDICES, self.peer, element_bytes=INDEX_BYTES)
         seen: set[int] = set()
         for data in reader:
             for index in decode_indices(data):

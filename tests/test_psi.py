@@ -203,9 +203,10 @@ def test_frames_round_trip_through_proto() -> None:
         frame_from_proto(party_node_pb2.PsiMessage(data=b"x"))
 
 
-def test_process_pool_gives_the_same_result() -> None:
-    with PsiPool(1, kind="processes") as procs:
-        final, learned, _ = run_in_process(["a", "b", "c"], [["c", "a", "q"]], procs)
+@pytest.mark.parametrize("workers, kind", [(1, "processes"), (0, "threads")])
+def test_other_pools_give_the_same_result(workers: int, kind) -> None:
+    with PsiPool(workers, kind=kind) as other:
+        final, learned, _ = run_in_process(["a", "b", "c"], [["c", "a", "q"]], other)
     assert final == {"a", "c"} and learned == [{"a", "c"}]
 
 
@@ -353,3 +354,33 @@ def test_collaborator_wait_is_bounded_and_cancellable(pool: PsiPool) -> None:
     threading.Timer(0.1, cancel.set).start()
     with pytest.raises(PsiCancelled):
         session.wait_result(timeout=30, cancel=cancel)
+
+
+class SilentServicer(party_node_pb2_grpc.PartyNodeServicer):
+    """A collaborator that takes the call and never answers (hung peer)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def Psi(self, request_iterator, context):
+        self.release.wait(10)
+        return iter(())
+
+
+def test_host_psi_stops_on_cancel(pool: PsiPool) -> None:
+    servicer = SilentServicer()
+
+    def register(server: grpc.Server) -> list[str]:
+        party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
+        return [SERVICE]
+
+    server = start_server("127.0.0.1:0", register)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    try:
+        stub = _stub(f"127.0.0.1:{server.port}")
+        with pytest.raises(PsiCancelled, match="task is stopping"):
+            run_host_psi({"c0": stub}, ["a"], _header("host"), pool, timeout=30, cancel=cancel)
+    finally:
+        servicer.release.set()
+        server.stop(0)

@@ -178,6 +178,9 @@ def run_host_psi(
             calls[name] = call
             try:
                 host.consume(_frames_in(_noting_first(call, replies), host.peer, check_header))
+                # Read to the end of the call, so it finishes with OK rather than a cancel.
+                for _ in call:
+                    raise PsiError(f"{host.peer} sent data after its last peer_blinded chunk")
                 return
             except grpc.RpcError as exc:
                 # A collaborator that has not opened its PSI session yet answers UNAVAILABLE
@@ -254,8 +257,11 @@ class CollaboratorPsiSession:
                 raise
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BaseException as exc:
-            # The call was cancelled, timed out or the connection broke mid-exchange.
-            self._fail(f"the {self.peer}'s PSI call ended early ({type(exc).__name__}: {exc})")
+            # The call was cancelled, timed out or the connection broke mid-exchange. Once
+            # the last chunk is out ("exchanged"), a closed call is harmless.
+            if self._state != "exchanged":
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
             raise
 
     def _serve(self, messages: Iterator[PsiMessage]) -> Iterator[PsiMessage]:
