@@ -1,0 +1,89 @@
+"""A grpc.health.v1 client for container health checks and Kubernetes exec probes.
+
+Kubernetes' built-in gRPC probe and plain TCP checks cannot speak mutual TLS, so the image's
+HEALTHCHECK and the chart's probes run this instead, with the process's own certificate:
+`python -m wire.health_probe` (proposed CLI spelling: `heteronn health`). Exit 0 when SERVING.
+
+Defaults come from the environment the node or coordinator already has: the port of
+HETERONN_NODE_LISTEN / HETERONN_COORDINATOR_LISTEN and the matching TLS_*_FILE variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from wire.grpc_factory import open_channel
+from wire.tls import TlsSettings
+
+_PREFIXES = ("HETERONN_NODE_", "HETERONN_COORDINATOR_")
+
+
+def _env_defaults(env: Mapping[str, str]) -> dict[str, str | None]:
+    """Address and TLS files from whichever service's variables are set."""
+    for prefix in _PREFIXES:
+        listen = env.get(prefix + "LISTEN")
+        ca = env.get(prefix + "TLS_CA_FILE")
+        if listen or ca:
+            port = (listen or "0.0.0.0:50061").rsplit(":", 1)[-1]
+            return {
+                "address": f"127.0.0.1:{port}",
+                "ca": ca,
+                "cert": env.get(prefix + "TLS_CERT_FILE"),
+                "key": env.get(prefix + "TLS_KEY_FILE"),
+            }
+    return {"address": "127.0.0.1:50061", "ca": None, "cert": None, "key": None}
+
+
+def check(
+    address: str,
+    tls: TlsSettings | None = None,
+    service: str = "",
+    timeout: float = 5.0,
+    server_name: str | None = None,
+) -> str:
+    """The serving status name of `service` at `address` (raises grpc.RpcError if unreachable)."""
+    channel = open_channel(address, tls=tls, server_name=server_name)
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    finally:
+        channel.close()
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    defaults = _env_defaults(os.environ if env is None else env)
+    parser = argparse.ArgumentParser(prog="heteronn health", description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default=os.environ.get("HETERONN_HEALTH_ADDRESS")
+                        or defaults["address"])
+    parser.add_argument("--service", default="", help="service name; '' = the whole process")
+    parser.add_argument("--tls-ca", default=defaults["ca"])
+    parser.add_argument("--tls-cert", default=defaults["cert"])
+    parser.add_argument("--tls-key", default=defaults["key"])
+    parser.add_argument("--server-name", default=os.environ.get("HETERONN_HEALTH_SERVER_NAME"),
+                        help="name expected in the server certificate (default: the host part)")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    tls = None
+    if args.tls_ca:
+        tls = TlsSettings(ca_file=Path(args.tls_ca), cert_file=Path(args.tls_cert),
+                          key_file=Path(args.tls_key))
+    try:
+        status = check(args.address, tls, args.service, args.timeout, args.server_name)
+    except grpc.RpcError as error:
+        print(f"{args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(f"{args.address}: {status}")
+    return 0 if status == "SERVING" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
