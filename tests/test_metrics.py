@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from wire.grpc_factory import open_channel, start_server
-from wire.metrics import Metrics, serve_metrics
+from wire.metrics import Metrics, RpcMetrics, serve_metrics
 
 Req = health_pb2.HealthCheckRequest
 Resp = health_pb2.HealthCheckResponse
@@ -210,3 +210,15 @@ def test_two_registries_do_not_collide():
     a.failures.labels(reason="x").inc()
     assert b.registry.get_sample_value("heteronn_failures_total", {"reason": "x"}) is None
     assert a.registry.get_sample_value("heteronn_failures_total", {"reason": "x"}) == 1
+
+
+def test_rpc_metrics_fit_beside_the_coordinator_gauges():
+    """The coordinator exports its own task gauges; RPC metrics must not collide with them."""
+    from services.metrics import CoordinatorMetrics
+
+    registry = CollectorRegistry()
+    CoordinatorMetrics(registry)
+    rpc = RpcMetrics(registry, node_id="coordinator", role="coordinator")
+    assert rpc.server_interceptor().metrics is rpc
+    with pytest.raises(ValueError):  # while a node's full set would duplicate them
+        Metrics(registry)

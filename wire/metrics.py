@@ -25,8 +25,9 @@ _RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 _HE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-class Metrics:
-    """Every metric family a node or the coordinator exports, bound to one registry."""
+class RpcMetrics:
+    """Per-RPC families (bytes, latency) and process identity: what every process exports,
+    the coordinator included (its task gauges live in services.metrics)."""
 
     def __init__(self, registry: CollectorRegistry, node_id: str = "", role: str = "") -> None:
         self.registry = registry
@@ -37,6 +38,35 @@ class Metrics:
         )
         if node_id or role:
             self.info.labels(node_id=node_id, role=role).set(1)
+        self.rpc_sent_bytes = Counter(
+            "heteronn_rpc_sent_bytes",
+            "Serialized protobuf bytes sent, by RPC method and side (client/server).",
+            ["method", "side"], registry=r,
+        )
+        self.rpc_received_bytes = Counter(
+            "heteronn_rpc_received_bytes",
+            "Serialized protobuf bytes received, by RPC method and side (client/server).",
+            ["method", "side"], registry=r,
+        )
+        self.rpc_duration = Histogram(
+            "heteronn_rpc_duration_seconds",
+            "RPC latency from start to final status, by method, status code and side.",
+            ["method", "code", "side"], buckets=_RPC_BUCKETS, registry=r,
+        )
+
+    def server_interceptor(self) -> MetricsServerInterceptor:
+        return MetricsServerInterceptor(self)
+
+    def client_interceptor(self) -> MetricsClientInterceptor:
+        return MetricsClientInterceptor(self)
+
+
+class Metrics(RpcMetrics):
+    """Every metric family of a party node, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry, node_id: str = "", role: str = "") -> None:
+        super().__init__(registry, node_id, role)
+        r = registry
         self.task_phase = Gauge(
             "heteronn_task_phase",
             "1 for the task's current phase, 0 for the others.", ["task_id", "phase"], registry=r,
@@ -55,21 +85,6 @@ class Metrics:
         )
         self.samples = Counter(
             "heteronn_samples", "Samples (rows) processed.", ["task_id", "stage"], registry=r,
-        )
-        self.rpc_sent_bytes = Counter(
-            "heteronn_rpc_sent_bytes",
-            "Serialized protobuf bytes sent, by RPC method and side (client/server).",
-            ["method", "side"], registry=r,
-        )
-        self.rpc_received_bytes = Counter(
-            "heteronn_rpc_received_bytes",
-            "Serialized protobuf bytes received, by RPC method and side (client/server).",
-            ["method", "side"], registry=r,
-        )
-        self.rpc_duration = Histogram(
-            "heteronn_rpc_duration_seconds",
-            "RPC latency from start to final status, by method, status code and side.",
-            ["method", "code", "side"], buckets=_RPC_BUCKETS, registry=r,
         )
         self.psi_duration = Gauge(
             "heteronn_psi_duration_seconds", "Wall time of the task's last PSI run.",
@@ -133,13 +148,6 @@ class Metrics:
         """Context manager timing one HE operation: ``with metrics.time_he("encrypt"):``."""
         return self.he_duration.labels(op=op).time()
 
-    def server_interceptor(self) -> MetricsServerInterceptor:
-        return MetricsServerInterceptor(self)
-
-    def client_interceptor(self) -> MetricsClientInterceptor:
-        return MetricsClientInterceptor(self)
-
-
 @dataclass
 class MetricsEndpoint:
     """A running /metrics HTTP endpoint; `port` is the bound port."""
@@ -171,7 +179,7 @@ def _size(message: Any) -> int:
 class _Observation:
     """One RPC in flight: adds bytes as messages pass and records the latency once."""
 
-    def __init__(self, metrics: Metrics, method: str, side: str) -> None:
+    def __init__(self, metrics: RpcMetrics, method: str, side: str) -> None:
         self.metrics, self.method, self.side = metrics, method, side
         self.start = time.perf_counter()
         self._done = False
@@ -212,7 +220,7 @@ def _server_code(context: grpc.ServicerContext, error: BaseException | None) -> 
 class MetricsServerInterceptor(grpc.ServerInterceptor):
     """Records latency, status code and message bytes for all four handler kinds."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
 
     def intercept_service(
@@ -322,7 +330,7 @@ class MetricsClientInterceptor(
 ):
     """Client-side twin of MetricsServerInterceptor (side="client")."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
 
     def _unary_response(self, continuation: Any, details: Any, request: Any, streaming: bool):
