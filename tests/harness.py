@@ -20,14 +20,25 @@ class Result:
 
 
 def spawn(workdir: Path, node: str, nodes: list[str], task: str, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "tests.synthetic", "--node", node, "--nodes", ",".join(nodes),
-            "--task", task, *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.synthetic",
+        "--node",
+        node,
+        "--nodes",
+        ",".join(nodes),
+        "--task",
+        task,
+        *extra,
+    ]
     if node == nodes[0] and "--no-initiator" not in extra:
         args.append("--initiator")
     args = [a for a in args if a != "--no-initiator"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_all(procs: dict[str, subprocess.Popen], timeout: float = 120) -> dict[str, Result]:
@@ -45,9 +56,16 @@ def wait_all(procs: dict[str, subprocess.Popen], timeout: float = 120) -> dict[s
     return results
 
 
-def run_task(workdir: Path, nodes: list[str], task: str, per_node: dict[str, list[str]] | None = None,
-             common: list[str] | None = None, timeout: float = 120) -> dict[str, Result]:
+def run_task(
+    workdir: Path,
+    nodes: list[str],
+    task: str,
+    per_node: dict[str, list[str]] | None = None,
+    common: list[str] | None = None,
+    timeout: float = 120,
+) -> dict[str, Result]:
     per_node = per_node or {}
-    procs = {n: spawn(workdir, n, nodes, task, *(common or []), *per_node.get(n, []))
-             for n in nodes}
+    procs = {
+        n: spawn(workdir, n, nodes, task, *(common or []), *per_node.get(n, [])) for n in nodes
+    }
     return wait_all(procs, timeout)

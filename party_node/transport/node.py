@@ -100,7 +100,9 @@ def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, rec
     finally:
         if coordinator is not None:
             address_file.unlink(missing_ok=True)
-            coordinator.stop(grace=5.0)
+            # Keep serving until every party has heard how the task ended.
+            coordinator.drain(timeout=max(5.0, scheduler.schedule_timeout))
+            coordinator.stop(grace=1.0)
 
 
 def _start_embedded_coordinator(
