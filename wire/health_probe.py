@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser.add_argument("--tls-key", default=defaults["key"])
     parser.add_argument("--server-name", default=os.environ.get("HETERONN_HEALTH_SERVER_NAME"),
                         help="name expected in the server certificate (default: the host part)")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=15.0, help="RPC deadline, seconds")
     args = parser.parse_args(argv)
     tls = None
     if args.tls_ca:

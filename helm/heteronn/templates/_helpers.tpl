@@ -59,3 +59,12 @@ periodSeconds: {{ .Values.probes.periodSeconds }}
 timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
 failureThreshold: {{ .Values.probes.failureThreshold }}
 {{- end -}}
+
+{{/* The same check while the process starts (importing torch takes a while). */}}
+{{- define "heteronn.startupProbe" -}}
+exec:
+  command: ["python", "-m", "wire.health_probe"]
+periodSeconds: 5
+timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
+failureThreshold: {{ .Values.probes.startupFailureThreshold }}
+{{- end -}}
