@@ -3,6 +3,7 @@ made by wire.dev_certs (what `make certs` runs)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import grpc
@@ -152,3 +153,26 @@ def test_health_probe_cli_over_mtls(certs, host_server):
     assert health_probe.main([], env=env) == 0
     # without a client certificate the probe reports failure instead of hanging
     assert health_probe.main(["--tls-ca", "", "--timeout", "2"], env=env) == 1
+
+
+def test_extra_san_lets_peers_dial_a_public_name(tmp_path, certs):
+    """`--dns` adds the name another organisation dials; the CN stays the node id."""
+    ours, _ = certs
+    out = tmp_path / "certs"
+    shutil.copytree(ours, out)
+    assert dev_certs.main(["--out", str(out), "--dns", "bank.org-b.example", "bank"]) == 0
+    server = start_server("127.0.0.1:0", lambda server: [], tls=_tls(out, "bank"),
+                          interceptors=[PeerAuthInterceptor(lambda: PARTICIPANTS)])
+    try:
+        with open_channel(f"127.0.0.1:{server.port}", tls=_tls(out, "host"),
+                          server_name="bank.org-b.example") as channel:
+            assert health_pb2_grpc.HealthStub(channel).Check(Req(), timeout=5).status == (
+                Resp.SERVING
+            )
+        with open_channel(f"127.0.0.1:{server.port}", tls=_tls(out, "host"),
+                          server_name="elsewhere.example") as channel, \
+                pytest.raises(grpc.RpcError) as error:
+            health_pb2_grpc.HealthStub(channel).Check(Req(), timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
