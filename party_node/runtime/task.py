@@ -200,7 +200,10 @@ class TaskRuntime:
             )
         if cmd.phase == "TRAIN":
             self.scheduler.current_round = cmd.round
+            started = time.perf_counter()
             result = role.train_round(cmd.round)
+            seconds = round(time.perf_counter() - started, 3)
+            self.summary.setdefault("round_seconds", []).append(seconds)
             with self.watchdog.local("saving the checkpoint"):
                 self.checkpoints.save(cmd.round, role.state())
             self.summary["rounds"] = cmd.round
