@@ -145,12 +145,15 @@ def test_allowed_set_is_read_per_call_and_guards_streams(certs):
 def test_health_probe_cli_over_mtls(certs, host_server):
     ours, _ = certs
     env = {
+        "HETERONN_NODE_NODE_ID": "host",  # the certificate is checked for this name
         "HETERONN_NODE_LISTEN": f"0.0.0.0:{host_server.port}",
         "HETERONN_NODE_TLS_CA_FILE": str(ours / "ca.crt"),
         "HETERONN_NODE_TLS_CERT_FILE": str(ours / "host.crt"),
         "HETERONN_NODE_TLS_KEY_FILE": str(ours / "host.key"),
     }
     assert health_probe.main([], env=env) == 0
+    # the probe checks the server's identity: another node's name does not match
+    assert health_probe.main(["--server-name", "bank", "--timeout", "2"], env=env) == 1
     # without a client certificate the probe reports failure instead of hanging
     assert health_probe.main(["--tls-ca", "", "--timeout", "2"], env=env) == 1
 

@@ -26,19 +26,27 @@ _PREFIXES = ("HETERONN_NODE_", "HETERONN_COORDINATOR_")
 
 
 def _env_defaults(env: Mapping[str, str]) -> dict[str, str | None]:
-    """Address and TLS files from whichever service's variables are set."""
+    """Address, TLS files and the name to expect in the server's certificate, from whichever
+    service's variables are set. The name is the process's own node id ("coordinator" for
+    the coordinator): production certificates name the node, not 127.0.0.1."""
     for prefix in _PREFIXES:
         listen = env.get(prefix + "LISTEN")
         ca = env.get(prefix + "TLS_CA_FILE")
         if listen or ca:
-            port = (listen or "0.0.0.0:50061").rsplit(":", 1)[-1]
+            default_port = "50061" if prefix == "HETERONN_NODE_" else "50051"
+            port = listen.rsplit(":", 1)[-1] if listen else default_port
+            own_name = env.get("HETERONN_NODE_NODE_ID") if prefix == "HETERONN_NODE_" else (
+                "coordinator"
+            )
             return {
                 "address": f"127.0.0.1:{port}",
                 "ca": ca,
                 "cert": env.get(prefix + "TLS_CERT_FILE"),
                 "key": env.get(prefix + "TLS_KEY_FILE"),
+                "server_name": env.get("HETERONN_HEALTH_SERVER_NAME") or own_name,
             }
-    return {"address": "127.0.0.1:50061", "ca": None, "cert": None, "key": None}
+    return {"address": "127.0.0.1:50061", "ca": None, "cert": None, "key": None,
+            "server_name": env.get("HETERONN_HEALTH_SERVER_NAME")}
 
 
 def check(
@@ -60,16 +68,17 @@ def check(
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    defaults = _env_defaults(os.environ if env is None else env)
+    env = os.environ if env is None else env
+    defaults = _env_defaults(env)
     parser = argparse.ArgumentParser(prog="heteronn health", description=__doc__.splitlines()[0])
-    parser.add_argument("--address", default=os.environ.get("HETERONN_HEALTH_ADDRESS")
+    parser.add_argument("--address", default=env.get("HETERONN_HEALTH_ADDRESS")
                         or defaults["address"])
     parser.add_argument("--service", default="", help="service name; '' = the whole process")
     parser.add_argument("--tls-ca", default=defaults["ca"])
     parser.add_argument("--tls-cert", default=defaults["cert"])
     parser.add_argument("--tls-key", default=defaults["key"])
-    parser.add_argument("--server-name", default=os.environ.get("HETERONN_HEALTH_SERVER_NAME"),
-                        help="name expected in the server certificate (default: the host part)")
+    parser.add_argument("--server-name", default=defaults["server_name"],
+                        help="name expected in the server certificate (default: own node id)")
     parser.add_argument("--timeout", type=float, default=15.0, help="RPC deadline, seconds")
     args = parser.parse_args(argv)
     tls = None
