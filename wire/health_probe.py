@@ -1,0 +1,98 @@
+"""A grpc.health.v1 client for container health checks and Kubernetes exec probes.
+
+Kubernetes' built-in gRPC probe and plain TCP checks cannot speak mutual TLS, so the image's
+HEALTHCHECK and the chart's probes run this instead, with the process's own certificate:
+`python -m wire.health_probe` (proposed CLI spelling: `heteronn health`). Exit 0 when SERVING.
+
+Defaults come from the environment the node or coordinator already has: the port of
+HETERONN_NODE_LISTEN / HETERONN_COORDINATOR_LISTEN and the matching TLS_*_FILE variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from wire.grpc_factory import open_channel
+from wire.tls import TlsSettings
+
+_PREFIXES = ("HETERONN_NODE_", "HETERONN_COORDINATOR_")
+
+
+def _env_defaults(env: Mapping[str, str]) -> dict[str, str | None]:
+    """Address, TLS files and the name to expect in the server's certificate, from whichever
+    service's variables are set. The name is the process's own node id ("coordinator" for
+    the coordinator): production certificates name the node, not 127.0.0.1."""
+    for prefix in _PREFIXES:
+        listen = env.get(prefix + "LISTEN")
+        ca = env.get(prefix + "TLS_CA_FILE")
+        if listen or ca:
+            default_port = "50061" if prefix == "HETERONN_NODE_" else "50051"
+            port = listen.rsplit(":", 1)[-1] if listen else default_port
+            own_name = env.get("HETERONN_NODE_NODE_ID") if prefix == "HETERONN_NODE_" else (
+                "coordinator"
+            )
+            return {
+                "address": f"127.0.0.1:{port}",
+                "ca": ca,
+                "cert": env.get(prefix + "TLS_CERT_FILE"),
+                "key": env.get(prefix + "TLS_KEY_FILE"),
+                "server_name": env.get("HETERONN_HEALTH_SERVER_NAME") or own_name,
+            }
+    return {"address": "127.0.0.1:50061", "ca": None, "cert": None, "key": None,
+            "server_name": env.get("HETERONN_HEALTH_SERVER_NAME")}
+
+
+def check(
+    address: str,
+    tls: TlsSettings | None = None,
+    service: str = "",
+    timeout: float = 5.0,
+    server_name: str | None = None,
+) -> str:
+    """The serving status name of `service` at `address` (raises grpc.RpcError if unreachable)."""
+    channel = open_channel(address, tls=tls, server_name=server_name)
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    finally:
+        channel.close()
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    defaults = _env_defaults(env)
+    parser = argparse.ArgumentParser(prog="heteronn health", description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default=env.get("HETERONN_HEALTH_ADDRESS")
+                        or defaults["address"])
+    parser.add_argument("--service", default="", help="service name; '' = the whole process")
+    parser.add_argument("--tls-ca", default=defaults["ca"])
+    parser.add_argument("--tls-cert", default=defaults["cert"])
+    parser.add_argument("--tls-key", default=defaults["key"])
+    parser.add_argument("--server-name", default=defaults["server_name"],
+                        help="name expected in the server certificate (default: own node id)")
+    parser.add_argument("--timeout", type=float, default=15.0, help="RPC deadline, seconds")
+    args = parser.parse_args(argv)
+    tls = None
+    if args.tls_ca:
+        tls = TlsSettings(ca_file=Path(args.tls_ca), cert_file=Path(args.tls_cert),
+                          key_file=Path(args.tls_key))
+    try:
+        status = check(args.address, tls, args.service, args.timeout, args.server_name)
+    except grpc.RpcError as error:
+        print(f"{args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(f"{args.address}: {status}")
+    return 0 if status == "SERVING" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
