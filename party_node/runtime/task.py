@@ -21,6 +21,7 @@ from party_node.runtime.links import (
     Participant,
     PeerLink,
     Report,
+    TaskObserver,
 )
 from party_node.runtime.outputs import output_dir, write_json
 from party_node.runtime.roles import Role, make_role
@@ -56,12 +57,14 @@ class TaskRuntime:
         peers: PeerLink,
         settings: RunSettings,
         abort: AbortSignal,
+        observer: TaskObserver | None = None,
     ):
         self.scheduler = scheduler
         self.control = control
         self.peers = peers
         self.settings = settings
         self.abort = abort
+        self.observer = observer or TaskObserver()
         self.out_dir = output_dir(settings.workdir, settings.node_id, settings.task_id)
         self.checkpoints = CheckpointStore(self.out_dir / "checkpoints")
         self.watchdog = Watchdog(scheduler.calculation_timeout, self._local_timeout)
@@ -95,6 +98,7 @@ class TaskRuntime:
             self.summary["status"] = "finished"
             return self.summary
         except TaskFailed as exc:
+            self.observer.failed("task_failed")
             if not self.abort.is_set():  # found here (not a broadcast): tell everyone
                 self.abort.set(f"{self._where()}: {exc.reason}")
                 self._report_error(self.abort.reason)
@@ -132,6 +136,7 @@ class TaskRuntime:
         sched.id, sched.task_id = self.settings.node_id, self.settings.task_id
         sched._output_dir = self.out_dir
         self.role = make_role(sched, self.peers, self.abort, self.watchdog, self.settings.node_id)
+        self.role.observer = self.observer
         with self.watchdog.local("building the models"):
             self.role.build()
         participants = self.control.join(
@@ -160,6 +165,7 @@ class TaskRuntime:
                 continue
             done.add((cmd.phase, cmd.round))
             self.phase, self.round = cmd.phase, cmd.round
+            self.observer.phase(cmd.phase, cmd.round)
             if cmd.phase == "FAILED":
                 self.abort.set(cmd.reason)
                 raise TaskFailed(cmd.reason)
@@ -177,7 +183,9 @@ class TaskRuntime:
             role.set_participants(cmd.participants)
             with self.watchdog.local("load_local_ids"):
                 ids = self.scheduler.load_local_ids()
+            started = time.perf_counter()
             self.intersection = role.psi(_check_ids(ids))
+            self.observer.psi(time.perf_counter() - started, len(set(ids)), len(self.intersection))
             self.summary["local_ids"] = len(set(ids))
             self.summary["intersection_size"] = len(self.intersection)
             log.info("PSI done: %d common ids", len(self.intersection))
@@ -211,6 +219,7 @@ class TaskRuntime:
         if cmd.phase == "TEST":
             self.scheduler.current_round = cmd.round
             metrics = role.test(cmd.round)
+            self.observer.test(metrics)
             if metrics:
                 self.summary.setdefault("test_history", []).append({"round": cmd.round, **metrics})
                 log.info(

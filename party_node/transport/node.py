@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from party_node.mock import current_mock
 from party_node.runtime.errors import ConfigError, TaskFailed
@@ -19,10 +21,13 @@ from party_node.runtime.outputs import atomic_write_bytes
 from party_node.runtime.task import RunSettings, TaskRuntime
 from party_node.settings import NodeSettings
 from party_node.transport.coordinator_client import CoordinatorLink
+from party_node.transport.monitoring import PrometheusObserver
 from party_node.transport.node_state import NodeState
 from party_node.transport.peers import GrpcPeers
 from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
 from wire.grpc_factory import open_channel, start_server
+from wire.metrics import Metrics, serve_metrics
+from wire.peer_auth import PeerAuthInterceptor
 
 log = logging.getLogger("heteronn")
 
@@ -34,19 +39,28 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
     abort = AbortSignal()
     state = NodeState(node_id=settings.node_id, task_id=settings.task_id, abort=abort)
     tls = settings.tls if settings.tls.enabled else None
+    metrics = Metrics(CollectorRegistry(), settings.node_id, scheduler._role)
 
     def register(server: Any) -> list[str]:
         party_node_pb2_grpc.add_PartyNodeServicer_to_server(PartyNodeServicer(state), server)
         return [SERVICE_NAME]
 
-    server = start_server(settings.listen, register, tls=tls)
+    interceptors: list[Any] = [metrics.server_interceptor()]
+    if tls is not None:  # with mutual TLS, only the task's participants get in
+        interceptors.insert(0, PeerAuthInterceptor(lambda: state.participants.keys()))
+    server = start_server(settings.listen, register, tls=tls, interceptors=interceptors)
+    endpoint = None
     if settings.metrics_port is not None:
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        start_http_server(settings.metrics_port, registry=CollectorRegistry())
+        endpoint = serve_metrics(settings.metrics_port, metrics.registry)
     advertise = settings.advertise or f"127.0.0.1:{server.port}"
     control = CoordinatorLink(settings.coordinator, settings.task_id, settings.node_id, tls, abort)
-    peers = GrpcPeers(state, scheduler._role, tls, send_timeout=scheduler.calculation_timeout)
+    peers = GrpcPeers(
+        state,
+        scheduler._role,
+        tls,
+        send_timeout=scheduler.calculation_timeout,
+        interceptors=[metrics.client_interceptor()],
+    )
     run = RunSettings(
         node_id=settings.node_id,
         task_id=settings.task_id,
@@ -54,12 +68,15 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         advertise=advertise,
         recover=settings.recover,
     )
+    observer = PrometheusObserver(metrics, settings.task_id)
     try:
-        return TaskRuntime(scheduler, control, peers, run, abort).run()
+        return TaskRuntime(scheduler, control, peers, run, abort, observer).run()
     finally:
         control.close()
         peers.close()
         server.stop(grace=1.0)
+        if endpoint is not None:
+            endpoint.close()
 
 
 def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, recover: bool) -> None:

@@ -4,6 +4,7 @@ payloads chunked, failures turned into messages that name the peer and its addre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -21,7 +22,15 @@ from wire.tls import TlsSettings
 
 
 class GrpcPeers:
-    def __init__(self, state: NodeState, role: str, tls: TlsSettings | None, send_timeout: float):
+    def __init__(
+        self,
+        state: NodeState,
+        role: str,
+        tls: TlsSettings | None,
+        send_timeout: float,
+        interceptors: Sequence[Any] = (),
+    ):
+        self.interceptors = list(interceptors)
         self.state = state
         self.role = role
         self.tls = tls
@@ -38,7 +47,7 @@ class GrpcPeers:
                 continue
             if not p.address:
                 raise TaskFailed(f"the coordinator has no address for {p.role} '{p.node_id}'")
-            channel = open_channel(p.address, self.tls, server_name=p.node_id)
+            channel = open_channel(p.address, self.tls, self.interceptors, server_name=p.node_id)
             self._channels[p.node_id] = channel
             self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeStub(channel)
 

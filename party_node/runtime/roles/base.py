@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from party_node.runtime.errors import ConfigError, TaskFailed
-from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink
+from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.watchdog import Watchdog
 
@@ -26,6 +26,7 @@ class Role:
         self.abort = abort
         self.watchdog = watchdog
         self.node_id = node_id
+        self.observer = TaskObserver()
         self.participants: tuple[Participant, ...] = ()
         self.train_ids: list = []
         self.test_ids: list = []

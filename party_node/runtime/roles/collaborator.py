@@ -34,6 +34,7 @@ class CollaboratorRole(Role):
             )
             grad = self.expect(host, "train.gradient", round_no, b, "this collaborator")
             self.apply_gradient(features, grad.tensors.get("gradient"), b)
+            self.observer.batch(features.shape[0], "train")
             count = b + 1
         if count == 0:
             raise ConfigError(

@@ -98,6 +98,7 @@ class HostRole(Role):
                 )
             if s.is_feature_trainable:
                 s.feature_optimizer.step()
+            self.observer.batch(features.shape[0], "train")
             count = b + 1
         if count == 0:
             raise ConfigError(

@@ -1,0 +1,27 @@
+"""The runtime's TaskObserver backed by Prometheus (wire.metrics), bound to one task."""
+
+from __future__ import annotations
+
+from party_node.runtime.links import TaskObserver
+from wire.metrics import Metrics
+
+
+class PrometheusObserver(TaskObserver):
+    def __init__(self, metrics: Metrics, task_id: str):
+        self.metrics = metrics
+        self.task_id = task_id
+
+    def phase(self, phase: str, round_no: int) -> None:
+        self.metrics.set_phase(self.task_id, phase, round_no)
+
+    def batch(self, rows: int, stage: str) -> None:
+        self.metrics.observe_batch(self.task_id, rows, stage)
+
+    def psi(self, seconds: float, local: int, intersection: int) -> None:
+        self.metrics.observe_psi(self.task_id, seconds, local, 0, intersection)
+
+    def test(self, metrics: dict[str, float]) -> None:
+        self.metrics.observe_test(self.task_id, metrics.get("accuracy"), metrics.get("loss"))
+
+    def failed(self, kind: str) -> None:
+        self.metrics.failures.labels(reason=kind).inc()
