@@ -33,7 +33,9 @@ def tensor(msg: Mapping[str, object], name: str, shape: tuple[int, ...], step: s
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise SecureProtocolError(f"{step}: '{name}' must be a floating-point tensor")
     if tuple(value.shape) != shape:
-        raise SecureProtocolError(f"{step}: '{name}' has shape {list(value.shape)}, expected {list(shape)}")
+        raise SecureProtocolError(
+            f"{step}: '{name}' has shape {list(value.shape)}, expected {list(shape)}"
+        )
     return value.detach().cpu().to(torch.float64).numpy()
 
 

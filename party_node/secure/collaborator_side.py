@@ -18,7 +18,6 @@ from party_node.secure.errors import SecureProtocolError
 from party_node.secure.layout import Geometry
 from party_node.secure.params import (
     KIND_BWD_MASKED,
-    KIND_ENC_X,
     KIND_FWD_SHARE,
     Message,
     SecureParams,
@@ -131,7 +130,9 @@ class SecureCollaboratorLayer:
                 acc = None
                 for a in range(geo.col_tiles(self.out_dim)):
                     a0, a1 = geo.col_range(a, self.out_dim)
-                    term = he_linear.block_matmul(self.host, geo, cts[(r, a)], vt[a0:a1, o0:o1], plan)
+                    term = he_linear.block_matmul(
+                        self.host, geo, cts[(r, a)], vt[a0:a1, o0:o1], plan
+                    )
                     acc = term if acc is None else self._add(self.host, acc, term)
                 he_linear.rescale(self.host, acc)
                 masks[(r, o)] = he_linear.add_mask(self.host, acc, self.params.mask_bound)
@@ -156,7 +157,10 @@ class SecureCollaboratorLayer:
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """V and its momentum buffer (keys are never checkpointed)."""
-        return {"v": torch.from_numpy(self.share.v.copy()), "buf": torch.from_numpy(self.share.buf.copy())}
+        return {
+            "v": torch.from_numpy(self.share.v.copy()),
+            "buf": torch.from_numpy(self.share.buf.copy()),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in ("v", "buf"):
@@ -184,7 +188,9 @@ class SecureCollaboratorLayer:
             out[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
         return out
 
-    def _masked_weight_gradient(self, msg: Message, tiles: dict[tuple[int, int], str]) -> np.ndarray:
+    def _masked_weight_gradient(
+        self, msg: Message, tiles: dict[tuple[int, int], str]
+    ) -> np.ndarray:
         """Xᵀδ + M, read from the gram layout (column t of X, output j at slot t*stride + j)."""
         geo, y = self.geo, np.zeros((self.in_dim, self.out_dim))
         for (c, j), vec in self._decrypt_all(msg, tiles).items():

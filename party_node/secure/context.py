@@ -125,10 +125,14 @@ class OwnKeys:
         keygen = sealapi.KeyGenerator(seal_ctx, secret)
         elements = [params.galois_element(s) for s in steps]
         # Seeded serialization: half the size of expanded keys on the wire.
-        self._galois_blob = seal_io.save_bytes(keygen.create_galois_keys(elements)) if steps else b""
+        self._galois_blob = (
+            seal_io.save_bytes(keygen.create_galois_keys(elements)) if steps else b""
+        )
 
     def __repr__(self) -> str:
-        return f"OwnKeys(N={self.params.poly_modulus_degree}, galois_steps={len(self.galois_steps)})"
+        return (
+            f"OwnKeys(N={self.params.poly_modulus_degree}, galois_steps={len(self.galois_steps)})"
+        )
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("OwnKeys holds a secret key and cannot be pickled or copied off-party")
@@ -182,7 +186,9 @@ class PeerKeys:
         self.context = ctx
         self.engine = HeEngine(params, seal_ctx)
         galois = bytes(blobs[GALOIS_BLOB])
-        self.galois_keys = seal_io.load_galois_keys(seal_ctx, galois, "peer Galois keys") if galois else None
+        self.galois_keys = (
+            seal_io.load_galois_keys(seal_ctx, galois, "peer Galois keys") if galois else None
+        )
 
     def __repr__(self) -> str:
         return f"PeerKeys(N={self.params.poly_modulus_degree})"

@@ -16,7 +16,7 @@ from party_node.secure import checks, he_linear, seal_io
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
 from party_node.secure.layout import Geometry
-from party_node.secure.params import KIND_BWD_ENC, KIND_BWD_GRAD, KIND_FWD_MASKED, Message, SecureParams
+from party_node.secure.params import KIND_BWD_GRAD, KIND_FWD_MASKED, Message, SecureParams
 from party_node.secure.shares import HostShare, half_init
 
 
@@ -71,7 +71,10 @@ class SecureHostLayer:
             for c in range(geo.col_tiles(self.in_dim))
         }
         checks.expect_names(msg, ["rows", *names.values()], step)
-        cts = {k: self.peer.engine.load_ciphertext(checks.blob(msg, n, step), n, 0) for k, n in names.items()}
+        cts = {
+            k: self.peer.engine.load_ciphertext(checks.blob(msg, n, step), n, 0)
+            for k, n in names.items()
+        }
         plan = geo.matmul_plan(self.in_dim, self.out_dim)
         u = self.share.u
         out: Message = {}
@@ -82,7 +85,9 @@ class SecureHostLayer:
                 acc = None
                 for c in range(geo.col_tiles(self.in_dim)):
                     c0, c1 = geo.col_range(c, self.in_dim)
-                    term = he_linear.block_matmul(self.peer, geo, cts[(r, c)], u[c0:c1, o0:o1], plan)
+                    term = he_linear.block_matmul(
+                        self.peer, geo, cts[(r, c)], u[c0:c1, o0:o1], plan
+                    )
                     if acc is None:
                         acc = term
                     else:
@@ -102,8 +107,12 @@ class SecureHostLayer:
             raise SecureProtocolError("secure.fwd_share arrived out of order")
         checks.expect_names(msg, ["z_masked"], "secure.fwd_share")
         masked = checks.tensor(msg, "z_masked", (self._rows, self.out_dim), "secure.fwd_share")
-        checks.in_range(masked, self.params.mask_bound + self.params.value_bound, "masked projection")
-        z = checks.in_range(masked - self._mask, self.params.value_bound, f"projection of '{self.feature_key}'")
+        checks.in_range(
+            masked, self.params.mask_bound + self.params.value_bound, "masked projection"
+        )
+        z = checks.in_range(
+            masked - self._mask, self.params.value_bound, f"projection of '{self.feature_key}'"
+        )
         self._mask = None
         return torch.from_numpy(z).to(self.dtype)
 
@@ -114,7 +123,9 @@ class SecureHostLayer:
             raise SecureProtocolError("backward without a pending training forward")
         rows, geo = self._rows, self.geo
         if tuple(delta.shape) != (rows, self.out_dim):
-            raise SecureProtocolError(f"δ has shape {list(delta.shape)}, expected {[rows, self.out_dim]}")
+            raise SecureProtocolError(
+                f"δ has shape {list(delta.shape)}, expected {[rows, self.out_dim]}"
+            )
         d = checks.in_range(
             delta.detach().cpu().to(torch.float64).numpy(), self.params.value_bound, "δ"
         )
@@ -138,7 +149,8 @@ class SecureHostLayer:
                 he_linear.rescale(self.peer, acc)
                 he_linear.gram_reduce(self.peer, geo, acc)
                 idx = np.array(
-                    [t * geo.stride + jj for t in range(c1 - c0) for jj in range(j1 - j0)], dtype=np.int64
+                    [t * geo.stride + jj for t in range(c1 - c0) for jj in range(j1 - j0)],
+                    dtype=np.int64,
                 )
                 fixed = mask[c0:c1, j0:j1].reshape(-1)
                 # Leftover slots get masks of the same size as M (they hold partial sums of
@@ -187,6 +199,3 @@ class SecureHostLayer:
             if tuple(state[name].shape) != (self.in_dim, self.out_dim):
                 raise ValueError(f"checkpoint '{name}' has shape {list(state[name].shape)}")
             setattr(self.share, name, state[name].to(torch.float64).numpy().copy())
-
-
-__all__ = ["KIND_BWD_ENC", "SecureHostLayer"]

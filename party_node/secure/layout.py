@@ -129,7 +129,9 @@ class Geometry:
                 out[(r, c)] = vec
         return out
 
-    def unpack(self, vectors: dict[tuple[int, int], np.ndarray], rows: int, cols: int) -> np.ndarray:
+    def unpack(
+        self, vectors: dict[tuple[int, int], np.ndarray], rows: int, cols: int
+    ) -> np.ndarray:
         """Inverse of the block placement for results: out[row, col] at slot t*stride + b."""
         out = np.zeros((rows, cols))
         for (r, c), vec in vectors.items():

@@ -14,7 +14,7 @@ Mask sizes (see docs/secure-protocol.md, "Masks and precision"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,7 +37,7 @@ KIND_PUBLIC_KEYS = "secure.public_keys"
 class SecureParams:
     """Everything both parties must agree on besides the layer's shape and learning rate."""
 
-    ckks: CkksParams = CkksParams()
+    ckks: CkksParams = field(default_factory=CkksParams)
     mask_bits: int = 30
     share_noise: float = 16.0
     value_bound: float = 2.0**20
