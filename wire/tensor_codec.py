@@ -59,7 +59,5 @@ def tensor_from_proto(msg: common_pb2.Tensor, require_finite: bool = True) -> to
         arr = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
         tensor = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
     if require_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise TensorDecodeError(
-            f"tensor of shape {list(shape)} contains NaN or infinite values"
-        )
+        raise TensorDecodeError(f"tensor of shape {list(shape)} contains NaN or infinite values")
     return tensor

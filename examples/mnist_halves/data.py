@@ -1,0 +1,59 @@
+"""MNIST for the example, loaded once into tensors (the seed re-decodes every image through
+PIL each round). Ids follow the seed: train image i has id "i", test image j has id
+"100000 + j"; the host holds train 0-19999 and test 0-4999, the collaborator train
+10000-29999 and test 3000-6999, so the intersection is 10,000 train and 2,000 test rows."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torchvision
+
+TEST_OFFSET = 100_000
+HOST_IDS = (range(0, 20_000), range(0, 5_000))
+COLLABORATOR_IDS = (range(10_000, 30_000), range(3_000, 7_000))
+
+
+def data_root() -> str:
+    return os.environ.get("DATA_ROOT", "./data")
+
+
+@functools.lru_cache(maxsize=4)
+def mnist(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images N x 1 x 28 x 28, normalized as in the seed; labels N)."""
+    dataset = torchvision.datasets.MNIST(root, train=train, download=True)
+    images = dataset.data.unsqueeze(1).float().div_(255.0)
+    images = images.sub_(0.1307).div_(0.3081)
+    return images, dataset.targets.clone()
+
+
+def local_ids(holding: tuple[range, range]) -> list[str]:
+    train, test = holding
+    return [str(i) for i in train] + [str(TEST_OFFSET + j) for j in test]
+
+
+def split(id_intersection: set[str]) -> tuple[set[str], set[str]]:
+    """Train ids are below TEST_OFFSET, test ids above: the same rule at every party."""
+    train = {i for i in id_intersection if int(i) < TEST_OFFSET}
+    return train, set(id_intersection) - train
+
+
+def rows(ids: list[str], test: bool) -> torch.Tensor:
+    offset = TEST_OFFSET if test else 0
+    return torch.tensor([int(i) - offset for i in ids], dtype=torch.long)
+
+
+def batches(
+    root: str, ids: list[str], test: bool, batch_size: int, half: str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(half images, labels) per batch, in the order of `ids`."""
+    images, labels = mnist(root, train=not test)
+    index = rows(ids, test)
+    cols = slice(0, 14) if half == "left" else slice(14, 28)
+    out = []
+    for start in range(0, len(index), batch_size):
+        part = index[start : start + batch_size]
+        out.append((images[part][:, :, :, cols], labels[part]))
+    return out

@@ -1,0 +1,97 @@
+"""`heteronn` command: `node` runs a party, `coordinator` the coordinator service, `task`
+talks to a coordinator. Exit codes: 0 finished, 1 task failed, 2 bad configuration."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from party_node.log import logger
+from party_node.runtime.errors import ConfigError, TaskFailed
+
+
+def load_factory(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--scheduler must look like package.module:factory, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import scheduler module {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no {attr!r}") from None
+
+
+def node_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="heteronn node", description="run one party node")
+    parser.add_argument("--scheduler", required=True, help="package.module:factory")
+    parser.add_argument("--config", type=Path, help="TOML file with node settings")
+    parser.add_argument("--node-id")
+    parser.add_argument("--task-id")
+    parser.add_argument("--coordinator")
+    parser.add_argument("--listen")
+    parser.add_argument("--advertise")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--recover", action="store_true", default=None)
+    parser.add_argument(
+        "--plaintext",
+        dest="tls_plaintext",
+        action="store_true",
+        default=None,
+        help="run without TLS (trusted networks and local demos only)",
+    )
+    args = parser.parse_args(argv)
+    from party_node.settings import NodeSettings
+    from party_node.transport.node import run_node
+
+    try:
+        overrides = {k: v for k, v in vars(args).items() if k not in ("scheduler", "config")}
+        settings = NodeSettings.load(args.config, **overrides)
+        scheduler = load_factory(args.scheduler)(**settings.scheduler_args)
+    except (ConfigError, ValueError, TypeError) as exc:
+        detail = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"heteronn node: configuration error: {detail}", file=sys.stderr)
+        return 2
+    try:
+        report = run_node(scheduler, settings)
+    except TaskFailed as exc:
+        print(f"heteronn node: task {settings.task_id} failed: {exc.reason}", file=sys.stderr)
+        return 1
+    logger.info("report: %s", report)
+    return 0
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"node", "coordinator", "task"}
+    if not argv or argv[0] not in commands:
+        print("usage: heteronn {node,coordinator,task} ...", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "node":
+        return node_main(rest)
+    if command == "coordinator":
+        from services.server import main as coordinator_main
+
+        return coordinator_main(rest)
+    from services.task_cli import main as task_main
+
+    return task_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""What the runtime needs from the outside world, as interfaces. `party_node.transport`
+implements them over gRPC; the runtime never imports grpc."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Message:
+    """One data message between parties (maps onto proto Payload)."""
+
+    kind: str
+    round: int
+    batch: int
+    sender: str = ""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    end_of_stream: bool = False
+
+
+@dataclass(frozen=True)
+class Participant:
+    node_id: str
+    role: str  # "host" | "collaborator"
+    feature_key: str
+    address: str = ""
+    checkpoint_round: int = 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """A phase command from the coordinator."""
+
+    phase: str  # WAITING_FOR_NODES, PSI, SPLIT, TRAIN, TEST, FINISHED, FAILED
+    round: int = 0
+    reason: str = ""
+    participants: tuple[Participant, ...] = ()
+    resume_round: int = 0
+    deadline_unix_ms: int = 0
+
+
+@dataclass
+class Report:
+    """A node's result for a phase."""
+
+    phase: str
+    round: int = 0
+    error: str = ""
+    train_size: int = 0
+    test_size: int = 0
+    split_digest: str = ""
+    finished: bool = False
+    test_requested: bool = False
+    checkpoint_round: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    """What this node tells the coordinator about itself."""
+
+    node_id: str
+    role: str
+    feature_key: str
+    address: str
+    checkpoint_round: int
+    schedule_timeout: float
+    calculation_timeout: float
+    agreement: dict[str, str]
+
+
+class ControlLink(Protocol):
+    """The coordinator, as the runtime sees it."""
+
+    def join(self, info: JoinInfo) -> tuple[Participant, ...]: ...
+    def next_command(self, timeout: float) -> Command: ...
+    def report(self, report: Report) -> None: ...
+    def close(self) -> None: ...
+
+
+class PeerLink(Protocol):
+    """The other parties, as the runtime sees them."""
+
+    def connect(self, participants: Sequence[Participant]) -> None: ...
+    def send(self, peer: str, message: Message) -> None: ...
+    def receive(self, peer: str, timeout: float) -> Message: ...
+    def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]: ...
+    def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]: ...
+    def close(self) -> None: ...
+
+
+class AbortSignal:
+    """Set once when the task must stop (failure broadcast or local error); every wait checks it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)

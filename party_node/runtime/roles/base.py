@@ -1,0 +1,153 @@
+"""Behaviour shared by host and collaborator roles: building models, checked message
+receipt, checkpoints of the feature model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink
+from party_node.runtime.outputs import atomic_torch_save
+from party_node.runtime.watchdog import Watchdog
+
+_END = object()
+
+
+class Role:
+    def __init__(
+        self, scheduler: Any, peers: PeerLink, abort: AbortSignal, watchdog: Watchdog, node_id: str
+    ):
+        self.s = scheduler
+        self.peers = peers
+        self.abort = abort
+        self.watchdog = watchdog
+        self.node_id = node_id
+        self.participants: tuple[Participant, ...] = ()
+        self.train_ids: list = []
+        self.test_ids: list = []
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def build(self) -> None:
+        s = self.s
+        s.feature_model = s.build_feature_model()
+        if not isinstance(s.feature_model, torch.nn.Module):
+            raise ConfigError("build_feature_model() must return a torch.nn.Module")
+        s.feature_optimizer = s.build_feature_optimizer(s.feature_model)
+        self.build_extra()
+        s.validate_context()
+
+    def build_extra(self) -> None:
+        """Role-specific models (the host's inference model)."""
+
+    def agreement(self) -> dict[str, str]:
+        """Settings every party must share; the coordinator compares them at join."""
+        return {"mode": "secure" if getattr(self.s, "_secure", False) else "plain"}
+
+    def set_participants(self, participants: Sequence[Participant]) -> None:
+        self.participants = tuple(participants)
+
+    def set_split(self, train: set, test: set) -> None:
+        # Sorted lists, so every party iterates the same order even for str ids, whose set
+        # order differs between processes.
+        self.train_ids = _sorted(train)
+        self.test_ids = _sorted(test)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.s.calculation_timeout)
+
+    # ---- checked steps ------------------------------------------------------------------------
+    def batches(self, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
+        """Pull user batches one at a time under the watchdog."""
+        it = iter(iterable)
+        b = 0
+        while True:
+            with self.watchdog.local(f"{what} (batch {b})"):
+                item = next(it, _END)
+            if item is _END:
+                return
+            yield b, item
+            b += 1
+
+    def expect(
+        self, peer: Participant, kind: str, round_no: int, batch: int, host_batches: str
+    ) -> Message:
+        """Receive `peer`'s next message and check it is `kind` for (round, batch)."""
+        msg = self.peers.receive(peer.node_id, self.timeout)
+        if msg.end_of_stream:
+            raise TaskFailed(
+                f"{peer.role} '{peer.node_id}' has only {msg.batch} batches in "
+                f"{_phase(kind, round_no)} "
+                f"but {host_batches} has more; every party must use the same batch_size and the "
+                "same ids from split_dataset"
+            )
+        if (msg.kind, msg.round, msg.batch) != (kind, round_no, batch):
+            raise TaskFailed(
+                f"{peer.role} '{peer.node_id}' sent {msg.kind} for round {msg.round} batch "
+                f"{msg.batch}, expected {kind} for round {round_no} batch {batch}; the parties are "
+                "out of step — check that every party runs the same task version"
+            )
+        return msg
+
+    def expect_end(self, peer: Participant, kind: str, round_no: int, count: int, me: str) -> None:
+        msg = self.peers.receive(peer.node_id, self.timeout)
+        if not msg.end_of_stream:
+            raise TaskFailed(
+                f"{peer.role} '{peer.node_id}' has more batches than {me} ({count}) in "
+                f"{_phase(kind, round_no)}; every party must use the same batch_size and the same "
+                "ids from split_dataset"
+            )
+
+    def send_end(self, peer: str, kind: str, round_no: int, count: int) -> None:
+        self.peers.send(peer, Message(kind=kind, round=round_no, batch=count, end_of_stream=True))
+
+    # ---- state ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "feature_model": self.s.feature_model.state_dict(),
+            "feature_optimizer": self.s.feature_optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.s.feature_model.load_state_dict(state["feature_model"])
+        self.s.feature_optimizer.load_state_dict(state["feature_optimizer"])
+        torch.set_rng_state(state["rng"])
+
+    def save_final(self, out_dir: Path) -> None:
+        atomic_torch_save(self.s.feature_model.state_dict(), out_dir / "feature_model.pt")
+
+    # ---- phases (per role) ----------------------------------------------------------------------
+    def psi(self, ids: list[str]) -> set[str]:
+        raise NotImplementedError
+
+    def train_round(self, round_no: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def test(self, round_no: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def check_features(value: Any, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(f"{what} must yield torch.Tensor features, got {type(value).__name__}")
+    if value.dim() < 1 or value.shape[0] == 0:
+        raise ConfigError(f"{what} yielded features of shape {list(value.shape)}; need (rows, ...)")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ConfigError(f"{what} yielded NaN or infinite features; check the input data/model")
+    return value
+
+
+def _phase(kind: str, round_no: int) -> str:
+    return "the test set" if kind.startswith("test") else f"round {round_no}"
+
+
+def _sorted(ids: set) -> list:
+    try:
+        return sorted(ids)
+    except TypeError:
+        return sorted(ids, key=str)

@@ -1,0 +1,80 @@
+"""The collaborator's phases: send each batch's features to the host, apply the gradient
+the host returns, send test features. It never sees labels or the inference model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.links import Message, Participant
+from party_node.runtime.roles.base import Role, check_features
+
+
+class CollaboratorRole(Role):
+    @property
+    def host(self) -> Participant:
+        return next(p for p in self.participants if p.role == "host")
+
+    def psi(self, ids: list[str]) -> set[str]:
+        return self.peers.psi_as_collaborator(ids, self.timeout)
+
+    def train_round(self, round_no: int) -> dict[str, Any]:
+        s = self.s
+        host = self.host
+        s.feature_model.train()
+        what = f"iterate_train_feature in round {round_no}"
+        count = 0
+        for b, item in self.batches(s.iterate_train_feature(s.feature_model, self.train_ids), what):
+            features = check_features(item, what)
+            self.peers.send(
+                host.node_id,
+                Message("train.features", round_no, b, tensors={"features": features.detach()}),
+            )
+            grad = self.expect(host, "train.gradient", round_no, b, "this collaborator")
+            self.apply_gradient(features, grad.tensors.get("gradient"), b)
+            count = b + 1
+        if count == 0:
+            raise ConfigError(
+                "iterate_train_feature yielded no batches; check train_ids/batch_size"
+            )
+        self.send_end(host.node_id, "train.features", round_no, count)
+        return {}
+
+    def apply_gradient(self, features: torch.Tensor, grad: torch.Tensor | None, b: int) -> None:
+        if grad is None or grad.shape != features.shape:
+            raise TaskFailed(
+                f"host '{self.host.node_id}' returned a gradient of shape "
+                f"{None if grad is None else list(grad.shape)} for batch {b}, expected "
+                f"{list(features.shape)}"
+            )
+        if not self.s.is_feature_trainable:
+            return
+        self.s.feature_optimizer.zero_grad(set_to_none=True)
+        with self.watchdog.local(f"backward of batch {b}"):
+            features.backward(grad.to(features.dtype))
+        self.s.feature_optimizer.step()
+
+    def test(self, round_no: int) -> dict[str, float]:
+        s = self.s
+        host = self.host
+        s.feature_model.eval()
+        try:
+            with torch.no_grad():
+                count = 0
+                for b, item in self.batches(
+                    s.iterate_test_feature(s.feature_model, self.test_ids), "iterate_test_feature"
+                ):
+                    features = check_features(item, "iterate_test_feature")
+                    self.send_test_batch(host, b, features)
+                    count = b + 1
+                self.send_end(host.node_id, "test.features", 0, count)
+        finally:
+            s.feature_model.train()
+        return {}
+
+    def send_test_batch(self, host: Participant, b: int, features: torch.Tensor) -> None:
+        self.peers.send(
+            host.node_id, Message("test.features", 0, b, tensors={"features": features})
+        )

@@ -1,0 +1,152 @@
+"""The host's phases: PSI with every collaborator, fuse features, backpropagate, send each
+collaborator the gradient of the loss w.r.t. its features, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.links import Message, Participant
+from party_node.runtime.outputs import atomic_torch_save, test_metrics
+from party_node.runtime.roles.base import Role, check_features
+
+
+class HostRole(Role):
+    def build_extra(self) -> None:
+        s = self.s
+        s.infer_model = s.build_infer_model()
+        if not isinstance(s.infer_model, torch.nn.Module):
+            raise ConfigError("build_infer_model() must return a torch.nn.Module")
+        s.optimizer = s.build_infer_optimizer(s.infer_model)
+
+    @property
+    def collaborators(self) -> list[Participant]:
+        return [p for p in self.participants if p.role == "collaborator"]
+
+    def psi(self, ids: list[str]) -> set[str]:
+        return self.peers.psi_as_host(ids, self.timeout)
+
+    # ---- training ------------------------------------------------------------------------------
+    def unpack(self, item: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise ConfigError(f"the host's {what} must yield (features, labels) pairs")
+        features = check_features(item[0], what)
+        labels = item[1]
+        if not isinstance(labels, torch.Tensor) or labels.shape[0] != features.shape[0]:
+            raise ConfigError(
+                f"the host's {what} yielded {features.shape[0]} feature rows but labels of "
+                f"shape {list(getattr(labels, 'shape', []))}; yield one label per row"
+            )
+        return features, labels
+
+    def check_rows(self, peer: Participant, tensor: torch.Tensor, rows: int, where: str) -> None:
+        if tensor.dim() < 1 or tensor.shape[0] != rows:
+            got = tensor.shape[0] if tensor.dim() else 0
+            raise TaskFailed(
+                f"collaborator '{peer.node_id}' sent {got} rows for {where}; host batch has "
+                f"{rows} rows — both parties must use the same batch_size and ordering"
+            )
+
+    def receive_features(self, round_no: int, b: int, rows: int) -> dict[str, torch.Tensor]:
+        """The collaborators' plaintext features of batch b, as leaves that collect gradients."""
+        leaves = {}
+        for peer in self.collaborators:
+            msg = self.expect(peer, "train.features", round_no, b, "the host")
+            tensor = msg.tensors.get("features")
+            if tensor is None:
+                raise TaskFailed(f"collaborator '{peer.node_id}' sent no features for batch {b}")
+            self.check_rows(peer, tensor, rows, f"batch {b} of round {round_no}")
+            leaves[peer.node_id] = tensor.requires_grad_(True)
+        return leaves
+
+    def train_round(self, round_no: int) -> dict[str, Any]:
+        s = self.s
+        s.feature_model.train()
+        s.infer_model.train()
+        batches = self.batches(
+            s.iterate_train_feature(s.feature_model, self.train_ids),
+            f"iterate_train_feature in round {round_no}",
+        )
+        count = 0
+        for b, item in batches:
+            features, labels = self.unpack(item, "iterate_train_feature")
+            leaves = self.receive_features(round_no, b, features.shape[0])
+            projection = {s.feature_key: features}
+            projection.update({p.feature_key: leaves[p.node_id] for p in self.collaborators})
+            s.feature_optimizer.zero_grad(set_to_none=True)
+            with self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"):
+                s.train_a_batch(projection, labels)
+            for peer in self.collaborators:
+                leaf = leaves[peer.node_id]
+                grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                self.peers.send(
+                    peer.node_id, Message("train.gradient", round_no, b, tensors={"gradient": grad})
+                )
+            if s.is_feature_trainable:
+                s.feature_optimizer.step()
+            count = b + 1
+        if count == 0:
+            raise ConfigError(
+                "iterate_train_feature yielded no batches; check train_ids/batch_size"
+            )
+        for peer in self.collaborators:
+            self.expect_end(peer, "train.features", round_no, count, "the host")
+        finished = bool(s.is_task_finished())
+        test_now = round_no == 1 or finished or (s.log_rounds > 0 and round_no % s.log_rounds == 0)
+        return {"finished": finished, "test_requested": test_now}
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def test(self, round_no: int) -> dict[str, float]:
+        s = self.s
+        s.feature_model.eval()
+        s.infer_model.eval()
+        try:
+            with torch.no_grad():
+                own = [
+                    self.unpack(item, "iterate_test_feature")
+                    for _, item in self.batches(
+                        s.iterate_test_feature(s.feature_model, self.test_ids),
+                        "iterate_test_feature",
+                    )
+                ]
+                projections = [{s.feature_key: f} for f, _ in own]
+                self.collect_test_features(projections, [f.shape[0] for f, _ in own])
+                labels = [lbl for _, lbl in own]
+                writer = s.tb_writer
+                writer.last_scalars.clear()
+                with self.watchdog.local(f"run_test (round {round_no})"):
+                    s.run_test(projections, labels)
+                writer.flush()
+                return test_metrics(writer.last_scalars)
+        finally:
+            s.feature_model.train()
+            s.infer_model.train()
+
+    def collect_test_features(self, projections: list[dict], rows: list[int]) -> None:
+        for peer in self.collaborators:
+            for b, n in enumerate(rows):
+                msg = self.expect(peer, "test.features", 0, b, "the host")
+                tensor = msg.tensors["features"]
+                self.check_rows(peer, tensor, n, f"test batch {b}")
+                projections[b][peer.feature_key] = tensor
+            self.expect_end(peer, "test.features", 0, len(rows), "the host")
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            **super().state(),
+            "infer_model": self.s.infer_model.state_dict(),
+            "infer_optimizer": self.s.optimizer.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.s.infer_model.load_state_dict(state["infer_model"])
+        self.s.optimizer.load_state_dict(state["infer_optimizer"])
+
+    def save_final(self, out_dir: Path) -> None:
+        super().save_final(out_dir)
+        atomic_torch_save(self.s.infer_model.state_dict(), out_dir / "infer_model.pt")

@@ -1,0 +1,260 @@
+"""One task at one party: join, then execute the coordinator's phase commands until the task
+finishes or fails. Every failure becomes a `TaskFailed` with a reason that names the party,
+the phase and the fix, and is reported so every other party stops too."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from party_node.runtime.checkpoint import CheckpointStore
+from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.links import (
+    AbortSignal,
+    Command,
+    ControlLink,
+    JoinInfo,
+    Participant,
+    PeerLink,
+    Report,
+)
+from party_node.runtime.outputs import output_dir, write_json
+from party_node.runtime.roles import Role, make_role
+from party_node.runtime.watchdog import Watchdog
+
+log = logging.getLogger("heteronn")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    node_id: str
+    task_id: str
+    workdir: Path
+    advertise: str
+    recover: bool = False
+
+
+def split_digest(task_id: str, train: set, test: set) -> str:
+    """Salted digest of the split, compared across parties by the coordinator; ids never leave."""
+    h = hashlib.sha256(task_id.encode())
+    for name, ids in (("train", train), ("test", test)):
+        h.update(name.encode())
+        for item in sorted(str(i) for i in ids):
+            h.update(item.encode() + b"\x00")
+    return h.hexdigest()
+
+
+class TaskRuntime:
+    def __init__(
+        self,
+        scheduler: Any,
+        control: ControlLink,
+        peers: PeerLink,
+        settings: RunSettings,
+        abort: AbortSignal,
+    ):
+        self.scheduler = scheduler
+        self.control = control
+        self.peers = peers
+        self.settings = settings
+        self.abort = abort
+        self.out_dir = output_dir(settings.workdir, settings.node_id, settings.task_id)
+        self.checkpoints = CheckpointStore(self.out_dir / "checkpoints")
+        self.watchdog = Watchdog(scheduler.calculation_timeout, self._local_timeout)
+        self.role: Role | None = None
+        self.phase = "WAITING_FOR_NODES"
+        self.round = 0
+        self.summary: dict[str, Any] = {"node_id": settings.node_id, "task_id": settings.task_id}
+
+    # ---- failure plumbing -------------------------------------------------------------------
+    def _where(self) -> str:
+        where = f"{self.scheduler._role} '{self.settings.node_id}', phase {self.phase}"
+        return where + (f" round {self.round}" if self.round else "")
+
+    def _local_timeout(self, message: str) -> None:
+        reason = f"{self._where()}: {message}"
+        self.abort.set(reason)
+        self._report_error(reason)
+
+    def _report_error(self, reason: str) -> None:
+        try:
+            self.control.report(Report(phase=self.phase, round=self.round, error=reason))
+        except Exception as exc:  # the coordinator may be the thing that is gone
+            log.warning("could not report the failure to the coordinator: %s", exc)
+
+    # ---- the phase loop -------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            self.summary.update(self._run())
+            self.summary["status"] = "finished"
+            return self.summary
+        except TaskFailed as exc:
+            self.summary.update(status="failed", reason=exc.reason)
+            raise
+        except KeyboardInterrupt:
+            reason = self.abort.reason or f"{self._where()}: interrupted"
+            self.abort.set(reason)
+            self._report_error(reason)
+            self.summary.update(status="failed", reason=reason)
+            raise TaskFailed(reason) from None
+        except ConfigError as exc:
+            reason = f"{self._where()}: {exc}"
+            self._fail_locally(reason, exc)
+        except Exception as exc:
+            reason = self.abort.reason or f"{self._where()}: {type(exc).__name__}: {exc}"
+            self._fail_locally(reason, exc)
+        finally:
+            self.summary["seconds"] = round(time.monotonic() - started, 3)
+            self.watchdog.close()
+            write_json(self.out_dir / "report.json", self.summary)
+        raise AssertionError("unreachable")
+
+    def _fail_locally(self, reason: str, exc: BaseException) -> None:
+        if not isinstance(exc, ConfigError | TaskFailed) and not self.abort.is_set():
+            log.error("local error in %s", self._where(), exc_info=exc)
+        self.abort.set(reason)
+        self._report_error(reason)
+        self.summary.update(status="failed", reason=reason)
+        raise TaskFailed(reason) from None
+
+    def _run(self) -> dict[str, Any]:
+        sched = self.scheduler
+        sched.id, sched.task_id = self.settings.node_id, self.settings.task_id
+        sched._output_dir = self.out_dir
+        self.role = make_role(sched, self.peers, self.abort, self.watchdog, self.settings.node_id)
+        with self.watchdog.local("building the models"):
+            self.role.build()
+        participants = self.control.join(
+            JoinInfo(
+                node_id=self.settings.node_id,
+                role=sched._role,
+                feature_key=sched.feature_key,
+                address=self.settings.advertise,
+                checkpoint_round=self.checkpoints.latest() if self.settings.recover else 0,
+                schedule_timeout=sched.schedule_timeout,
+                calculation_timeout=sched.calculation_timeout,
+                agreement=self.role.agreement(),
+            )
+        )
+        log.info(
+            "joined task %s as %s (%s)",
+            self.settings.task_id,
+            self.settings.node_id,
+            ", ".join(p.node_id for p in participants),
+        )
+        done: set[tuple[str, int]] = set()
+        wait = max(sched.schedule_timeout, sched.calculation_timeout) + 30
+        while True:
+            cmd = self.control.next_command(timeout=wait)
+            if (cmd.phase, cmd.round) in done:
+                continue
+            done.add((cmd.phase, cmd.round))
+            self.phase, self.round = cmd.phase, cmd.round
+            if cmd.phase == "FAILED":
+                self.abort.set(cmd.reason)
+                raise TaskFailed(cmd.reason)
+            if cmd.phase == "FINISHED":
+                return self._finish()
+            report = self._execute(cmd)
+            if report is not None:
+                self.control.report(report)
+
+    def _execute(self, cmd: Command) -> Report | None:
+        role = self.role
+        assert role is not None
+        if cmd.phase == "PSI":
+            self.peers.connect(cmd.participants)
+            role.set_participants(cmd.participants)
+            with self.watchdog.local("load_local_ids"):
+                ids = self.scheduler.load_local_ids()
+            self.intersection = role.psi(_check_ids(ids))
+            self.summary["local_ids"] = len(set(ids))
+            self.summary["intersection_size"] = len(self.intersection)
+            log.info("PSI done: %d common ids", len(self.intersection))
+            return Report(phase="PSI", metrics={"intersection_size": len(self.intersection)})
+        if cmd.phase == "SPLIT":
+            with self.watchdog.local("split_dataset"):
+                split = self.scheduler.split_dataset(set(self.intersection))
+            train, test = _check_split(split)
+            role.set_split(train, test)
+            self.summary.update(train_size=len(train), test_size=len(test))
+            if cmd.resume_round:
+                role.load_state(self.checkpoints.load(cmd.resume_round))
+                log.info("resumed from the checkpoint of round %d", cmd.resume_round)
+                self.summary["resumed_from_round"] = cmd.resume_round
+            return Report(
+                phase="SPLIT",
+                train_size=len(train),
+                test_size=len(test),
+                split_digest=split_digest(self.settings.task_id, train, test),
+            )
+        if cmd.phase == "TRAIN":
+            self.scheduler.current_round = cmd.round
+            result = role.train_round(cmd.round)
+            with self.watchdog.local("saving the checkpoint"):
+                self.checkpoints.save(cmd.round, role.state())
+            self.summary["rounds"] = cmd.round
+            return Report(phase="TRAIN", round=cmd.round, checkpoint_round=cmd.round, **result)
+        if cmd.phase == "TEST":
+            self.scheduler.current_round = cmd.round
+            metrics = role.test(cmd.round)
+            if metrics:
+                self.summary.setdefault("test_history", []).append({"round": cmd.round, **metrics})
+                log.info(
+                    "round %d test: %s",
+                    cmd.round,
+                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+                )
+            return Report(phase="TEST", round=cmd.round, metrics=metrics)
+        return None  # WAITING_FOR_NODES: nothing to do
+
+    def _finish(self) -> dict[str, Any]:
+        assert self.role is not None
+        self.role.save_final(self.out_dir)
+        history = self.summary.get("test_history") or []
+        result: dict[str, Any] = {}
+        if history:
+            last = history[-1]
+            result.update({f"final_test_{k}": v for k, v in last.items() if k != "round"})
+        writer = self.scheduler._tb_writer
+        if writer is not None:
+            writer.close()
+        log.info("task %s finished", self.settings.task_id)
+        return result
+
+
+def _check_ids(ids: Any) -> list[str]:
+    if ids is None or isinstance(ids, str | bytes):
+        raise ConfigError(
+            f"load_local_ids() must return a list of str ids, got {type(ids).__name__}"
+        )
+    ids = list(ids)
+    for i, item in enumerate(ids):
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"load_local_ids() returned a {type(item).__name__} at position {i} ({item!r}); "
+                "ids must be str — convert them, e.g. [str(i) for i in ids]"
+            )
+    return ids
+
+
+def _check_split(split: Any) -> tuple[set, set]:
+    if not (isinstance(split, tuple | list) and len(split) == 2):
+        raise ConfigError("split_dataset() must return a (train_ids, test_ids) pair of sets")
+    train, test = set(split[0]), set(split[1])
+    if not train:
+        raise ConfigError("split_dataset() returned an empty training set; check the PSI result")
+    if train & test:
+        raise ConfigError(
+            f"split_dataset() put {len(train & test)} ids in both train and test; "
+            "make them disjoint"
+        )
+    return train, test
+
+
+__all__ = ["Participant", "RunSettings", "TaskRuntime"]

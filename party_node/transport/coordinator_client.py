@@ -1,0 +1,141 @@
+"""The runtime's ControlLink over gRPC: join (retrying while the coordinator or the task is
+not there yet), a watch thread that queues phase commands and raises the abort signal on a
+failure broadcast, and a heartbeat thread."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+
+import grpc
+
+from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from party_node.runtime.errors import TaskFailed
+from party_node.runtime.links import AbortSignal, Command, JoinInfo, Participant, Report
+from party_node.transport.serde import (
+    command_from_proto,
+    join_to_proto,
+    participant_from_proto,
+    report_to_proto,
+)
+from wire.grpc_factory import open_channel
+from wire.tls import TlsSettings
+
+log = logging.getLogger("heteronn")
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)
+HEARTBEAT_S = 1.0
+
+
+class CoordinatorLink:
+    def __init__(
+        self, address: str, task_id: str, node_id: str, tls: TlsSettings | None, abort: AbortSignal
+    ):
+        self.address = address
+        self.task_id = task_id
+        self.node_id = node_id
+        self.abort = abort
+        self._channel = open_channel(address, tls, server_name="coordinator")
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._commands: queue.Queue[Command] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._patience = 30.0
+        self._watch_call: grpc.Future | None = None
+
+    # ---- join -----------------------------------------------------------------------------------
+    def join(self, info: JoinInfo) -> tuple[Participant, ...]:
+        self._patience = info.schedule_timeout
+        deadline = time.monotonic() + info.schedule_timeout
+        request = join_to_proto(self.task_id, info)
+        while True:
+            try:
+                response = self._stub.JoinTask(request, timeout=10)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() in _RETRYABLE and time.monotonic() < deadline:
+                    time.sleep(0.3)
+                    continue
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    raise TaskFailed(
+                        f"cannot reach the coordinator at {self.address} within "
+                        f"schedule_timeout={info.schedule_timeout:g} s; check the address and that "
+                        "it is running"
+                    ) from None
+                raise TaskFailed(
+                    f"the coordinator refused node '{self.node_id}': {exc.details()}"
+                ) from None
+        for target, name in ((self._watch, "watch"), (self._heartbeat, "heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return tuple(participant_from_proto(p) for p in response.task.participants)
+
+    # ---- commands -------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        request = coordinator_pb2.WatchRequest(task_id=self.task_id, node_id=self.node_id)
+        last_contact = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._watch_call = self._stub.WatchTask(request)
+                for pb in self._watch_call:
+                    last_contact = time.monotonic()
+                    cmd = command_from_proto(pb)
+                    if cmd.phase == "FAILED":
+                        self.abort.set(cmd.reason)
+                    self._commands.put(cmd)
+                    if cmd.phase in ("FINISHED", "FAILED"):
+                        return
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                if time.monotonic() - last_contact > self._patience:
+                    reason = (
+                        f"node '{self.node_id}' lost contact with the coordinator at "
+                        f"{self.address} "
+                        f"for {self._patience:g} s ({exc.code().name}); the task cannot continue"
+                    )
+                    self.abort.set(reason)
+                    self._commands.put(Command(phase="FAILED", reason=reason))
+                    return
+            self._stop.wait(0.5)
+
+    def _heartbeat(self) -> None:
+        request = coordinator_pb2.HeartbeatRequest(task_id=self.task_id, node_id=self.node_id)
+        while not self._stop.wait(HEARTBEAT_S):
+            # Errors are ignored: the watch thread decides when the coordinator is gone.
+            with contextlib.suppress(grpc.RpcError):
+                self._stub.Heartbeat(request, timeout=5)
+
+    def next_command(self, timeout: float) -> Command:
+        try:
+            return self._commands.get(timeout=timeout)
+        except queue.Empty:
+            raise TaskFailed(
+                f"node '{self.node_id}' received no instruction from the coordinator at "
+                f"{self.address} for {timeout:g} s"
+            ) from None
+
+    def report(self, report: Report) -> None:
+        request = report_to_proto(self.task_id, self.node_id, report)
+        for attempt in range(5):
+            try:
+                self._stub.ReportPhase(request, timeout=10)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                    if report.error:
+                        raise
+                    raise TaskFailed(
+                        f"the coordinator rejected the {report.phase} report of '{self.node_id}': "
+                        f"{exc.details()}"
+                    ) from None
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watch_call is not None:
+            self._watch_call.cancel()
+        self._channel.close()

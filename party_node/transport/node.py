@@ -1,0 +1,142 @@
+"""Composition root of a party node: start the PartyNode server, connect to the coordinator,
+run the task runtime, shut down. `run_mock` adds the seed's local simulation around it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from party_node.mock import current_mock
+from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.links import AbortSignal
+from party_node.runtime.outputs import atomic_write_bytes
+from party_node.runtime.task import RunSettings, TaskRuntime
+from party_node.settings import NodeSettings
+from party_node.transport.coordinator_client import CoordinatorLink
+from party_node.transport.node_state import NodeState
+from party_node.transport.peers import GrpcPeers
+from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
+from wire.grpc_factory import open_channel, start_server
+
+log = logging.getLogger("heteronn")
+
+
+def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
+    """Run one task to its end; returns the report, raises TaskFailed with the reason."""
+    from heteronn.v1 import party_node_pb2_grpc
+
+    abort = AbortSignal()
+    state = NodeState(node_id=settings.node_id, task_id=settings.task_id, abort=abort)
+    tls = settings.tls if settings.tls.enabled else None
+
+    def register(server: Any) -> list[str]:
+        party_node_pb2_grpc.add_PartyNodeServicer_to_server(PartyNodeServicer(state), server)
+        return [SERVICE_NAME]
+
+    server = start_server(settings.listen, register, tls=tls)
+    if settings.metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        start_http_server(settings.metrics_port, registry=CollectorRegistry())
+    advertise = settings.advertise or f"127.0.0.1:{server.port}"
+    control = CoordinatorLink(settings.coordinator, settings.task_id, settings.node_id, tls, abort)
+    peers = GrpcPeers(state, scheduler._role, tls, send_timeout=scheduler.calculation_timeout)
+    run = RunSettings(
+        node_id=settings.node_id,
+        task_id=settings.task_id,
+        workdir=settings.workdir,
+        advertise=advertise,
+        recover=settings.recover,
+    )
+    try:
+        return TaskRuntime(scheduler, control, peers, run, abort).run()
+    finally:
+        control.close()
+        peers.close()
+        server.stop(grace=1.0)
+
+
+def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, recover: bool) -> None:
+    """The seed's `_run` under `mock_context`: the initiator embeds the coordinator and
+    publishes its address in the rendezvous folder; the others wait for it there."""
+    env = current_mock()
+    if env is None:
+        raise ConfigError(
+            "scheduler._run(...) must be called inside `with mock_context(id=..., nodes=[...]):`; "
+            "for a real deployment use scheduler.launch_task(task_id=...)"
+        )
+    if env.node_id != node_id:
+        raise ConfigError(f"_run(id={node_id!r}) differs from mock_context(id={env.node_id!r})")
+    rendezvous = env.rendezvous(task_id)
+    rendezvous.mkdir(parents=True, exist_ok=True)
+    address_file = rendezvous / "coordinator.json"
+    coordinator = None
+    if is_initiator:
+        coordinator = _start_embedded_coordinator(
+            scheduler, env.nodes, task_id, rendezvous, recover
+        )
+        address = coordinator.address
+        atomic_write_bytes(
+            address_file, json.dumps({"address": address, "pid": os.getpid()}).encode()
+        )
+    else:
+        address = _wait_for_coordinator(address_file, scheduler.schedule_timeout)
+    settings = NodeSettings(
+        node_id=node_id,
+        task_id=task_id,
+        coordinator=address,
+        listen="127.0.0.1:0",
+        workdir=env.workdir,
+        recover=recover,
+        tls_plaintext=True,
+    )
+    try:
+        run_node(scheduler, settings)
+    finally:
+        if coordinator is not None:
+            address_file.unlink(missing_ok=True)
+            coordinator.stop(grace=5.0)
+
+
+def _start_embedded_coordinator(
+    scheduler: Any, nodes: tuple[str, ...], task_id: str, rendezvous: Path, recover: bool
+) -> Any:
+    from services.server import CoordinatorSettings, start_coordinator
+
+    (rendezvous / "coordinator.json").unlink(missing_ok=True)
+    db = rendezvous / "coordinator.db"
+    if not recover:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=str(db)))
+    spec = coordinator_pb2.TaskSpec(
+        task_id=task_id,
+        participants=list(nodes),
+        schedule_timeout_s=scheduler.schedule_timeout,
+        calculation_timeout_s=scheduler.calculation_timeout,
+        recover=recover,
+        mode="secure" if getattr(scheduler, "_secure", False) else "plain",
+    )
+    with open_channel(coordinator.address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=10)
+    return coordinator
+
+
+def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return json.loads(address_file.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            time.sleep(0.2)
+    raise TaskFailed(
+        f"no initiator published a coordinator in {address_file.parent} within "
+        f"schedule_timeout={timeout:g} s; start the initiator (is_initiator=True) in the same "
+        "working directory with the same task_id"
+    )

@@ -1,0 +1,35 @@
+"""What a node's servicer needs to know about its task: who may talk to it, where incoming
+messages go. Filled by the runtime's links once the node has joined."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from party_node.runtime.links import AbortSignal, Participant
+from party_node.transport.inbox import Inbox
+
+
+@dataclass
+class NodeState:
+    node_id: str
+    task_id: str
+    abort: AbortSignal
+    inbox: Inbox = field(init=False)
+    participants: dict[str, Participant] = field(default_factory=dict)
+    phase: str = "STARTING"
+    round: int = 0
+    _ready: threading.Event = field(default_factory=threading.Event)
+    psi_session: Any = None
+    psi_ready: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.inbox = Inbox(self.abort)
+
+    def set_participants(self, participants: tuple[Participant, ...]) -> None:
+        self.participants = {p.node_id: p for p in participants}
+        self._ready.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)

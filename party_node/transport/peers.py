@@ -1,0 +1,109 @@
+"""Clients to the other parties (the runtime's PeerLink over gRPC): one channel per peer,
+payloads chunked, failures turned into messages that name the peer and its address."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from heteronn.v1 import common_pb2, party_node_pb2_grpc
+from party_node.psi import PsiError
+from party_node.psi_pool import PsiPool
+from party_node.runtime.errors import TaskFailed
+from party_node.runtime.links import Message, Participant
+from party_node.transport.node_state import NodeState
+from party_node.transport.psi_rpc import CollaboratorPsiSession, run_host_psi
+from party_node.transport.serde import message_to_payload
+from wire.chunking import payload_to_chunks
+from wire.grpc_factory import open_channel
+from wire.tls import TlsSettings
+
+
+class GrpcPeers:
+    def __init__(self, state: NodeState, role: str, tls: TlsSettings | None, send_timeout: float):
+        self.state = state
+        self.role = role
+        self.tls = tls
+        self.send_timeout = send_timeout
+        self._channels: dict[str, grpc.Channel] = {}
+        self.stubs: dict[str, party_node_pb2_grpc.PartyNodeStub] = {}
+        self.participants: dict[str, Participant] = {}
+
+    def connect(self, participants: Sequence[Participant]) -> None:
+        self.state.set_participants(tuple(participants))
+        for p in participants:
+            self.participants[p.node_id] = p
+            if p.node_id == self.state.node_id or p.node_id in self._channels:
+                continue
+            if not p.address:
+                raise TaskFailed(f"the coordinator has no address for {p.role} '{p.node_id}'")
+            channel = open_channel(p.address, self.tls, server_name=p.node_id)
+            self._channels[p.node_id] = channel
+            self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeStub(channel)
+
+    def describe(self, peer: str) -> str:
+        p = self.participants.get(peer)
+        return f"{p.role} '{peer}' at {p.address}" if p else f"'{peer}'"
+
+    def send(self, peer: str, message: Message) -> None:
+        if self.state.abort.is_set():
+            raise TaskFailed(self.state.abort.reason)
+        payload = message_to_payload(message, self.state.task_id, self.state.node_id)
+        stub = self.stubs[peer]
+        method = stub.GradientReturn if self.role == "host" else stub.FeatureExchange
+        try:
+            method(payload_to_chunks(payload), timeout=self.send_timeout, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            if self.state.abort.is_set():
+                raise TaskFailed(self.state.abort.reason) from None
+            raise TaskFailed(self._rpc_failure(peer, message.kind, exc)) from None
+
+    def _rpc_failure(self, peer: str, what: str, exc: grpc.RpcError) -> str:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return (
+                f"cannot deliver {what} to {self.describe(peer)} ({code.name}: {details}); "
+                "its node may have stopped — check it, then restart every party with recover=True"
+            )
+        name = code.name if code else "ERROR"
+        return f"{self.describe(peer)} refused {what}: {name}: {details}"
+
+    def receive(self, peer: str, timeout: float) -> Message:
+        return self.state.inbox.get(peer, timeout, self.describe(peer))
+
+    def _psi_header(self) -> common_pb2.Header:
+        return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")
+
+    def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]:
+        stubs = {
+            p: self.stubs[p] for p, info in self.participants.items() if info.role == "collaborator"
+        }
+        try:
+            with PsiPool() as pool:
+                return run_host_psi(
+                    stubs, ids, self._psi_header, pool, round_timeout, cancel=self.state.abort
+                )
+        except (PsiError, TimeoutError) as exc:
+            raise TaskFailed(self.state.abort.reason or str(exc)) from None
+
+    def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
+        host = next(p for p in self.participants.values() if p.role == "host")
+        with PsiPool() as pool:
+            session = CollaboratorPsiSession(
+                ids, pool, self._psi_header, peer=f"host '{host.node_id}'"
+            )
+            self.state.psi_session = session
+            self.state.psi_ready.set()
+            try:
+                return session.wait_result(timeout, cancel=self.state.abort)
+            except (PsiError, TimeoutError) as exc:
+                raise TaskFailed(self.state.abort.reason or str(exc)) from None
+            finally:
+                session.close()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()

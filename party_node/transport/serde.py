@@ -1,0 +1,97 @@
+"""Paired to/from-proto functions between the runtime's records and the wire messages.
+The only place (with the servicer and clients) that touches `_pb2` types."""
+
+from __future__ import annotations
+
+from heteronn.v1 import common_pb2, coordinator_pb2
+from party_node.runtime.links import Command, JoinInfo, Message, Participant, Report
+from wire.tensor_codec import tensor_from_proto, tensor_to_proto
+
+_ROLE_TO_PB = {"host": common_pb2.ROLE_HOST, "collaborator": common_pb2.ROLE_COLLABORATOR}
+_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
+
+
+def message_to_payload(msg: Message, task_id: str, sender: str) -> common_pb2.Payload:
+    header = common_pb2.Header(
+        task_id=task_id, round=msg.round, batch=msg.batch, sender=sender, kind=msg.kind
+    )
+    payload = common_pb2.Payload(header=header, end_of_stream=msg.end_of_stream)
+    for name, tensor in msg.tensors.items():
+        payload.tensors[name].CopyFrom(tensor_to_proto(tensor))
+    for name, blob in msg.blobs.items():
+        payload.blobs[name] = blob
+    return payload
+
+
+def message_from_payload(payload: common_pb2.Payload) -> Message:
+    h = payload.header
+    return Message(
+        kind=h.kind,
+        round=h.round,
+        batch=h.batch,
+        sender=h.sender,
+        tensors={k: tensor_from_proto(v) for k, v in payload.tensors.items()},
+        blobs=dict(payload.blobs),
+        end_of_stream=payload.end_of_stream,
+    )
+
+
+def participant_to_proto(p: Participant) -> coordinator_pb2.ParticipantInfo:
+    return coordinator_pb2.ParticipantInfo(
+        node_id=p.node_id,
+        role=_ROLE_TO_PB.get(p.role, common_pb2.ROLE_UNSPECIFIED),
+        feature_key=p.feature_key,
+        address=p.address,
+        checkpoint_round=p.checkpoint_round,
+    )
+
+
+def participant_from_proto(p: coordinator_pb2.ParticipantInfo) -> Participant:
+    return Participant(
+        node_id=p.node_id,
+        role=_ROLE_FROM_PB.get(p.role, ""),
+        feature_key=p.feature_key,
+        address=p.address,
+        checkpoint_round=p.checkpoint_round,
+    )
+
+
+def join_to_proto(task_id: str, info: JoinInfo) -> coordinator_pb2.JoinRequest:
+    node = Participant(
+        info.node_id, info.role, info.feature_key, info.address, info.checkpoint_round
+    )
+    return coordinator_pb2.JoinRequest(
+        task_id=task_id,
+        node=participant_to_proto(node),
+        schedule_timeout_s=info.schedule_timeout,
+        calculation_timeout_s=info.calculation_timeout,
+        agreement=info.agreement,
+    )
+
+
+def command_from_proto(cmd: coordinator_pb2.PhaseCommand) -> Command:
+    return Command(
+        phase=coordinator_pb2.Phase.Name(cmd.phase).removeprefix("PHASE_"),
+        round=cmd.round,
+        reason=cmd.reason,
+        participants=tuple(participant_from_proto(p) for p in cmd.participants),
+        resume_round=cmd.resume_round,
+        deadline_unix_ms=cmd.deadline_unix_ms,
+    )
+
+
+def report_to_proto(task_id: str, node_id: str, r: Report) -> coordinator_pb2.PhaseReport:
+    return coordinator_pb2.PhaseReport(
+        task_id=task_id,
+        node_id=node_id,
+        phase=coordinator_pb2.Phase.Value(f"PHASE_{r.phase}"),
+        round=r.round,
+        error=r.error,
+        train_size=r.train_size,
+        test_size=r.test_size,
+        split_digest=r.split_digest,
+        finished=r.finished,
+        test_requested=r.test_requested,
+        checkpoint_round=r.checkpoint_round,
+        metrics=r.metrics,
+    )

@@ -1,0 +1,42 @@
+"""The coordinator's error catalogue: each domain error names the gRPC status it maps to.
+
+The state machine raises these with a message a person can act on; the servicer turns
+them into `context.abort(code, message)`. Codes are status names (not `grpc.StatusCode`)
+so the domain stays free of the transport.
+"""
+
+from __future__ import annotations
+
+
+class CoordinatorError(Exception):
+    """Base class; `code` is a `grpc.StatusCode` member name."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class TaskNotFound(CoordinatorError):
+    code = "NOT_FOUND"
+
+
+class NotAParticipant(CoordinatorError):
+    code = "PERMISSION_DENIED"
+
+
+class TaskAlreadyExists(CoordinatorError):
+    code = "ALREADY_EXISTS"
+
+
+class InvalidRequest(CoordinatorError):
+    """A malformed spec or join, or one that contradicts what other nodes said."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class WrongPhase(CoordinatorError):
+    """The task is not in a state where this request makes sense (e.g. it already ended)."""
+
+    code = "FAILED_PRECONDITION"

@@ -1,0 +1,96 @@
+"""Rules a task spec and a joining node must satisfy. Pure functions: they return the
+problem as a message (or raise for a malformed request) and let the state machine decide
+whether it fails the task."""
+
+from __future__ import annotations
+
+import math
+
+from services.domain import MODES, Participant, Role, Task, TaskSpec
+from services.errors import InvalidRequest
+
+
+def validate_spec(spec: TaskSpec) -> None:
+    """Raise InvalidRequest for a spec no node could ever run."""
+    if not spec.task_id.strip():
+        raise InvalidRequest("task_id must not be empty")
+    if len(spec.participants) < 2:
+        raise InvalidRequest(
+            f"task '{spec.task_id}' lists {len(spec.participants)} participant(s) "
+            f"{spec.participants}; a HeteroNN task needs a host and at least one collaborator"
+        )
+    if any(not n.strip() for n in spec.participants):
+        raise InvalidRequest(f"task '{spec.task_id}': participant ids must not be empty")
+    dupes = sorted({n for n in spec.participants if spec.participants.count(n) > 1})
+    if dupes:
+        raise InvalidRequest(
+            f"task '{spec.task_id}' lists participant(s) {dupes} more than once; "
+            "every node id must be unique"
+        )
+    for name, value in (
+        ("schedule_timeout", spec.schedule_timeout_s),
+        ("calculation_timeout", spec.calculation_timeout_s),
+    ):
+        if not (value > 0 and math.isfinite(value)):
+            raise InvalidRequest(
+                f"task '{spec.task_id}': {name} must be a positive number of seconds, got {value}"
+            )
+    if spec.mode not in MODES:
+        raise InvalidRequest(
+            f"task '{spec.task_id}': mode must be one of {list(MODES)}, got '{spec.mode}'"
+        )
+
+
+def validate_join_request(task_id: str, node: Participant) -> None:
+    """Raise InvalidRequest for a join that is malformed on its own."""
+    if node.role not in (Role.HOST, Role.COLLABORATOR):
+        raise InvalidRequest(
+            f"node '{node.node_id}' joined task '{task_id}' without a role; "
+            "it must join as host or collaborator"
+        )
+    for name, value in (
+        ("schedule_timeout", node.schedule_timeout_s),
+        ("calculation_timeout", node.calculation_timeout_s),
+    ):
+        if value < 0 or not math.isfinite(value):
+            raise InvalidRequest(
+                f"node '{node.node_id}' sent {name}={value}; use a positive number of seconds "
+                "(or 0 for the task's own)"
+            )
+
+
+def conflict_with_others(task: Task, node: Participant) -> str:
+    """Why `node` cannot join alongside the nodes already joined ('' when it can)."""
+    tid = task.task_id
+    for other in task.participants.values():
+        if not other.joined or other.node_id == node.node_id:
+            continue
+        if node.role == Role.HOST and other.role == Role.HOST:
+            return (
+                f"task '{tid}' has two hosts: '{other.node_id}' and '{node.node_id}'; exactly one "
+                "party holds the labels, make the other one a collaborator"
+            )
+        if node.feature_key and node.feature_key == other.feature_key:
+            return (
+                f"nodes '{other.node_id}' and '{node.node_id}' of task '{tid}' both use "
+                f"feature_key '{node.feature_key}'; every party must use its own feature_key"
+            )
+        for key in sorted(node.agreement.keys() & other.agreement.keys()):
+            if node.agreement[key] != other.agreement[key]:
+                return (
+                    f"nodes '{other.node_id}' and '{node.node_id}' of task '{tid}' disagree on "
+                    f"'{key}': '{other.agreement[key]}' vs '{node.agreement[key]}'; every party "
+                    f"must use the same {key}"
+                )
+    return ""
+
+
+def same_join(old: Participant, new: Participant) -> bool:
+    """A reconnecting node repeating its earlier join (allowed in any running phase)."""
+    return (old.role, old.feature_key, old.address, old.agreement) == (
+        new.role, new.feature_key, new.address, new.agreement,
+    )
+
+
+def names(nodes: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in nodes)

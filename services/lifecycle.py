@@ -1,0 +1,340 @@
+"""The task state machine: WAITING_FOR_NODES → PSI → SPLIT → TRAIN r → [TEST r] → …
+→ FINISHED | FAILED(reason).
+
+Pure Python, no gRPC: every request is a method call under one lock, every change is
+written through to the store, and every phase transition publishes a Command to the hub.
+`tick()` enforces the deadlines (join, phase, liveness); a thread calls it a few times
+per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from services import joining, verdicts
+from services.domain import PHASE_ORDER, Command, Participant, Phase, Report, Task, TaskSpec
+from services.errors import (
+    InvalidRequest,
+    NotAParticipant,
+    TaskAlreadyExists,
+    TaskNotFound,
+    WrongPhase,
+)
+from services.store import TaskStore
+
+log = logging.getLogger("heteronn.coordinator")
+
+
+class Observer(Protocol):
+    """Told about every change (metrics); must not call back into the lifecycle."""
+
+    def task_changed(self, task: Task) -> None: ...
+
+    def task_failed(self, task: Task) -> None: ...
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        store: TaskStore,
+        publish: Callable[[Command], None],
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+        address: str = "",
+        min_liveness_s: float = 0.0,
+    ):
+        self._store = store
+        self._publish = publish
+        self._clock = clock
+        self._observer = observer
+        #: How nodes reach this coordinator; quoted in "task not known" errors.
+        self.address = address
+        self._min_liveness_s = min_liveness_s
+        self._lock = threading.RLock()
+        self._tasks = {t.task_id: t for t in store.load_all()}
+        now = clock()
+        for task in self._tasks.values():
+            if not task.phase.terminal:
+                self._restart_clocks(task, now)
+                store.save(task)
+            self._notify(task)
+            publish(Command.of(task))
+
+    # --- operators -------------------------------------------------------------------
+
+    def create_task(self, spec: TaskSpec) -> Task:
+        joining.validate_spec(spec)
+        with self._lock:
+            tid = spec.task_id
+            old = self._tasks.get(tid)
+            if old is None:
+                task = Task(spec=spec, participants={n: Participant(n) for n in spec.participants})
+                log.info("task %s created with participants %s", tid, spec.participants)
+                self._enter(task, Phase.WAITING_FOR_NODES, 0)
+                self._tasks[tid] = task
+                return task.clone()
+            same = sorted(old.spec.participants) == sorted(spec.participants)
+            if not old.phase.terminal and same:
+                return old.clone()
+            if not old.phase.terminal:
+                raise TaskAlreadyExists(
+                    f"task '{tid}' already exists with participants {old.spec.participants} "
+                    f"(phase {old.phase_label()}); use another task id"
+                )
+            if not spec.recover or not same:
+                why = f": {old.reason}" if old.reason else ""
+                raise TaskAlreadyExists(
+                    f"task '{tid}' already {old.phase.name}{why}; use another task id, or "
+                    f"recover=true with the same participants {old.spec.participants} to resume "
+                    "it from its last complete round"
+                )
+            log.info("task %s: new attempt (recover) after %s", tid, old.phase.name)
+            task = Task(spec=spec, participants={n: Participant(n) for n in spec.participants},
+                        metrics=old.metrics)
+            self._tasks[tid] = task
+            self._enter(task, Phase.WAITING_FOR_NODES, 0)
+            return task.clone()
+
+    def get_task(self, task_id: str) -> Task:
+        with self._lock:
+            return self._get(task_id).clone()
+
+    def list_tasks(self) -> list[Task]:
+        with self._lock:
+            return [t.clone() for t in self._tasks.values()]
+
+    def cancel_task(self, task_id: str, reason: str) -> Task:
+        with self._lock:
+            task = self._get(task_id)
+            if not task.phase.terminal:
+                why = reason or "no reason given"
+                self._fail(task, "cancelled", f"cancelled by operator: {why}")
+            return task.clone()
+
+    # --- nodes -----------------------------------------------------------------------
+
+    def join(self, task_id: str, node: Participant) -> Task:
+        """`node` carries role, feature_key, address, checkpoint_round, own timeouts and
+        agreement as the JoinRequest gave them."""
+        with self._lock:
+            task = self._get(task_id)
+            nid = node.node_id
+            old = self._participant(task, nid)
+            if task.phase.terminal:
+                raise WrongPhase(self._ended(task, f"node '{nid}' cannot join it"))
+            joining.validate_join_request(task_id, node)
+            if task.phase != Phase.WAITING_FOR_NODES:
+                if old.joined and joining.same_join(old, node):
+                    return task.clone()
+                raise WrongPhase(
+                    f"task '{task_id}' is already in phase {task.phase_label()}; node '{nid}' "
+                    "cannot join it now. Cancel it and restart every party with recover=True"
+                )
+            problem = joining.conflict_with_others(task, node)
+            if problem:
+                self._fail(task, "invalid_join", problem)
+                raise InvalidRequest(problem)
+            now = self._clock()
+            node.joined, node.joined_at, node.last_heartbeat = True, now, now
+            if old.joined:  # a re-join updates the node's details, not its join clock
+                node.joined_at = old.joined_at
+            task.participants[nid] = node
+            log.info("task %s: node %s joined as %s from %s (checkpoint round %d)",
+                     task_id, nid, node.role.name, node.address, node.checkpoint_round)
+            if all(p.joined for p in task.participants.values()):
+                self._all_joined(task)
+            else:
+                task.deadline = self._waiting_deadline(task)
+                self._commit(task, publish=False)
+            return task.clone()
+
+    def report(self, rep: Report) -> None:
+        with self._lock:
+            task = self._get(rep.task_id)
+            node = self._participant(task, rep.node_id)
+            if task.phase.terminal:
+                raise WrongPhase(self._ended(task, f"the report of node '{rep.node_id}' is late"))
+            if rep.error:  # even before it joined: a node that cannot start ends the task now
+                self._fail(task, "node_error", verdicts.name_node(rep))
+                return
+            if not node.joined:
+                raise WrongPhase(
+                    f"node '{rep.node_id}' reported for task '{task.task_id}' without joining it "
+                    "(in this attempt); join first"
+                )
+            if (rep.phase, rep.round) == (task.phase, task.round) and rep.phase in PHASE_ORDER:
+                task.reports[rep.node_id] = rep
+                self._advance(task)
+                return
+            if _order(rep.phase, rep.round) < _order(task.phase, task.round):
+                log.debug("task %s: stale %s round %d report from %s ignored",
+                          task.task_id, rep.phase.name, rep.round, rep.node_id)
+                return
+            raise WrongPhase(
+                f"node '{rep.node_id}' reported {rep.phase.name} round {rep.round} but task "
+                f"'{task.task_id}' is in phase {task.phase_label()}; the node is out of step"
+            )
+
+    def heartbeat(self, task_id: str, node_id: str) -> None:
+        with self._lock:
+            task = self._get(task_id)
+            node = self._participant(task, node_id)
+            if task.phase == Phase.FAILED:
+                raise WrongPhase(self._ended(task, "stop"))
+            if task.phase == Phase.FINISHED:
+                return
+            if not node.joined:
+                raise WrongPhase(f"node '{node_id}' has not joined task '{task_id}'; join first")
+            node.last_heartbeat = self._clock()
+            self._store.save_heartbeat(task_id, node_id, node.last_heartbeat)
+
+    def check_watch(self, task_id: str, node_id: str) -> None:
+        """A watcher must name a known task and (if it names itself) be a participant."""
+        with self._lock:
+            task = self._get(task_id)
+            if node_id:
+                self._participant(task, node_id)
+
+    # --- deadlines -------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self._clock()
+        with self._lock:
+            for task in list(self._tasks.values()):
+                if task.phase.terminal:
+                    continue
+                verdict = verdicts.overdue(task, now, self._min_liveness_s)
+                if verdict is not None:
+                    self._fail(task, *verdict)
+
+    # --- transitions -----------------------------------------------------------------
+
+    def _all_joined(self, task: Task) -> None:
+        if task.host() is None:
+            self._fail(task, "invalid_join", (
+                f"every participant of task '{task.task_id}' joined as a collaborator; exactly one "
+                "must be the host (the party that holds the labels)"))
+            return
+        if task.spec.recover:
+            task.resume_round = min(p.checkpoint_round for p in task.participants.values())
+        log.info("task %s: all %d nodes joined; resume round %d",
+                 task.task_id, len(task.participants), task.resume_round)
+        self._enter(task, Phase.PSI, 0)
+
+    def _advance(self, task: Task) -> None:
+        if any(p.node_id not in task.reports for p in task.participants.values()):
+            self._commit(task, publish=False)
+            return
+        host = task.host()
+        assert host is not None
+        hrep = task.reports[host.node_id]
+        if task.phase == Phase.PSI:
+            self._enter(task, Phase.SPLIT, 0)
+        elif task.phase == Phase.SPLIT:
+            mismatch = verdicts.split_mismatch(task, host.node_id)
+            if mismatch:
+                self._fail(task, "split_mismatch", mismatch)
+            else:
+                self._enter(task, Phase.TRAIN, task.resume_round + 1)
+        elif task.phase == Phase.TRAIN:
+            for nid, rep in task.reports.items():
+                task.participants[nid].checkpoint_round = rep.checkpoint_round or task.round
+            task.finish_after_test = hrep.finished
+            if hrep.test_requested:
+                self._enter(task, Phase.TEST, task.round)
+            elif hrep.finished:
+                self._enter(task, Phase.FINISHED, task.round)
+            else:
+                self._enter(task, Phase.TRAIN, task.round + 1)
+        elif task.phase == Phase.TEST:
+            task.metrics = dict(hrep.metrics)
+            if task.finish_after_test:
+                self._enter(task, Phase.FINISHED, task.round)
+            else:
+                self._enter(task, Phase.TRAIN, task.round + 1)
+
+    def _enter(self, task: Task, phase: Phase, round_: int) -> None:
+        now = self._clock()
+        task.phase, task.round, task.reports = phase, round_, {}
+        task.phase_started = now
+        if phase in PHASE_ORDER:
+            task.deadline = now + task.effective_timeouts()[1]
+        elif phase == Phase.WAITING_FOR_NODES:
+            task.deadline = self._waiting_deadline(task)
+        else:
+            task.deadline = 0.0
+        log.info("task %s -> %s", task.task_id, task.phase_label())
+        self._commit(task)
+
+    def _fail(self, task: Task, kind: str, reason: str) -> None:
+        log.warning("task %s FAILED (%s): %s", task.task_id, kind, reason)
+        task.reason, task.failure_kind = reason, kind
+        self._enter(task, Phase.FAILED, task.round)
+        if self._observer is not None:
+            self._observer.task_failed(task)
+
+    def _commit(self, task: Task, publish: bool = True) -> None:
+        task.updated = self._clock()
+        self._store.save(task)
+        self._notify(task)
+        if publish:
+            self._publish(Command.of(task))
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _notify(self, task: Task) -> None:
+        if self._observer is not None:
+            self._observer.task_changed(task)
+
+    def _restart_clocks(self, task: Task, now: float) -> None:
+        """After a coordinator restart nobody could heartbeat or report: clocks restart."""
+        for p in task.participants.values():
+            if p.joined:
+                p.last_heartbeat = now
+                if task.phase == Phase.WAITING_FOR_NODES:
+                    p.joined_at = now
+        if task.phase in PHASE_ORDER:
+            task.phase_started, task.deadline = now, now + task.effective_timeouts()[1]
+        elif task.phase == Phase.WAITING_FOR_NODES:
+            task.deadline = self._waiting_deadline(task)
+
+    def _waiting_deadline(self, task: Task) -> float:
+        ends = [p.joined_at + (p.schedule_timeout_s or task.spec.schedule_timeout_s)
+                for p in task.participants.values() if p.joined]
+        return min(ends) if ends else 0.0
+
+    def _get(self, task_id: str) -> Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            where = f" at {self.address}" if self.address else ""
+            raise TaskNotFound(
+                f"task '{task_id}' is not known to the coordinator{where}; create it first "
+                "(heteronn task create ...) or check the task id"
+            )
+        return task
+
+    def _participant(self, task: Task, node_id: str) -> Participant:
+        node = task.participants.get(node_id)
+        if node is None:
+            raise NotAParticipant(
+                f"node '{node_id}' is not a participant of task '{task.task_id}' (participants: "
+                f"{joining.names(task.spec.participants)}); add it to nodes=[...] of every party "
+                "(or --participants of `heteronn task create`) or fix the node id"
+            )
+        return node
+
+    def _ended(self, task: Task, what: str) -> str:
+        if task.phase == Phase.FAILED:
+            return (f"task '{task.task_id}' FAILED: {task.reason}; {what}. To run it again, "
+                    "restart every party with recover=True")
+        return (f"task '{task.task_id}' already FINISHED; {what}. Use a new task id, or restart "
+                "every party with recover=True")
+
+
+def _order(phase: Phase, round_: int) -> tuple[int, int]:
+    return (round_, PHASE_ORDER.get(phase, 0))

@@ -1,0 +1,98 @@
+"""Paired conversions between the coordinator's records and `heteronn.v1` messages.
+
+The only coordinator module besides the servicer and the CLI that touches `_pb2` types.
+"""
+
+from __future__ import annotations
+
+from heteronn.v1 import coordinator_pb2
+from services.domain import Command, Participant, Phase, Report, Role, Task, TaskSpec
+
+
+def spec_to_proto(spec: TaskSpec) -> coordinator_pb2.TaskSpec:
+    return coordinator_pb2.TaskSpec(
+        task_id=spec.task_id,
+        participants=list(spec.participants),
+        schedule_timeout_s=spec.schedule_timeout_s,
+        calculation_timeout_s=spec.calculation_timeout_s,
+        recover=spec.recover,
+        mode=spec.mode,
+    )
+
+
+def spec_from_proto(msg: coordinator_pb2.TaskSpec) -> TaskSpec:
+    return TaskSpec(
+        task_id=msg.task_id,
+        participants=list(msg.participants),
+        schedule_timeout_s=msg.schedule_timeout_s,
+        calculation_timeout_s=msg.calculation_timeout_s,
+        recover=msg.recover,
+        mode=msg.mode or "plain",
+    )
+
+
+def participant_to_proto(p: Participant) -> coordinator_pb2.ParticipantInfo:
+    return coordinator_pb2.ParticipantInfo(
+        node_id=p.node_id,
+        role=int(p.role),
+        feature_key=p.feature_key,
+        address=p.address,
+        joined=p.joined,
+        checkpoint_round=p.checkpoint_round,
+    )
+
+
+def join_from_proto(msg: coordinator_pb2.JoinRequest) -> Participant:
+    """The joining node as a Participant (not yet marked joined)."""
+    n = msg.node
+    return Participant(
+        node_id=n.node_id,
+        role=Role(n.role) if n.role in Role._value2member_map_ else Role.UNSPECIFIED,
+        feature_key=n.feature_key,
+        address=n.address,
+        checkpoint_round=n.checkpoint_round,
+        schedule_timeout_s=msg.schedule_timeout_s,
+        calculation_timeout_s=msg.calculation_timeout_s,
+        agreement=dict(msg.agreement),
+    )
+
+
+def task_to_proto(task: Task) -> coordinator_pb2.TaskInfo:
+    return coordinator_pb2.TaskInfo(
+        spec=spec_to_proto(task.spec),
+        phase=int(task.phase),
+        round=task.round,
+        reason=task.reason,
+        participants=[participant_to_proto(p) for p in task.participants.values()],
+        updated_unix_ms=int(task.updated * 1000),
+        metrics=dict(task.metrics),
+    )
+
+
+def report_from_proto(msg: coordinator_pb2.PhaseReport) -> Report:
+    return Report(
+        task_id=msg.task_id,
+        node_id=msg.node_id,
+        phase=Phase(msg.phase) if msg.phase in Phase._value2member_map_ else Phase.UNSPECIFIED,
+        round=msg.round,
+        error=msg.error,
+        train_size=msg.train_size,
+        test_size=msg.test_size,
+        split_digest=msg.split_digest,
+        finished=msg.finished,
+        test_requested=msg.test_requested,
+        checkpoint_round=msg.checkpoint_round,
+        metrics=dict(msg.metrics),
+    )
+
+
+def command_to_proto(cmd: Command) -> coordinator_pb2.PhaseCommand:
+    return coordinator_pb2.PhaseCommand(
+        task_id=cmd.task_id,
+        phase=int(cmd.phase),
+        round=cmd.round,
+        deadline_unix_ms=cmd.deadline_unix_ms,
+        reason=cmd.reason,
+        participants=[participant_to_proto(p) for p in cmd.participants],
+        resume_round=cmd.resume_round,
+    )

@@ -1,0 +1,122 @@
+"""The Coordinator gRPC servicer: translate, delegate to the lifecycle, map errors.
+
+No rules live here: each method converts the request with `services.serde`, calls the
+state machine and turns a `CoordinatorError` into a gRPC status with its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from heteronn.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from services import serde
+from services.broadcast import CommandHub
+from services.errors import CoordinatorError
+from services.lifecycle import Lifecycle
+
+log = logging.getLogger("heteronn.coordinator.rpc")
+T = TypeVar("T")
+
+#: A watcher re-checks that its client is still there at least this often (seconds).
+WATCH_RECHECK_S = 5.0
+
+
+def _abort(context: grpc.ServicerContext, err: CoordinatorError) -> NoReturn:
+    context.abort(grpc.StatusCode[err.code], err.message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except CoordinatorError as err:
+        log.info("%s: %s", err.code, err.message)
+        _abort(context, err)
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, lifecycle: Lifecycle, hub: CommandHub):
+        self._lifecycle = lifecycle
+        self._hub = hub
+        self._watchers = 0
+        self._watchers_lock = threading.Lock()
+
+    @property
+    def active_watchers(self) -> int:
+        """Open WatchTask streams (each holds a server thread)."""
+        with self._watchers_lock:
+            return self._watchers
+
+    def CreateTask(self, request, context):
+        spec = serde.spec_from_proto(request.spec)
+        task = _call(context, lambda: self._lifecycle.create_task(spec))
+        return serde.task_to_proto(task)
+
+    def GetTask(self, request, context):
+        task = _call(context, lambda: self._lifecycle.get_task(request.task_id))
+        return serde.task_to_proto(task)
+
+    def ListTasks(self, request, context):
+        tasks = self._lifecycle.list_tasks()
+        return coordinator_pb2.ListTasksResponse(tasks=[serde.task_to_proto(t) for t in tasks])
+
+    def CancelTask(self, request, context):
+        task = _call(context, lambda: self._lifecycle.cancel_task(request.task_id, request.reason))
+        return serde.task_to_proto(task)
+
+    def JoinTask(self, request, context):
+        node = serde.join_from_proto(request)
+        task = _call(context, lambda: self._lifecycle.join(request.task_id, node))
+        return coordinator_pb2.JoinResponse(task=serde.task_to_proto(task))
+
+    def ReportPhase(self, request, context):
+        report = serde.report_from_proto(request)
+        _call(context, lambda: self._lifecycle.report(report))
+        return common_pb2.Ack()
+
+    def Heartbeat(self, request, context):
+        _call(context, lambda: self._lifecycle.heartbeat(request.task_id, request.node_id))
+        return common_pb2.Ack()
+
+    def WatchTask(
+        self, request: coordinator_pb2.WatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[coordinator_pb2.PhaseCommand]:
+        """Current command first (replay), then each new one; ends after a terminal one."""
+        _call(context, lambda: self._lifecycle.check_watch(request.task_id, request.node_id))
+        gone = threading.Event()
+
+        def on_done() -> None:
+            gone.set()
+            self._hub.wake()
+
+        context.add_callback(on_done)
+        log.info("task %s: node %r watching", request.task_id, request.node_id)
+        with self._watchers_lock:
+            self._watchers += 1
+        try:
+            yield from self._stream(request.task_id, gone, context)
+        finally:
+            with self._watchers_lock:
+                self._watchers -= 1
+
+    def _stream(
+        self, task_id: str, gone: threading.Event, context: grpc.ServicerContext
+    ) -> Iterator[coordinator_pb2.PhaseCommand]:
+        seq = -1
+        while not gone.is_set() and context.is_active():
+            entry = self._hub.wait_newer(
+                task_id, seq, active=lambda: not gone.is_set(), timeout=WATCH_RECHECK_S
+            )
+            if entry is None:
+                if self._hub.closed:
+                    return
+                continue
+            seq, command = entry
+            yield serde.command_to_proto(command)
+            if command.phase.terminal:
+                return

@@ -1,0 +1,199 @@
+"""A small deterministic vertical task for integration tests, runnable as one party per
+process: `python -m tests.synthetic --node h --nodes h,c1 --task t [--initiator] ...`.
+
+Rows are ids "0".."N-1"; every party derives its own columns from a fixed seed, the host
+also the labels. Models have no dropout, so federated training must equal centralized
+training of the composed model step for step. Fault flags inject the failures the tests check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+
+from party_node import TaskFailed, mock_context
+from party_node.hetero_nn import (
+    HeteroNNCollaboratorScheduler,
+    HeteroNNHostScheduler,
+    aligned_order,
+)
+
+N_ROWS = 192
+N_TEST = 64
+WIDTH = {"h": 5, "c1": 4, "c2": 3, "c3": 2}
+OUT = 4
+CLASSES = 3
+LR = 0.05
+
+
+def columns(node: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 + sum(map(ord, node)))
+    return torch.randn(N_ROWS + N_TEST, WIDTH[node], generator=g)
+
+
+def labels() -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(0, CLASSES, (N_ROWS + N_TEST,), generator=g)
+
+
+def feature_model(node: str) -> nn.Module:
+    torch.manual_seed(100 + sum(map(ord, node)))
+    return nn.Sequential(nn.Linear(WIDTH[node], 8), nn.Tanh(), nn.Linear(8, OUT))
+
+
+def infer_model(n_parties: int) -> nn.Module:
+    torch.manual_seed(99)
+    return nn.Sequential(nn.Linear(OUT * n_parties, 6), nn.ReLU(), nn.Linear(6, CLASSES))
+
+
+def make_optimizer(model: nn.Module) -> optim.Optimizer:
+    return optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+
+
+def all_ids() -> list[str]:
+    return [str(i) for i in range(N_ROWS + N_TEST)]
+
+
+def split(ids: set[str]) -> tuple[set[str], set[str]]:
+    train = {i for i in ids if int(i) < N_ROWS}
+    return train, set(ids) - train
+
+
+def batches(ids: list[str], batch_size: int) -> list[torch.Tensor]:
+    rows = torch.tensor([int(i) for i in ids])
+    return [rows[s : s + batch_size] for s in range(0, len(rows), batch_size)]
+
+
+class Faults:
+    def __init__(self, spec: str):
+        self.spec = dict(item.split("=", 1) for item in spec.split(",") if item)
+
+    def at(self, name: str, round_no: int) -> bool:
+        return name in self.spec and int(self.spec[name]) == round_no
+
+
+class SynthHost(HeteroNNHostScheduler):
+    def __init__(self, node: str, keys: list[str], batch_size: int, rounds: int, faults: Faults,
+                 **kwargs):
+        super().__init__(feature_key=node, max_rounds=rounds, log_rounds=1, **kwargs)
+        self.node, self.keys, self.batch_size, self.faults = node, keys, batch_size, faults
+        self.x, self.y = columns(node), labels()
+
+    def load_local_ids(self):
+        return all_ids()
+
+    def split_dataset(self, id_intersection):
+        return split(id_intersection)
+
+    def build_feature_model(self):
+        return feature_model(self.node)
+
+    def build_feature_optimizer(self, feature_model):
+        return make_optimizer(feature_model)
+
+    def build_infer_model(self):
+        return infer_model(len(self.keys))
+
+    def build_infer_optimizer(self, infer_model):
+        return make_optimizer(infer_model)
+
+    def iterate_train_feature(self, feature_model, train_ids):
+        order = aligned_order(train_ids, self.current_round)
+        for rows in batches(order, self.batch_size):
+            yield feature_model(self.x[rows]), self.y[rows]
+
+    def iterate_test_feature(self, feature_model, test_ids):
+        for rows in batches(list(test_ids), self.batch_size):
+            yield feature_model(self.x[rows]), self.y[rows]
+
+    def train_a_batch(self, feature_projection, labels):
+        if self.faults.at("host_raise", self.current_round):
+            raise ValueError("injected failure in train_a_batch")
+        if self.faults.at("host_sleep", self.current_round):
+            time.sleep(3600)
+        keys = self.keys if not self.faults.at("bad_key", self.current_round) else ["nope"]
+        fused = torch.cat([feature_projection[k] for k in keys], dim=1)
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.infer_model(fused), labels)
+        loss.backward()
+        self.optimizer.step()
+
+    def run_test(self, batched_feature_projection, batched_labels):
+        correct = total = 0
+        for projection, y in zip(batched_feature_projection, batched_labels, strict=True):
+            out = self.infer_model(torch.cat([projection[k] for k in self.keys], dim=1))
+            correct += int((out.argmax(1) == y).sum())
+            total += len(y)
+        self.tb_writer.add_scalar("test/accuracy", correct / total, self.current_round)
+
+
+class SynthCollaborator(HeteroNNCollaboratorScheduler):
+    def __init__(self, node: str, batch_size: int, faults: Faults, **kwargs):
+        super().__init__(feature_key=node, **kwargs)
+        self.node, self.batch_size, self.faults = node, batch_size, faults
+        self.x = columns(node)
+
+    def load_local_ids(self):
+        return all_ids()
+
+    def split_dataset(self, id_intersection):
+        return split(id_intersection)
+
+    def build_feature_model(self):
+        return feature_model(self.node)
+
+    def build_feature_optimizer(self, feature_model):
+        return make_optimizer(feature_model)
+
+    def iterate_train_feature(self, feature_model, train_ids):
+        order = aligned_order(train_ids, self.current_round)
+        for b, rows in enumerate(batches(order, self.batch_size)):
+            if self.faults.at("die", self.current_round) and b == 2:
+                os._exit(17)  # a crash: no goodbye to anyone
+            yield feature_model(self.x[rows])
+
+    def iterate_test_feature(self, feature_model, test_ids):
+        for rows in batches(list(test_ids), self.batch_size):
+            yield feature_model(self.x[rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--node", required=True)
+    p.add_argument("--nodes", required=True, help="comma-separated; the first is the host")
+    p.add_argument("--task", required=True)
+    p.add_argument("--initiator", action="store_true")
+    p.add_argument("--recover", action="store_true")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--schedule-timeout", type=float, default=10)
+    p.add_argument("--calculation-timeout", type=float, default=60)
+    p.add_argument("--faults", default="")
+    p.add_argument("--join-as", default="", help="claim a node id missing from --nodes")
+    args = p.parse_args(argv)
+    nodes = args.nodes.split(",")
+    timeouts = {"schedule_timeout": args.schedule_timeout,
+                "calculation_timeout": args.calculation_timeout}
+    faults = Faults(args.faults)
+    if args.node == nodes[0]:
+        scheduler = SynthHost(args.node, nodes, args.batch_size, args.rounds, faults, **timeouts)
+    else:
+        scheduler = SynthCollaborator(args.node, args.batch_size, faults, **timeouts)
+    context_nodes = nodes if not args.join_as else [*nodes, args.node]
+    try:
+        with mock_context(id=args.node, nodes=context_nodes):
+            scheduler._run(id=args.node, task_id=args.task, is_initiator=args.initiator,
+                           recover=args.recover)
+    except TaskFailed as exc:
+        print(f"task failed: {exc.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
