@@ -29,6 +29,10 @@ KIND_FWD_SHARE = "secure.fwd_share"  # C -> H  X·U + R + X·V (plaintext, maske
 KIND_BWD_ENC = "secure.bwd_enc"  # H -> C  Enc_C(Xᵀδ + M), Enc_H(δ)
 KIND_BWD_MASKED = "secure.bwd_masked"  # C -> H  Enc_H(δ·Vᵀ + N)
 KIND_BWD_GRAD = "secure.bwd_grad"  # H -> C  δ·Wᵀ + N (plaintext, masked)
+#: Test: all test rows in one exchange, no backward.
+KIND_TEST_ENC_X = "secure.test_enc_x"
+KIND_TEST_FWD_MASKED = "secure.test_fwd_masked"
+KIND_TEST_FWD_SHARE = "secure.test_fwd_share"
 #: Once per task, each direction: the sender's public context and Galois keys.
 KIND_PUBLIC_KEYS = "secure.public_keys"
 
