@@ -21,7 +21,6 @@ from party_node.secure import (
     KIND_FWD_MASKED,
     KIND_FWD_SHARE,
     KIND_PUBLIC_KEYS,
-    CkksParams,
     OwnKeys,
     PeerKeys,
     SecureCollaboratorLayer,
@@ -146,4 +145,4 @@ def secure_backward(p: Parties, key: str, delta: torch.Tensor) -> torch.Tensor:
     return coll.finish_backward(m)
 
 
-__all__ = ["CkksParams", "Parties", "Wire", "make_parties", "secure_backward", "secure_forward"]
+__all__ = ["Parties", "Wire", "make_parties", "secure_backward", "secure_forward"]
