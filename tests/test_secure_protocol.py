@@ -225,6 +225,12 @@ def test_collaborator_learns_nothing_correlated_with_delta_or_u(two_party_run: R
     assert _corr(dec_g, g) < 0.2
     delta = np.stack([d for _, d in run.record["delta"]])
     assert _corr(dec_g.reshape(STEPS, -1), delta.reshape(STEPS, -1)[:, :18]) < 0.2
+    # Enc_H(δ) is under the host's key: the collaborator's key decrypts garbage
+    wrong = _decrypt_all(ck, p.wire.received_by("bank", KIND_BWD_ENC), "enc_delta/", levels=0)
+    assert len(wrong) == STEPS
+    for vec, d in zip(wrong, delta, strict=True):
+        assert np.abs(vec.real).mean() > 1e6
+        assert _max_col_corr(d, geo.unpack({(0, 0): vec.real}, 48, 3)) < 0.6
 
 
 def test_public_contexts_carry_no_secret_key(two_party_run: Run) -> None:
