@@ -84,10 +84,11 @@ def main() -> None:
         )
         z = timed(times, "h_finish_forward", host.finish_forward, m)
         delta = torch.randn_like(z) * 1e-3
-        m, sizes["bwd_enc"] = wire_bytes(
-            timed(times, "h_backward_grad_w_enc_delta", host.backward, delta)
-        )
-        m, sizes["bwd_masked"] = wire_bytes(timed(times, "c_backward_delta_vt", coll.backward, m))
+        m, sizes["bwd_enc"] = wire_bytes(timed(times, "h_encrypt_delta", host.backward, delta))
+        reply = timed(times, "c_backward_delta_vt", coll.backward, m)
+        w, sizes["bwd_weight"] = wire_bytes(timed(times, "h_weight_gradient", host.weight_gradient))
+        m, sizes["bwd_masked"] = wire_bytes(reply)
+        timed(times, "c_apply_weight_gradient", coll.apply_weight_gradient, w)
         m, sizes["bwd_grad"] = wire_bytes(
             timed(times, "h_finish_backward", host.finish_backward, m)
         )

@@ -132,9 +132,12 @@ def secure_bytes_per_batch() -> int:
     z = host.finish_forward(m)
     m, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3))
     total += n
-    m, n = wire_bytes(coll.backward(m))
+    reply, n = wire_bytes(coll.backward(m))
     total += n
-    m, n = wire_bytes(host.finish_backward(m))
+    w, n = wire_bytes(host.weight_gradient())
+    total += n
+    coll.apply_weight_gradient(w)
+    m, n = wire_bytes(host.finish_backward(reply))
     return total + n
 
 

@@ -17,6 +17,7 @@ from party_node.secure import (
     KIND_BWD_ENC,
     KIND_BWD_GRAD,
     KIND_BWD_MASKED,
+    KIND_BWD_WEIGHT,
     KIND_ENC_X,
     KIND_FWD_MASKED,
     KIND_FWD_SHARE,
@@ -140,7 +141,10 @@ def secure_forward(p: Parties, key: str, x: torch.Tensor, train: bool = True) ->
 def secure_backward(p: Parties, key: str, delta: torch.Tensor) -> torch.Tensor:
     host, coll, w = p.hosts[key], p.colls[key], p.wire
     m = w.send("host", key, KIND_BWD_ENC, host.backward(delta))
-    m = w.send(key, "host", KIND_BWD_MASKED, coll.backward(m))
+    reply = coll.backward(m)  # meanwhile the host computes the weight gradient
+    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient())
+    m = w.send(key, "host", KIND_BWD_MASKED, reply)
+    coll.apply_weight_gradient(weight)
     m = w.send("host", key, KIND_BWD_GRAD, host.finish_backward(m))
     return coll.finish_backward(m)
 

@@ -1,8 +1,9 @@
 """The collaborator's half of the secure projection layer (pure: message dicts in and out).
 
 Per training batch: `encrypt_features` -> (host) -> `combine_forward` -> (host) -> `backward`
--> (host) -> `finish_backward`. Test: `encrypt_features(x, train=False)` -> (host) ->
-`combine_forward`. The collaborator never sees δ, U or W, only masked values.
+-> (host) -> `apply_weight_gradient` -> (host) -> `finish_backward`.
+Test: `encrypt_features(x, train=False)` -> (host) -> `combine_forward`.
+The collaborator never sees δ, U or W, only masked values.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
 from party_node.secure.layout import Geometry
 from party_node.secure.params import (
+    KIND_BWD_ENC,
+    KIND_BWD_GRAD,
     KIND_BWD_MASKED,
+    KIND_BWD_WEIGHT,
     KIND_FWD_SHARE,
     Message,
     SecureParams,
@@ -52,6 +56,7 @@ class SecureCollaboratorLayer:
         self._x: np.ndarray | None = None
         self._train = False
         self._noise: np.ndarray | None = None
+        self._weight_pending = False
         self._dtype = torch.float32
 
     @staticmethod
@@ -71,7 +76,7 @@ class SecureCollaboratorLayer:
         self._dtype = x.dtype if x.is_floating_point() else torch.float32
         xs = x.detach().cpu().to(torch.float64).numpy()
         checks.in_range(xs, self.params.value_bound, f"'{self.feature_key}' feature tensor")
-        self._x, self._train, self._noise = xs, train, None
+        self._x, self._train, self._noise, self._weight_pending = xs, train, None, False
         msg: Message = {"rows": torch.tensor(xs.shape[0], dtype=torch.int64)}
         for (r, c), vec in self.geo.pack(xs).items():
             msg[f"enc_x/{r}/{c}"] = seal_io.save_bytes(self.own.encrypt(vec))
@@ -95,10 +100,10 @@ class SecureCollaboratorLayer:
 
     # ---- backward -------------------------------------------------------------------------
     def backward(self, msg: Message) -> Message:
-        """Return Enc_H(δ·Vᵀ + N) with the pre-step V, then step V with Xᵀδ + M."""
+        """Enc_H(λδ) -> Enc_H(λδ·Vᵀ + N), with V before this batch's step."""
         x = self._require_x(KIND_BWD_MASKED)
-        if not self._train:
-            raise SecureProtocolError("backward after a test forward")
+        if not self._train or self._noise is not None:
+            raise SecureProtocolError("backward after a test forward or twice for one batch")
         rows = x.shape[0]
         geo = self.geo
         delta_tiles = {
@@ -106,14 +111,7 @@ class SecureCollaboratorLayer:
             for r in range(geo.row_tiles(rows))
             for a in range(geo.col_tiles(self.out_dim))
         }
-        grad_tiles = {
-            (c, j): f"grad_w/{c}/{j}"
-            for c in range(geo.col_tiles(self.in_dim))
-            for j in range(-(-self.out_dim // geo.wrap))
-        }
-        checks.expect_names(
-            msg, ["rows", *delta_tiles.values(), *grad_tiles.values()], KIND_BWD_MASKED
-        )
+        checks.expect_names(msg, ["rows", *delta_tiles.values()], KIND_BWD_MASKED)
         if checks.rows_of(msg, KIND_BWD_MASKED) != rows:
             raise SecureProtocolError(f"{KIND_BWD_MASKED}: row count differs from the forward pass")
         cts = {
@@ -138,14 +136,32 @@ class SecureCollaboratorLayer:
                 masks[(r, o)] = he_linear.add_mask(self.host, acc, self.params.mask_bound)
                 out[f"grad_x/{r}/{o}"] = seal_io.save_bytes(acc)
         self._noise = geo.unpack(masks, rows, self.in_dim) / 2.0**self.params.delta_scale_bits
-        self.share.step(self._masked_weight_gradient(msg, grad_tiles))
+        self._weight_pending = True
         return out
+
+    def apply_weight_gradient(self, msg: Message) -> None:
+        """Decrypt Xᵀδ + M and step V (SGD with momentum on the share)."""
+        x = self._require_x(KIND_BWD_WEIGHT)
+        if not self._weight_pending:
+            raise SecureProtocolError(f"{KIND_BWD_WEIGHT} arrived before {KIND_BWD_ENC}")
+        grad_tiles = {
+            (c, j): f"grad_w/{c}/{j}"
+            for c in range(self.geo.col_tiles(self.in_dim))
+            for j in range(-(-self.out_dim // self.geo.wrap))
+        }
+        checks.expect_names(msg, ["rows", *grad_tiles.values()], KIND_BWD_WEIGHT)
+        if checks.rows_of(msg, KIND_BWD_WEIGHT) != x.shape[0]:
+            raise SecureProtocolError(f"{KIND_BWD_WEIGHT}: row count differs from the forward pass")
+        self.share.step(self._masked_weight_gradient(msg, grad_tiles))
+        self._weight_pending = False
 
     def finish_backward(self, msg: Message) -> torch.Tensor:
         """Remove N from δ·Wᵀ + N: ∂L/∂X, the only gradient the collaborator learns."""
         x = self._require_x("secure.bwd_grad")
         if self._noise is None:
             raise SecureProtocolError("secure.bwd_grad arrived before secure.bwd_enc")
+        if self._weight_pending:
+            raise SecureProtocolError(f"{KIND_BWD_GRAD} arrived before {KIND_BWD_WEIGHT}")
         checks.expect_names(msg, ["dx_masked"], "secure.bwd_grad")
         masked = checks.tensor(msg, "dx_masked", x.shape, "secure.bwd_grad")
         grad = checks.in_range(

@@ -1,7 +1,8 @@
 """The host's half of the secure projection layer for one collaborator (pure: dicts in/out).
 
 Per training batch: `forward` -> (collaborator) -> `finish_forward` gives z = X·W; the host's
-model produces δ = ∂L/∂z; `backward(δ)` -> (collaborator) -> `finish_backward`. Test:
+model produces δ = ∂L/∂z; `backward(δ)` -> (collaborator, computing) while the host runs
+`weight_gradient()` -> (collaborator) ; `finish_backward` on the collaborator's reply. Test:
 `forward(msg, train=False)` -> (collaborator) -> `finish_forward`. The host never sees X or V.
 """
 
@@ -50,6 +51,7 @@ class SecureHostLayer:
         self._rows = 0
         self._mask: np.ndarray | None = None
         self._du: np.ndarray | None = None
+        self._delta: np.ndarray | None = None
 
     @staticmethod
     def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
@@ -98,7 +100,7 @@ class SecureHostLayer:
         self._mask = geo.unpack(masks, rows, self.out_dim)
         self._rows = rows
         self._cts = cts if train else None
-        self._du = None
+        self._du, self._delta = None, None
         return out
 
     def finish_forward(self, msg: Message) -> torch.Tensor:
@@ -118,8 +120,11 @@ class SecureHostLayer:
 
     # ---- backward -------------------------------------------------------------------------
     def backward(self, delta: torch.Tensor) -> Message:
-        """δ = ∂L/∂z -> Enc_C(Xᵀδ + M) and Enc_H(δ); steps U. δ itself never leaves."""
-        if self._cts is None:
+        """δ = ∂L/∂z -> Enc_H(λδ) for the collaborator's δ·Vᵀ. δ itself never leaves.
+
+        Send this first, then compute `weight_gradient()` while the collaborator works.
+        """
+        if self._cts is None or self._delta is not None:
             raise SecureProtocolError("backward without a pending training forward")
         rows, geo = self._rows, self.geo
         if tuple(delta.shape) != (rows, self.out_dim):
@@ -130,6 +135,19 @@ class SecureHostLayer:
             delta.detach().cpu().to(torch.float64).numpy(), self.params.value_bound, "δ"
         )
         self._du = d @ self.share.u.T  # δ·Uᵀ with the pre-step U
+        self._delta = d
+        scaled = d * 2.0**self.params.delta_scale_bits
+        checks.in_range(scaled, self.params.value_bound, "scaled δ")
+        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
+        for (r, a), vec in geo.pack(scaled).items():
+            out[f"enc_delta/{r}/{a}"] = seal_io.save_bytes(self.own.encrypt(vec))
+        return out
+
+    def weight_gradient(self) -> Message:
+        """Enc_C(Xᵀδ + M) for the collaborator's share; steps U (see shares.HostShare)."""
+        if self._cts is None or self._delta is None:
+            raise SecureProtocolError("weight_gradient before backward")
+        rows, geo, d = self._rows, self.geo, self._delta
         mask = self.share.next_mask()
         out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
         for c in range(geo.col_tiles(self.in_dim)):
@@ -157,11 +175,7 @@ class SecureHostLayer:
                 # Xᵀδ): a 2^30 mask there would cost the gradient precision for nothing.
                 he_linear.add_mask(self.peer, acc, self.share.max_mask, (idx, fixed))
                 out[f"grad_w/{c}/{j}"] = seal_io.save_bytes(acc)
-        scaled = d * 2.0**self.params.delta_scale_bits
-        checks.in_range(scaled, self.params.value_bound, "scaled δ")
-        for (r, a), vec in geo.pack(scaled).items():
-            out[f"enc_delta/{r}/{a}"] = seal_io.save_bytes(self.own.encrypt(vec))
-        self._cts = None
+        self._cts, self._delta = None, None
         return out
 
     def finish_backward(self, msg: Message) -> Message:

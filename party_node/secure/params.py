@@ -26,8 +26,9 @@ Message = dict[str, "torch.Tensor | bytes"]
 KIND_ENC_X = "secure.enc_x"  # C -> H  Enc_C(X)
 KIND_FWD_MASKED = "secure.fwd_masked"  # H -> C  Enc_C(X·U + R)
 KIND_FWD_SHARE = "secure.fwd_share"  # C -> H  X·U + R + X·V (plaintext, masked)
-KIND_BWD_ENC = "secure.bwd_enc"  # H -> C  Enc_C(Xᵀδ + M), Enc_H(δ)
-KIND_BWD_MASKED = "secure.bwd_masked"  # C -> H  Enc_H(δ·Vᵀ + N)
+KIND_BWD_ENC = "secure.bwd_enc"  # H -> C  Enc_H(λδ)
+KIND_BWD_MASKED = "secure.bwd_masked"  # C -> H  Enc_H(λδ·Vᵀ + N)
+KIND_BWD_WEIGHT = "secure.bwd_weight"  # H -> C  Enc_C(Xᵀδ + M) (computed meanwhile)
 KIND_BWD_GRAD = "secure.bwd_grad"  # H -> C  δ·Wᵀ + N (plaintext, masked)
 #: Test: all test rows in one exchange, no backward.
 KIND_TEST_ENC_X = "secure.test_enc_x"

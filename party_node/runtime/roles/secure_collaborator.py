@@ -18,6 +18,7 @@ from party_node.secure import (
     KIND_BWD_ENC,
     KIND_BWD_GRAD,
     KIND_BWD_MASKED,
+    KIND_BWD_WEIGHT,
     KIND_ENC_X,
     KIND_FWD_MASKED,
     KIND_FWD_SHARE,
@@ -121,6 +122,9 @@ class SecureCollaboratorRole(CollaboratorRole):
                 layer.backward,
                 f"the backward pass of batch {b}",
             )
+            msg = from_link(self.expect(host, KIND_BWD_WEIGHT, round_no, b, "this collaborator"))
+            with protocol_errors(host, f"the backward pass of batch {b}"):
+                layer.apply_weight_gradient(msg)
             msg = from_link(self.expect(host, KIND_BWD_GRAD, round_no, b, "this collaborator"))
             with protocol_errors(host, f"the backward pass of batch {b}"):
                 grad = layer.finish_backward(msg)

@@ -18,6 +18,7 @@ from party_node.secure import (
     KIND_BWD_ENC,
     KIND_BWD_GRAD,
     KIND_BWD_MASKED,
+    KIND_BWD_WEIGHT,
     KIND_ENC_X,
     KIND_FWD_MASKED,
     KIND_FWD_SHARE,
@@ -189,12 +190,18 @@ class SecureHostRole(HostRole):
         return {"finished": finished, "test_requested": test_now}
 
     def backward_collaborators(self, round_no: int, b: int, leaves: dict) -> None:
+        """Enc_H(δ) out first, so each collaborator computes δ·Vᵀ while the host computes
+        its Xᵀδ; then the masked feature gradients back."""
         for peer in self.collaborators:
             leaf = leaves[peer.node_id]
             delta = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             with protocol_errors(peer, f"the backward pass of batch {b}"):
                 msg = self.layers[peer.node_id].backward(delta.detach())
             self.reply(peer, KIND_BWD_ENC, round_no, b, msg)
+        for peer in self.collaborators:
+            with protocol_errors(peer, f"the backward pass of batch {b}"):
+                msg = self.layers[peer.node_id].weight_gradient()
+            self.reply(peer, KIND_BWD_WEIGHT, round_no, b, msg)
         for peer in self.collaborators:
             msg = self.exchange(peer, KIND_BWD_MASKED, round_no, b)
             with protocol_errors(peer, f"the backward pass of batch {b}"):
