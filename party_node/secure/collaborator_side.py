@@ -132,7 +132,6 @@ class SecureCollaboratorLayer:
                         self.host, geo, cts[(r, a)], vt[a0:a1, o0:o1], plan
                     )
                     acc = term if acc is None else self._add(self.host, acc, term)
-                he_linear.rescale(self.host, acc)
                 masks[(r, o)] = he_linear.add_mask(self.host, acc, self.params.mask_bound)
                 out[f"grad_x/{r}/{o}"] = seal_io.save_bytes(acc)
         self._noise = geo.unpack(masks, rows, self.in_dim) / 2.0**self.params.delta_scale_bits

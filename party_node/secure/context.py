@@ -1,10 +1,11 @@
 """CKKS key material, one class per role so a secret context can never be sent by mistake.
 
-- `CkksParams`: the agreed parameters. N = 8192 with a total coefficient modulus of
-  60+40+40+60 = 200 bits (<= 218, the HomomorphicEncryption.org standard's bound for 128-bit
-  security at N = 8192 with a ternary secret). Scale 2^40. One multiplicative level is all the
-  protocol uses (plaintext x ciphertext, one rescale); the remaining 100 bits give 2^59 of
-  headroom for masked values.
+- `CkksParams`: the agreed parameters. N = 8192 with a coefficient modulus of 60+60+60 = 180
+  bits, below 218, the HomomorphicEncryption.org standard's bound for 128-bit security at
+  N = 8192 (ternary secret). Ciphertexts at scale 2^50 are multiplied by plaintexts at scale
+  2^30 (weights) or 2^40 (δ) and never rescaled: the 120-bit data modulus holds results at
+  2^80 / 2^90 with 2^38 / 2^28 of headroom for masked values, and every ciphertext and
+  rotation stays at two primes (faster and smaller than a 60-40-40-60 chain with a rescale).
 - `OwnKeys`: a party's own key pair (the secret key never leaves it; not picklable, no repr).
 - `PeerKeys`: what a party holds of a peer: its public context and Galois keys, no secret.
 
@@ -37,8 +38,10 @@ class CkksParams:
     """CKKS parameters both parties must agree on (checked when a peer's context loads)."""
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    scale_bits: int = 40
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60, 60)
+    scale_bits: int = 50
+    plain_scale_bits: int = 30
+    gram_scale_bits: int = 40
 
     def __post_init__(self) -> None:
         bound = _MAX_COEFF_BITS_128.get(self.poly_modulus_degree)
@@ -50,7 +53,14 @@ class CkksParams:
                 f"the 128-bit security bound for N={self.poly_modulus_degree}"
             )
         if len(self.coeff_mod_bit_sizes) < 3:
-            raise ValueError("need at least one rescaling prime: >= 3 coefficient moduli")
+            raise ValueError("need a special prime and at least two data primes")
+        if self.headroom_bits(self.gram_scale_bits) < 8:
+            raise ValueError("scales leave no headroom for masked values; use larger primes")
+
+    def headroom_bits(self, plain_scale_bits: int) -> int:
+        """log2 of the largest |value| a product at this plaintext scale can carry."""
+        data_bits = sum(self.coeff_mod_bit_sizes[:-1])
+        return data_bits - 2 - self.scale_bits - plain_scale_bits
 
     @property
     def slots(self) -> int:

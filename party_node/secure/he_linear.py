@@ -1,6 +1,8 @@
 """Linear algebra on packed CKKS ciphertexts with plaintext matrices, plus slot masking.
 
-All products are plaintext x ciphertext (one level), summed, rescaled once. Every result that
+All products are plaintext x ciphertext with the plaintext at scale 2^30 (2^40 for δ), summed
+and never rescaled: the result keeps the fresh ciphertext's two primes (120 bits) at scale
+2^80 (2^90), which leaves 2^38 (2^28) of headroom for masks. Every result that
 the other party will decrypt is masked in *every* slot, real and imaginary part, with fresh
 uniform randomness (`add_mask`): rotation leftovers, padding and the imaginary parts (which
 would otherwise carry CKKS noise that depends on the evaluator's plaintext) included.
@@ -27,11 +29,15 @@ def secure_uniform(shape: tuple[int, ...] | int, bound: float) -> np.ndarray:
 
 
 def _bsgs(
-    peer: PeerKeys, ct: Any, diagonals: dict[int, np.ndarray], plan: BsgsPlan, unit: int
+    peer: PeerKeys,
+    ct: Any,
+    diagonals: dict[int, np.ndarray],
+    plan: BsgsPlan,
+    unit: int,
+    scale: float,
 ) -> Any:
     """sum_k diag_k ⊙ rot(ct, k*unit) with ~2*sqrt(#k) rotations (baby-step giant-step)."""
     engine, ev = peer.engine, peer.engine.evaluator
-    scale = peer.params.scale
     baby: dict[int, Any] = {}
     acc = None
     for g in range(plan.n2):
@@ -65,7 +71,9 @@ def _bsgs(
 
 
 def block_matmul(peer: PeerKeys, geo: Geometry, ct: Any, a: np.ndarray, plan: BsgsPlan) -> Any:
-    """out block u = sum_t a[t, u] * in block t (blocks at stride geo.stride); scale Δ²."""
+    """out block u = sum_t a[t, u] * in block t (blocks at stride geo.stride).
+
+    `a` is encoded at the plaintext scale 2^plain_scale_bits (slot precision ~1e-8)."""
     t_in, t_out = a.shape
     diagonals: dict[int, np.ndarray] = {}
     for k in range(plan.k0, plan.k0 + plan.count):
@@ -78,11 +86,11 @@ def block_matmul(peer: PeerKeys, geo: Geometry, ct: Any, a: np.ndarray, plan: Bs
                 diag[u * geo.stride : u * geo.stride + geo.block_rows] = a[t, u]
         if diag is not None:
             diagonals[k] = diag
-    return _bsgs(peer, ct, diagonals, plan, geo.stride)
+    return _bsgs(peer, ct, diagonals, plan, geo.stride, 2.0**peer.params.plain_scale_bits)
 
 
 def block_gram(peer: PeerKeys, geo: Geometry, ct: Any, d: np.ndarray, n_blocks: int) -> Any:
-    """Per block t, y with sum_r y[t*stride + j + r*wrap] = sum_b in_t[b] d[b, j]; scale Δ².
+    """Per block t, y with sum_r y[t*stride + j + r*wrap] = sum_b in_t[b] d[b, j].
 
     `d` is (block_rows x wrap). Hybrid diagonal method: y = sum_k E_k ⊙ rot(in, k) with
     E_k[b] = d[(b + k) mod block_rows, b mod wrap]; `gram_reduce` finishes the sum.
@@ -98,18 +106,13 @@ def block_gram(peer: PeerKeys, geo: Geometry, ct: Any, d: np.ndarray, n_blocks: 
         for t in range(n_blocks):
             diag[t * geo.stride : t * geo.stride + rows] = block
         diagonals[k] = diag
-    return _bsgs(peer, ct, diagonals, geo.gram_plan(), 1)
+    return _bsgs(peer, ct, diagonals, geo.gram_plan(), 1, 2.0**peer.params.gram_scale_bits)
 
 
 def gram_reduce(peer: PeerKeys, geo: Geometry, ct: Any) -> Any:
     """Fold each block's `block_rows` slots onto its first `wrap` slots (log2 rotations)."""
     for step in geo.gram_reduce_steps():
         peer.engine.evaluator.add_inplace(ct, peer.rotate(ct, step))
-    return ct
-
-
-def rescale(peer: PeerKeys, ct: Any) -> Any:
-    peer.engine.evaluator.rescale_to_next_inplace(ct)
     return ct
 
 

@@ -45,7 +45,9 @@ class SecureHostLayer:
         u = half_init(in_dim, out_dim) if initial_share is None else np.asarray(initial_share)
         if u.shape != (in_dim, out_dim):
             raise ValueError(f"initial share has shape {u.shape}, expected {(in_dim, out_dim)}")
-        self.share = HostShare(u, lr, momentum, self.params.share_noise)
+        self.share = HostShare(
+            u, lr, momentum, self.params.share_noise, self.params.max_gradient_mask
+        )
         self.dtype = dtype
         self._cts: dict[tuple[int, int], Any] | None = None
         self._rows = 0
@@ -94,7 +96,6 @@ class SecureHostLayer:
                         acc = term
                     else:
                         self.peer.engine.evaluator.add_inplace(acc, term)
-                he_linear.rescale(self.peer, acc)
                 masks[(r, o)] = he_linear.add_mask(self.peer, acc, self.params.mask_bound)
                 out[f"fwd/{r}/{o}"] = seal_io.save_bytes(acc)
         self._mask = geo.unpack(masks, rows, self.out_dim)
@@ -164,7 +165,6 @@ class SecureHostLayer:
                         acc = term
                     else:
                         self.peer.engine.evaluator.add_inplace(acc, term)
-                he_linear.rescale(self.peer, acc)
                 he_linear.gram_reduce(self.peer, geo, acc)
                 idx = np.array(
                     [t * geo.stride + jj for t in range(c1 - c0) for jj in range(j1 - j0)],

@@ -3,8 +3,8 @@
 Mask sizes (see docs/secure-protocol.md, "Masks and precision"):
 - forward mask R and feature-gradient mask N: uniform in [-2^30, 2^30] per slot, real and
   imaginary parts. Masked values are ~2^11 at most for the demo, so each decrypted slot is
-  within statistical distance ~2^-19 of uniform; CKKS (scale 2^40, float64 decoding) keeps
-  ~5e-6 absolute error on the result.
+  within statistical distance ~2^-19 of uniform; float64 decoding of 2^30-sized slots keeps
+  ~1e-6 absolute error on the result.
 - weight-gradient mask: the host's share drifts by a fresh uniform η·Q_t with |η·Q_t| <= 16
   (`share_noise`), so the collaborator's share V_t = W_t - U_0 - η·Q_t hides W_t behind ±16
   (weights are ~0.1-1) and the gradient behind ±16/η.
@@ -51,16 +51,29 @@ class SecureParams:
     #: feature-gradient error small next to the 2^30 mask; the host divides it back out.
     delta_scale_bits: int = 10
 
+    def __post_init__(self) -> None:
+        if self.mask_bits + 2 > self.ckks.headroom_bits(self.ckks.plain_scale_bits):
+            raise ValueError(
+                f"masks of 2^{self.mask_bits} do not fit the CKKS headroom "
+                f"(2^{self.ckks.headroom_bits(self.ckks.plain_scale_bits)})"
+            )
+
     @property
     def mask_bound(self) -> float:
         return float(2**self.mask_bits)
+
+    @property
+    def max_gradient_mask(self) -> float:
+        """Cap on the weight-gradient mask's half-width (its ciphertext has less headroom)."""
+        return float(2 ** (self.ckks.headroom_bits(self.ckks.gram_scale_bits) - 4))
 
     def agreement(self, lr: float, momentum: float) -> str:
         """Canonical string every party must report identically (checked by the coordinator)."""
         c = self.ckks
         return (
             f"ckks(N={c.poly_modulus_degree},q={'-'.join(map(str, c.coeff_mod_bit_sizes))},"
-            f"scale=2^{c.scale_bits});mask=2^{self.mask_bits};share_noise={self.share_noise!r};"
+            f"scale=2^{c.scale_bits},plain=2^{c.plain_scale_bits},gram=2^{c.gram_scale_bits});"
+            f"mask=2^{self.mask_bits};share_noise={self.share_noise!r};"
             f"block_rows={self.block_rows};delta_scale=2^{self.delta_scale_bits};"
             f"lr={float(lr)!r};momentum={float(momentum)!r}"
         )

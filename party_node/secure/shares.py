@@ -48,12 +48,15 @@ class CollaboratorShare:
 class HostShare:
     """U, its momentum buffer and the last telescoping mask Q; produces the mask M."""
 
-    def __init__(self, u: np.ndarray, lr: float, momentum: float, share_noise: float) -> None:
+    def __init__(
+        self, u: np.ndarray, lr: float, momentum: float, share_noise: float, max_bound: float
+    ) -> None:
         self.u = u.astype(np.float64).copy()
         self.buf = np.zeros_like(self.u)
         self.q_prev = np.zeros_like(self.u)
         self.lr, self.momentum = lr, momentum
-        self.mask_bound = share_noise / lr
+        # A = share_noise / η, capped for tiny η (then the share noise is η·max_bound).
+        self.mask_bound = min(share_noise / lr, max_bound)
 
     def next_mask(self) -> np.ndarray:
         """Draw Q_t, update U and bU, return M_t (added to G for the collaborator)."""
