@@ -79,7 +79,7 @@ class SecureCollaboratorLayer:
         self._x, self._train, self._noise, self._weight_pending = xs, train, None, False
         msg: Message = {"rows": torch.tensor(xs.shape[0], dtype=torch.int64)}
         for (r, c), vec in self.geo.pack(xs).items():
-            msg[f"enc_x/{r}/{c}"] = seal_io.save_bytes(self.own.encrypt(vec))
+            msg[f"enc_x/{r}/{c}"] = self.own.encrypt_bytes(vec)
         return msg
 
     def combine_forward(self, msg: Message) -> Message:

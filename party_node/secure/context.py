@@ -128,7 +128,9 @@ class OwnKeys:
         seal_ctx = self._ctx.seal_context().data
         self.engine = HeEngine(params, seal_ctx)
         secret = self._ctx.secret_key().data
-        self._encryptor = sealapi.Encryptor(seal_ctx, self._ctx.public_key().data)
+        # Symmetric (secret-key) encryption: the owner is the only one who encrypts under its
+        # key, and a seeded symmetric ciphertext serializes to half the bytes.
+        self._encryptor = sealapi.Encryptor(seal_ctx, secret)
         self._decryptor = sealapi.Decryptor(seal_ctx, secret)
         steps = sorted({s % params.slots for s in galois_steps} - {0})
         self.galois_steps = tuple(steps)
@@ -157,10 +159,10 @@ class OwnKeys:
         )
         return {CONTEXT_BLOB: ctx_bytes, GALOIS_BLOB: self._galois_blob}
 
-    def encrypt(self, slots: np.ndarray) -> Any:
-        ct = sealapi.Ciphertext()
-        self._encryptor.encrypt(self.engine.encode(slots, self.params.scale), ct)
-        return ct
+    def encrypt_bytes(self, slots: np.ndarray) -> bytes:
+        """Encrypt a slot vector; the serialized, seeded ciphertext (half the usual size)."""
+        pt = self.engine.encode(slots, self.params.scale)
+        return seal_io.save_bytes(self._encryptor.encrypt_symmetric(pt))
 
     def decrypt(self, ct: Any) -> np.ndarray:
         """Decrypt to the real parts of all slots (imaginary parts are masks' noise)."""

@@ -141,7 +141,7 @@ class SecureHostLayer:
         checks.in_range(scaled, self.params.value_bound, "scaled δ")
         out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
         for (r, a), vec in geo.pack(scaled).items():
-            out[f"enc_delta/{r}/{a}"] = seal_io.save_bytes(self.own.encrypt(vec))
+            out[f"enc_delta/{r}/{a}"] = self.own.encrypt_bytes(vec)
         return out
 
     def weight_gradient(self) -> Message:
