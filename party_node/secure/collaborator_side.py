@@ -199,7 +199,7 @@ class SecureCollaboratorLayer:
         bound = self.params.mask_bound + self.params.value_bound
         out = {}
         for key, name in tiles.items():
-            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, "decrypt"), name, 1)
+            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, "decrypt"), name, 0)
             out[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
         return out
 

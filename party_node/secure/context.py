@@ -102,7 +102,8 @@ class HeEngine:
         return pt
 
     def load_ciphertext(self, data: bytes, what: str, max_levels: int) -> Any:
-        """Load a peer's ciphertext, checking it is at an expected level."""
+        """Load a peer's ciphertext, checking its level (`max_levels` below the top allowed;
+        this protocol never rescales, so callers pass 0)."""
         ct = seal_io.load_ciphertext(self.seal_context, data, what)
         n_primes = len(self.params.coeff_mod_bit_sizes) - 1
         if not n_primes - max_levels <= ct.coeff_modulus_size() <= n_primes:

@@ -194,7 +194,7 @@ class SecureHostLayer:
         bound = self.params.mask_bound + self.params.value_bound
         vecs = {}
         for key, name in tiles.items():
-            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, KIND_BWD_GRAD), name, 1)
+            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, KIND_BWD_GRAD), name, 0)
             vecs[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
         # (λδVᵀ + N)/λ + δUᵀ = δWᵀ + N/λ; the collaborator knows λ and removes N/λ.
         lam = 2.0**self.params.delta_scale_bits

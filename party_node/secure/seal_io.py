@@ -8,7 +8,9 @@ against the context before any arithmetic touches it: a malformed blob from a pe
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -29,6 +31,7 @@ def _scratch_dir() -> Path:
             base = "/dev/shm" if os.path.isdir("/dev/shm") else None
             _dir = Path(tempfile.mkdtemp(prefix="heteronn-he-", dir=base))
             os.chmod(_dir, 0o700)
+            atexit.register(shutil.rmtree, _dir, True)
         return _dir
 
 
