@@ -138,6 +138,13 @@ class Task:
                 calc = host.calculation_timeout_s
         return sched, calc, whose
 
+    def phase_budget(self) -> float:
+        """How long a phase may run before the coordinator fails it: calculation_timeout
+        plus a schedule_timeout of grace, so a node's own, more precise timeout (its
+        watchdog, or its wait for a peer) reports first and names the culprit."""
+        sched, calc, _ = self.effective_timeouts()
+        return calc + sched
+
     def phase_label(self) -> str:
         if self.phase in (Phase.TRAIN, Phase.TEST):
             return f"{self.phase.name} round {self.round}"

@@ -263,7 +263,7 @@ class Lifecycle:
         task.phase, task.round, task.reports = phase, round_, {}
         task.phase_started = now
         if phase in PHASE_ORDER:
-            task.deadline = now + task.effective_timeouts()[1]
+            task.deadline = now + task.phase_budget()
         elif phase == Phase.WAITING_FOR_NODES:
             task.deadline = self._waiting_deadline(task)
         else:
@@ -299,7 +299,7 @@ class Lifecycle:
                 if task.phase == Phase.WAITING_FOR_NODES:
                     p.joined_at = now
         if task.phase in PHASE_ORDER:
-            task.phase_started, task.deadline = now, now + task.effective_timeouts()[1]
+            task.phase_started, task.deadline = now, now + task.phase_budget()
         elif task.phase == Phase.WAITING_FOR_NODES:
             task.deadline = self._waiting_deadline(task)
 

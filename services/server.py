@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -112,6 +113,16 @@ class RunningCoordinator:
                 self.lifecycle.tick()
             except Exception:  # a bug in one tick must not stop deadline enforcement
                 log.exception("deadline check failed")
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (bounded) until every watch stream has ended, i.e. every node has received
+        its task's terminal command; an embedding process calls this before `stop`."""
+        deadline = time.monotonic() + timeout
+        while self.servicer.active_watchers > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop accepting calls, end every watch stream, close the store."""

@@ -16,11 +16,19 @@ P = coordinator_pb2
 TERMINAL = (P.PHASE_FINISHED, P.PHASE_FAILED)
 
 
-def spec(task_id: str, nodes: list[str], sched: float = 2.0, calc: float = 5.0,
-         recover: bool = False) -> coordinator_pb2.CreateTaskRequest:
-    return P.CreateTaskRequest(spec=P.TaskSpec(
-        task_id=task_id, participants=nodes, schedule_timeout_s=sched,
-        calculation_timeout_s=calc, recover=recover, mode="plain"))
+def spec(
+    task_id: str, nodes: list[str], sched: float = 2.0, calc: float = 5.0, recover: bool = False
+) -> coordinator_pb2.CreateTaskRequest:
+    return P.CreateTaskRequest(
+        spec=P.TaskSpec(
+            task_id=task_id,
+            participants=nodes,
+            schedule_timeout_s=sched,
+            calculation_timeout_s=calc,
+            recover=recover,
+            mode="plain",
+        )
+    )
 
 
 class FakeNode:
@@ -40,7 +48,8 @@ class FakeNode:
         node = P.ParticipantInfo(
             node_id=self.node_id,
             role=common_pb2.ROLE_HOST if self.host else common_pb2.ROLE_COLLABORATOR,
-            feature_key=f"fk-{self.node_id}", address=f"127.0.0.1:{7000 + len(self.node_id)}",
+            feature_key=f"fk-{self.node_id}",
+            address=f"127.0.0.1:{7000 + len(self.node_id)}",
             checkpoint_round=checkpoint_round,
         )
         return self.stub.JoinTask(P.JoinRequest(task_id=self.task_id, node=node, **kw), timeout=5)
@@ -70,16 +79,20 @@ class FakeNode:
             while not self._stop.wait(interval):
                 try:
                     self.stub.Heartbeat(
-                        P.HeartbeatRequest(task_id=self.task_id, node_id=self.node_id), timeout=2)
+                        P.HeartbeatRequest(task_id=self.task_id, node_id=self.node_id), timeout=2
+                    )
                 except grpc.RpcError:
                     return
 
         self._spawn(run)
 
     def report(self, phase: int, round_: int = 0, **kw: object) -> None:
-        self.stub.ReportPhase(P.PhaseReport(
-            task_id=self.task_id, node_id=self.node_id, phase=phase, round=round_, **kw),
-            timeout=5)
+        self.stub.ReportPhase(
+            P.PhaseReport(
+                task_id=self.task_id, node_id=self.node_id, phase=phase, round=round_, **kw
+            ),
+            timeout=5,
+        )
 
     def next_command(self, timeout: float = 10.0) -> coordinator_pb2.PhaseCommand | None:
         return self.commands.get(timeout=timeout)
@@ -103,8 +116,9 @@ class FakeNode:
             t.join(timeout=5)
 
 
-def respond(node: FakeNode, finish_round: int, test_rounds: set[int],
-            split: tuple[int, int] = (100, 20)) -> None:
+def respond(
+    node: FakeNode, finish_round: int, test_rounds: set[int], split: tuple[int, int] = (100, 20)
+) -> None:
     """Answer each command the way a healthy node would until the stream ends."""
     while (cmd := node.next_command()) is not None:
         if cmd.phase == P.PHASE_PSI:

@@ -17,37 +17,62 @@ ROOT = Path(__file__).resolve().parents[1]
 class Result:
     code: int
     stderr: str
+    exited_at: float = 0.0  # time.monotonic() when the process ended
 
 
 def spawn(workdir: Path, node: str, nodes: list[str], task: str, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "tests.synthetic", "--node", node, "--nodes", ",".join(nodes),
-            "--task", task, *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.synthetic",
+        "--node",
+        node,
+        "--nodes",
+        ",".join(nodes),
+        "--task",
+        task,
+        *extra,
+    ]
     if node == nodes[0] and "--no-initiator" not in extra:
         args.append("--initiator")
     args = [a for a in args if a != "--no-initiator"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
-def wait_all(procs: dict[str, subprocess.Popen], timeout: float = 120) -> dict[str, Result]:
-    """Bounded wait: a hang is itself a test failure, reported with what each party said."""
+def wait_all(procs: dict[str, subprocess.Popen], timeout: float = 180) -> dict[str, Result]:
+    """Bounded wait: a hang is itself a test failure, reported with what each party said.
+    Records when each process exited, so tests can time reactions between parties."""
     deadline = time.monotonic() + timeout
+    exited: dict[str, float] = {}
+    while len(exited) < len(procs) and time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if name not in exited and proc.poll() is not None:
+                exited[name] = time.monotonic()
+        time.sleep(0.1)
     results = {}
     for name, proc in procs.items():
-        try:
-            _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if name not in exited:
             proc.kill()
             _, err = proc.communicate()
-            raise AssertionError(f"party {name} hung for {timeout} s; stderr:\n{err}") from None
-        results[name] = Result(proc.returncode, err)
+            raise AssertionError(f"party {name} hung for {timeout} s; stderr:\n{err}")
+        _, err = proc.communicate()
+        results[name] = Result(proc.returncode, err, exited[name])
     return results
 
 
-def run_task(workdir: Path, nodes: list[str], task: str, per_node: dict[str, list[str]] | None = None,
-             common: list[str] | None = None, timeout: float = 120) -> dict[str, Result]:
+def run_task(
+    workdir: Path,
+    nodes: list[str],
+    task: str,
+    per_node: dict[str, list[str]] | None = None,
+    common: list[str] | None = None,
+    timeout: float = 180,
+) -> dict[str, Result]:
     per_node = per_node or {}
-    procs = {n: spawn(workdir, n, nodes, task, *(common or []), *per_node.get(n, []))
-             for n in nodes}
+    procs = {
+        n: spawn(workdir, n, nodes, task, *(common or []), *per_node.get(n, [])) for n in nodes
+    }
     return wait_all(procs, timeout)

@@ -25,7 +25,7 @@ from party_node.hetero_nn import (
 
 N_ROWS = 192
 N_TEST = 64
-WIDTH = {"h": 5, "c1": 4, "c2": 3, "c3": 2}
+WIDTH = {"h": 5, "c1": 4, "c2": 3, "c3": 2, "x": 2}
 OUT = 4
 CLASSES = 3
 LR = 0.05
@@ -78,8 +78,9 @@ class Faults:
 
 
 class SynthHost(HeteroNNHostScheduler):
-    def __init__(self, node: str, keys: list[str], batch_size: int, rounds: int, faults: Faults,
-                 **kwargs):
+    def __init__(
+        self, node: str, keys: list[str], batch_size: int, rounds: int, faults: Faults, **kwargs
+    ):
         super().__init__(feature_key=node, max_rounds=rounds, log_rounds=1, **kwargs)
         self.node, self.keys, self.batch_size, self.faults = node, keys, batch_size, faults
         self.x, self.y = columns(node), labels()
@@ -124,6 +125,8 @@ class SynthHost(HeteroNNHostScheduler):
         self.optimizer.step()
 
     def run_test(self, batched_feature_projection, batched_labels):
+        if self.faults.at("test_raise", self.current_round):
+            raise RuntimeError("injected failure in run_test")
         correct = total = 0
         for projection, y in zip(batched_feature_projection, batched_labels, strict=True):
             out = self.infer_model(torch.cat([projection[k] for k in self.keys], dim=1))
@@ -155,6 +158,8 @@ class SynthCollaborator(HeteroNNCollaboratorScheduler):
         for b, rows in enumerate(batches(order, self.batch_size)):
             if self.faults.at("die", self.current_round) and b == 2:
                 os._exit(17)  # a crash: no goodbye to anyone
+            if self.faults.at("short", self.current_round) and b == 5:
+                return  # one batch fewer than the host
             yield feature_model(self.x[rows])
 
     def iterate_test_feature(self, feature_model, test_ids):
@@ -174,21 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedule-timeout", type=float, default=10)
     p.add_argument("--calculation-timeout", type=float, default=60)
     p.add_argument("--faults", default="")
-    p.add_argument("--join-as", default="", help="claim a node id missing from --nodes")
     args = p.parse_args(argv)
     nodes = args.nodes.split(",")
-    timeouts = {"schedule_timeout": args.schedule_timeout,
-                "calculation_timeout": args.calculation_timeout}
+    timeouts = {
+        "schedule_timeout": args.schedule_timeout,
+        "calculation_timeout": args.calculation_timeout,
+    }
     faults = Faults(args.faults)
     if args.node == nodes[0]:
         scheduler = SynthHost(args.node, nodes, args.batch_size, args.rounds, faults, **timeouts)
     else:
         scheduler = SynthCollaborator(args.node, args.batch_size, faults, **timeouts)
-    context_nodes = nodes if not args.join_as else [*nodes, args.node]
+    # A node missing from --nodes believes it belongs: the coordinator must refuse it.
+    context_nodes = nodes if args.node in nodes else [*nodes, args.node]
     try:
         with mock_context(id=args.node, nodes=context_nodes):
-            scheduler._run(id=args.node, task_id=args.task, is_initiator=args.initiator,
-                           recover=args.recover)
+            scheduler._run(
+                id=args.node, task_id=args.task, is_initiator=args.initiator, recover=args.recover
+            )
     except TaskFailed as exc:
         print(f"task failed: {exc.reason}", file=sys.stderr)
         return 1

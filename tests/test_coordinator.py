@@ -26,9 +26,16 @@ NODES = ["h", "c1", "c2"]
 
 
 def _start(db: Path, metrics: bool = False) -> RunningCoordinator:
-    return start_coordinator(CoordinatorSettings(
-        listen="127.0.0.1:0", db=str(db), metrics_port=0 if metrics else None,
-        metrics_host="127.0.0.1", tick_interval_s=0.05, min_liveness_s=0))
+    return start_coordinator(
+        CoordinatorSettings(
+            listen="127.0.0.1:0",
+            db=str(db),
+            metrics_port=0 if metrics else None,
+            metrics_host="127.0.0.1",
+            tick_interval_s=0.05,
+            min_liveness_s=0,
+        )
+    )
 
 
 @pytest.fixture
@@ -71,8 +78,7 @@ def _final(node: FakeNode) -> P.PhaseCommand:
 
 
 def _run(nodes: list[FakeNode], finish_round: int, test_rounds: set[int]) -> None:
-    threads = [threading.Thread(target=respond, args=(n, finish_round, test_rounds))
-               for n in nodes]
+    threads = [threading.Thread(target=respond, args=(n, finish_round, test_rounds)) for n in nodes]
     for t in threads:
         t.start()
     for t in threads:
@@ -91,13 +97,23 @@ def test_happy_path_three_nodes(coord: RunningCoordinator, make_nodes, capsys) -
     assert info.phase == P.PHASE_WAITING_FOR_NODES
     _start_all(nodes)
     _run(nodes, finish_round=2, test_rounds={1, 2})
-    expected = [("PHASE_PSI", 0), ("PHASE_SPLIT", 0), ("PHASE_TRAIN", 1), ("PHASE_TEST", 1),
-                ("PHASE_TRAIN", 2), ("PHASE_TEST", 2), ("PHASE_FINISHED", 2)]
+    expected = [
+        ("PHASE_PSI", 0),
+        ("PHASE_SPLIT", 0),
+        ("PHASE_TRAIN", 1),
+        ("PHASE_TEST", 1),
+        ("PHASE_TRAIN", 2),
+        ("PHASE_TEST", 2),
+        ("PHASE_FINISHED", 2),
+    ]
     for node in nodes:
         assert _names(node.received)[-7:] == expected
     psi = next(c for c in nodes[1].received if c.phase == P.PHASE_PSI)
     assert {p.node_id: p.address for p in psi.participants} == {
-        "h": "127.0.0.1:7001", "c1": "127.0.0.1:7002", "c2": "127.0.0.1:7002"}
+        "h": "127.0.0.1:7001",
+        "c1": "127.0.0.1:7002",
+        "c2": "127.0.0.1:7002",
+    }
     task = nodes[0].stub.GetTask(P.GetTaskRequest(task_id="t"), timeout=5)
     assert task.phase == P.PHASE_FINISHED and dict(task.metrics) == {"accuracy": 0.52}
     assert [p.checkpoint_round for p in task.participants] == [2, 2, 2]
@@ -162,8 +178,10 @@ def test_phase_timeout(coord: RunningCoordinator, make_nodes) -> None:
     nodes[0].report(P.PHASE_PSI)
     nodes[2].report(P.PHASE_PSI)
     cmd = _final(nodes[1])
-    assert cmd.reason == ("phase PSI exceeded calculation_timeout=0.5 s waiting for 'c1'; "
-                          "raise calculation_timeout or find why 'c1' is slow")
+    assert cmd.reason == (
+        "phase PSI exceeded calculation_timeout=0.5 s waiting for 'c1'; "
+        "raise calculation_timeout or find why 'c1' is slow"
+    )
 
 
 def test_split_mismatch(coord: RunningCoordinator, make_nodes) -> None:
@@ -176,7 +194,8 @@ def test_split_mismatch(coord: RunningCoordinator, make_nodes) -> None:
     nodes[1].report(P.PHASE_SPLIT, train_size=9990, test_size=2010, split_digest="b")
     assert _final(nodes[1]).reason == (
         "split_dataset gave different splits on different parties: host 'h' 10000 train / 2000 "
-        "test, 'c1' 9990 / 2010; split_dataset must be deterministic and identical on every party")
+        "test, 'c1' 9990 / 2010; split_dataset must be deterministic and identical on every party"
+    )
 
 
 def test_error_report_reaches_every_watcher(coord: RunningCoordinator, make_nodes) -> None:
@@ -191,7 +210,8 @@ def test_error_report_reaches_every_watcher(coord: RunningCoordinator, make_node
     late.watch()  # a watcher connecting after the end gets the verdict replayed
     assert _final(late).reason == reason
     failures = coord.registry.get_sample_value(
-        "heteronn_task_failures_total", {"reason": "node_error"})
+        "heteronn_task_failures_total", {"reason": "node_error"}
+    )
     assert failures == 1.0
 
 
@@ -292,7 +312,10 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.server", "--listen", "127.0.0.1:0", "--db", str(db)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
     )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]

@@ -52,15 +52,20 @@ class Rig:
         self.lc = Lifecycle(self.store, self.commands.append, clock=self.clock)
 
     def create(self, task_id: str = "t", **kw: object) -> None:
-        spec = dict(participants=list(NODES), schedule_timeout_s=5.0,
-                    calculation_timeout_s=20.0, mode="plain")
+        spec = dict(
+            participants=list(NODES),
+            schedule_timeout_s=5.0,
+            calculation_timeout_s=20.0,
+            mode="plain",
+        )
         spec.update(kw)
         self.lc.create_task(TaskSpec(task_id=task_id, **spec))  # type: ignore[arg-type]
 
     def join(self, node: str, task_id: str = "t", **kw: object) -> None:
         fields: dict[str, object] = dict(
             role=Role.HOST if node == "h" else Role.COLLABORATOR,
-            feature_key=f"fk-{node}", address=f"{node}:7000",
+            feature_key=f"fk-{node}",
+            address=f"{node}:7000",
         )
         fields.update(kw)
         self.lc.join(task_id, Participant(node_id=node, **fields))  # type: ignore[arg-type]
@@ -103,15 +108,22 @@ def test_happy_path_through_test_and_finish(store: TaskStore) -> None:
     assert rig.task.phase == Phase.TEST
     rig.all_report(Phase.TEST, 3, host={"metrics": {"accuracy": 0.9}})
     assert rig.phases() == [
-        (Phase.WAITING_FOR_NODES, 0), (Phase.PSI, 0), (Phase.SPLIT, 0), (Phase.TRAIN, 1),
-        (Phase.TEST, 1), (Phase.TRAIN, 2), (Phase.TRAIN, 3), (Phase.TEST, 3),
+        (Phase.WAITING_FOR_NODES, 0),
+        (Phase.PSI, 0),
+        (Phase.SPLIT, 0),
+        (Phase.TRAIN, 1),
+        (Phase.TEST, 1),
+        (Phase.TRAIN, 2),
+        (Phase.TRAIN, 3),
+        (Phase.TEST, 3),
         (Phase.FINISHED, 3),
     ]
     task = rig.task
     assert task.metrics == {"accuracy": 0.9}
     assert {p.checkpoint_round for p in task.participants.values()} == {3}
     psi = rig.commands[1]
-    assert psi.deadline_unix_ms == int((rig.clock.now + 20.0) * 1000)
+    # calculation_timeout (20 s) plus schedule_timeout (5 s) of grace
+    assert psi.deadline_unix_ms == int((rig.clock.now + 25.0) * 1000)
     assert [p.address for p in psi.participants] == ["h:7000", "c1:7000", "c2:7000"]
 
 
@@ -261,7 +273,9 @@ def test_phase_timeout_names_the_slow_nodes(store: TaskStore) -> None:
     rig.all_report(Phase.SPLIT)
     rig.report("h", Phase.TRAIN, 1)
     rig.report("c2", Phase.TRAIN, 1)
-    for _ in range(11):
+    for second in range(16):  # calculation_timeout 10 s + schedule_timeout 5 s of grace
+        if second == 14:
+            assert rig.task.reason == "", "failed before the grace period ended"
         rig.clock.now += 1.0
         for n in NODES:
             rig.lc.heartbeat("t", n)
@@ -372,7 +386,9 @@ def test_restart_reloads_tasks_and_restarts_clocks(store: TaskStore) -> None:
     rig.restart()
     assert [t.task_id for t in rig.lc.list_tasks()] == ["t", "other"]
     assert [(c.task_id, c.phase) for c in rig.commands] == [
-        ("t", Phase.SPLIT), ("other", Phase.FAILED)]
+        ("t", Phase.SPLIT),
+        ("other", Phase.FAILED),
+    ]
     rig.lc.tick()
     assert rig.task.phase == Phase.SPLIT
     rig.report("c1", Phase.SPLIT, train_size=100, test_size=20, split_digest="d")

@@ -26,31 +26,74 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _issue(d: Path, name: str, san: str) -> None:
-    _openssl("req", *_EC_KEY, "-keyout", f"{name}.key", "-out",
-             f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    _openssl(
+        "req",
+        *_EC_KEY,
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
     (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-             cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        f"{name}.pem",
+        "-extfile",
+        f"{name}.ext",
+        cwd=d,
+    )
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", *_EC_KEY, "-keyout", "ca.key", "-out",
-             "ca.pem", "-days", "1", "-subj", "/CN=heteronn-test-ca", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        *_EC_KEY,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=heteronn-test-ca",
+        cwd=d,
+    )
     _issue(d, "coordinator", "DNS:coordinator,DNS:localhost,IP:127.0.0.1")
     _issue(d, "node", "DNS:node")
     return d
 
 
 def test_mutual_tls(certs: Path, tmp_path: Path) -> None:
-    running = start_coordinator(CoordinatorSettings(
-        listen="127.0.0.1:0", db=str(tmp_path / "c.db"), tls_ca_file=certs / "ca.pem",
-        tls_cert_file=certs / "coordinator.pem", tls_key_file=certs / "coordinator.key"))
+    running = start_coordinator(
+        CoordinatorSettings(
+            listen="127.0.0.1:0",
+            db=str(tmp_path / "c.db"),
+            tls_ca_file=certs / "ca.pem",
+            tls_cert_file=certs / "coordinator.pem",
+            tls_key_file=certs / "coordinator.key",
+        )
+    )
     try:
-        node_tls = TlsSettings(ca_file=certs / "ca.pem", cert_file=certs / "node.pem",
-                               key_file=certs / "node.key")
+        node_tls = TlsSettings(
+            ca_file=certs / "ca.pem", cert_file=certs / "node.pem", key_file=certs / "node.key"
+        )
         with open_channel(running.address, node_tls, server_name="coordinator") as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             assert stub.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=5).tasks == []

@@ -39,13 +39,15 @@ def centralized(nodes: list[str]) -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("nodes", [["h", "c1"], ["h", "c1", "c2"]], ids=["2-party", "3-party"])
 def test_federated_equals_centralized(tmp_path, nodes):
-    results = run_task(tmp_path, nodes, "eq", common=["--rounds", str(ROUNDS),
-                                                      "--batch-size", str(BATCH)])
+    results = run_task(
+        tmp_path, nodes, "eq", common=["--rounds", str(ROUNDS), "--batch-size", str(BATCH)]
+    )
     for name, r in results.items():
         assert r.code == 0, f"{name} failed:\n{r.stderr}"
     expected = centralized(nodes)
-    got = {n: torch.load(tmp_path / n / "eq" / "feature_model.pt", weights_only=True)
-           for n in nodes}
+    got = {
+        n: torch.load(tmp_path / n / "eq" / "feature_model.pt", weights_only=True) for n in nodes
+    }
     got["infer"] = torch.load(tmp_path / nodes[0] / "eq" / "infer_model.pt", weights_only=True)
     initial = syn.feature_model(nodes[1]).state_dict()
     moved = max(float((got[nodes[1]][k] - initial[k]).abs().max()) for k in initial)

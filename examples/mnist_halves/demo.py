@@ -65,28 +65,7 @@ def main() -> int:
         )
     ]
     try:
-        subprocess.run(
-            [
-                *heteronn,
-                "task",
-                "create",
-                "--coordinator",
-                coordinator,
-                "--task-id",
-                "mnist-halves",
-                "--participants",
-                f"{HOST},{COLLABORATOR}",
-                "--schedule-timeout",
-                "60",
-                "--calculation-timeout",
-                "1800",
-                "--mode",
-                args.mode,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=60,
-        )
+        create_task(coordinator, args.mode)
         secure = args.mode == "secure"
         suffix = "_secure" if secure else ""
         common = {"data_root": str(Path(args.data_root).resolve())}
@@ -125,6 +104,22 @@ def main() -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def create_task(coordinator: str, mode: str) -> None:
+    """What an operator's service does: wait for the coordinator, then CreateTask."""
+    channel = grpc.insecure_channel(coordinator)
+    grpc.channel_ready_future(channel).result(timeout=120)
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    spec = coordinator_pb2.TaskSpec(
+        task_id="mnist-halves",
+        participants=[HOST, COLLABORATOR],
+        schedule_timeout_s=60,
+        calculation_timeout_s=1800,
+        mode=mode,
+    )
+    stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=30)
+    channel.close()
 
 
 def watch(coordinator: str, procs: list[subprocess.Popen], rounds: int, out: Path) -> int:

@@ -75,10 +75,11 @@ class TaskRuntime:
         where = f"{self.scheduler._role} '{self.settings.node_id}', phase {self.phase}"
         return where + (f" round {self.round}" if self.round else "")
 
-    def _local_timeout(self, message: str) -> None:
+    def _local_timeout(self, message: str) -> str:
         reason = f"{self._where()}: {message}"
         self.abort.set(reason)
         self._report_error(reason)
+        return reason
 
     def _report_error(self, reason: str) -> None:
         try:
@@ -94,8 +95,11 @@ class TaskRuntime:
             self.summary["status"] = "finished"
             return self.summary
         except TaskFailed as exc:
-            self.summary.update(status="failed", reason=exc.reason)
-            raise
+            if not self.abort.is_set():  # found here (not a broadcast): tell everyone
+                self.abort.set(f"{self._where()}: {exc.reason}")
+                self._report_error(self.abort.reason)
+            self.summary.update(status="failed", reason=self.abort.reason)
+            raise TaskFailed(self.abort.reason) from None
         except KeyboardInterrupt:
             reason = self.abort.reason or f"{self._where()}: interrupted"
             self.abort.set(reason)
@@ -106,7 +110,8 @@ class TaskRuntime:
             reason = f"{self._where()}: {exc}"
             self._fail_locally(reason, exc)
         except Exception as exc:
-            reason = self.abort.reason or f"{self._where()}: {type(exc).__name__}: {exc}"
+            step = f"{self.watchdog.failed_in} raised " if self.watchdog.failed_in else ""
+            reason = self.abort.reason or f"{self._where()}: {step}{type(exc).__name__}: {exc}"
             self._fail_locally(reason, exc)
         finally:
             self.summary["seconds"] = round(time.monotonic() - started, 3)
@@ -195,7 +200,10 @@ class TaskRuntime:
             )
         if cmd.phase == "TRAIN":
             self.scheduler.current_round = cmd.round
+            started = time.perf_counter()
             result = role.train_round(cmd.round)
+            seconds = round(time.perf_counter() - started, 3)
+            self.summary.setdefault("round_seconds", []).append(seconds)
             with self.watchdog.local("saving the checkpoint"):
                 self.checkpoints.save(cmd.round, role.state())
             self.summary["rounds"] = cmd.round

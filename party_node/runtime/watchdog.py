@@ -3,20 +3,27 @@ slow fails the task with a message instead of leaving every party waiting."""
 
 from __future__ import annotations
 
-import _thread
 import contextlib
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
+#: How long interrupted local work may take to unwind before the process is ended.
+GRACE_S = 10.0
+
 
 class Watchdog:
-    def __init__(self, timeout: float, on_timeout: Callable[[str], None]):
+    def __init__(self, timeout: float, on_timeout: Callable[[str], str]):
         self.timeout = timeout
         self._on_timeout = on_timeout
         self._lock = threading.Lock()
         self._current: tuple[str, float] | None = None
         self._fired = False
+        #: The local step whose exception ended the task, for the error message.
+        self.failed_in = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._thread.start()
@@ -29,6 +36,9 @@ class Watchdog:
             self._current = (what, time.monotonic())
         try:
             yield
+        except Exception:
+            self.failed_in = self.failed_in or what
+            raise
         finally:
             with self._lock:
                 self._current = previous
@@ -42,11 +52,25 @@ class Watchdog:
             what, started = current
             if time.monotonic() - started > self.timeout:
                 self._fired = True
-                self._on_timeout(
+                reason = self._on_timeout(
                     f"{what} took longer than calculation_timeout={self.timeout:g} s; "
                     "make the local work faster or raise calculation_timeout"
                 )
-                _thread.interrupt_main()
+                self._interrupt(current, reason)
+
+    def _interrupt(self, stuck: tuple[str, float], reason: str) -> None:
+        """Interrupt the main thread (a real SIGINT wakes a blocking call); if the work is
+        still stuck after a grace period (a long native call), end the process."""
+        if threading.current_thread() is threading.main_thread():
+            return
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        if self._stop.wait(GRACE_S):
+            return
+        with self._lock:
+            still = self._current is stuck
+        if still:
+            print(f"task failed: {reason}", file=sys.stderr, flush=True)
+            os._exit(1)
 
     def close(self) -> None:
         self._stop.set()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,7 @@ def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, rec
     address_file = rendezvous / "coordinator.json"
     coordinator = None
     if is_initiator:
-        coordinator = _start_embedded_coordinator(
-            scheduler, env.nodes, task_id, rendezvous, recover
-        )
+        coordinator = _start_mock_coordinator(scheduler, env.nodes, task_id, rendezvous, recover)
         address = coordinator.address
         atomic_write_bytes(
             address_file, json.dumps({"address": address, "pid": os.getpid()}).encode()
@@ -100,20 +99,19 @@ def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, rec
     finally:
         if coordinator is not None:
             address_file.unlink(missing_ok=True)
-            coordinator.stop(grace=5.0)
+            # Keep serving until every party has heard how the task ended.
+            coordinator.drain(timeout=max(5.0, scheduler.schedule_timeout))
+            coordinator.stop(grace=1.0)
 
 
-def _start_embedded_coordinator(
-    scheduler: Any, nodes: tuple[str, ...], task_id: str, rendezvous: Path, recover: bool
+def start_embedded_coordinator(
+    scheduler: Any, nodes: Sequence[str], task_id: str, db: str, recover: bool = False
 ) -> Any:
+    """A coordinator inside this process on 127.0.0.1, with the task already created
+    (timeouts from `scheduler`, normally the host's)."""
     from services.server import CoordinatorSettings, start_coordinator
 
-    (rendezvous / "coordinator.json").unlink(missing_ok=True)
-    db = rendezvous / "coordinator.db"
-    if not recover:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=str(db)))
+    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=db))
     spec = coordinator_pb2.TaskSpec(
         task_id=task_id,
         participants=list(nodes),
@@ -126,6 +124,17 @@ def _start_embedded_coordinator(
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=10)
     return coordinator
+
+
+def _start_mock_coordinator(
+    scheduler: Any, nodes: Sequence[str], task_id: str, rendezvous: Path, recover: bool
+) -> Any:
+    (rendezvous / "coordinator.json").unlink(missing_ok=True)
+    db = rendezvous / "coordinator.db"
+    if not recover:  # a fresh task; recover keeps the failed attempt's state
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return start_embedded_coordinator(scheduler, nodes, task_id, str(db), recover)
 
 
 def _wait_for_coordinator(address_file: Path, timeout: float) -> str:

@@ -53,7 +53,8 @@ class GrpcPeers:
         stub = self.stubs[peer]
         method = stub.GradientReturn if self.role == "host" else stub.FeatureExchange
         try:
-            method(payload_to_chunks(payload), timeout=self.send_timeout, wait_for_ready=True)
+            # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
+            method(payload_to_chunks(payload), timeout=self.send_timeout)
         except grpc.RpcError as exc:
             if self.state.abort.is_set():
                 raise TaskFailed(self.state.abort.reason) from None

@@ -33,6 +33,13 @@ def _wait(event: threading.Event, abort: AbortSignal, timeout: float) -> bool:
     return True
 
 
+def _tls_identities(context: grpc.ServicerContext) -> set[str]:
+    """Names in the caller's verified certificate (empty without mutual TLS)."""
+    auth = context.auth_context()
+    names = auth.get("x509_subject_alternative_name", []) + auth.get("x509_common_name", [])
+    return {n.decode() if isinstance(n, bytes) else n for n in names}
+
+
 class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServicer):
     def __init__(self, state: NodeState):
         self.state = state
@@ -62,6 +69,13 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServicer):
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"'{h.sender}' is not a participant of task '{st.task_id}'",
+            )
+        identities = _tls_identities(context)
+        if identities and h.sender not in identities:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the TLS certificate of this caller names {sorted(identities)}, but the message "
+                f"claims to come from '{h.sender}'",
             )
         if peer.role != sender_role:
             context.abort(

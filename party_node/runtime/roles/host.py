@@ -14,6 +14,17 @@ from party_node.runtime.outputs import atomic_torch_save, test_metrics
 from party_node.runtime.roles.base import Role, check_features
 
 
+class FeatureProjection(dict):
+    """The dict handed to train_a_batch/run_test; a wrong key says which keys exist."""
+
+    def __missing__(self, key: object) -> torch.Tensor:
+        known = ", ".join(repr(k) for k in sorted(self))
+        raise KeyError(
+            f"no party has feature_key {key!r}; this task's feature keys are {known} — use the "
+            "feature_key each party passes to its scheduler"
+        )
+
+
 class HostRole(Role):
     def build_extra(self) -> None:
         s = self.s
@@ -74,7 +85,7 @@ class HostRole(Role):
         for b, item in batches:
             features, labels = self.unpack(item, "iterate_train_feature")
             leaves = self.receive_features(round_no, b, features.shape[0])
-            projection = {s.feature_key: features}
+            projection = FeatureProjection({s.feature_key: features})
             projection.update({p.feature_key: leaves[p.node_id] for p in self.collaborators})
             s.feature_optimizer.zero_grad(set_to_none=True)
             with self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"):
@@ -112,7 +123,7 @@ class HostRole(Role):
                         "iterate_test_feature",
                     )
                 ]
-                projections = [{s.feature_key: f} for f, _ in own]
+                projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
                 self.collect_test_features(projections, [f.shape[0] for f, _ in own])
                 labels = [lbl for _, lbl in own]
                 writer = s.tb_writer

@@ -1,0 +1,92 @@
+"""Plain federated vs centralized epoch on the MNIST demo model (batch 128), side by side
+in one run: `make demo`'s deployment (coordinator + two `heteronn node` processes over
+gRPC) for 2 rounds, and the composed model trained in one process for 2 epochs; the
+second epoch of each is compared (the first pays start-up costs).
+
+Last stdout line: {"bench": "plain_vs_centralized", "federated_epoch_s": f,
+"centralized_epoch_s": c, "ratio": f/c}"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import optim
+
+from examples.mnist_halves import data
+from examples.mnist_halves.model import HalfConvNet, InferModule
+from party_node.hetero_nn import aligned_order
+
+EPOCHS = 2
+
+
+def centralized_epoch_s(root: str) -> float:
+    common = set(data.local_ids(data.HOST_IDS)) & set(data.local_ids(data.COLLABORATOR_IDS))
+    train = sorted(data.split(common)[0])
+    left, right, infer = HalfConvNet(), HalfConvNet(), InferModule()
+    opts = [optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (left, right, infer)]
+    times = []
+    for epoch in range(1, EPOCHS + 1):
+        start = time.perf_counter()
+        order = aligned_order(train, epoch)
+        halves = zip(
+            data.batches(root, order, False, 128, "left"),
+            data.batches(root, order, False, 128, "right"),
+            strict=True,
+        )
+        for (xl, y), (xr, _) in halves:
+            loss = F.nll_loss(infer(torch.cat([left(xl), right(xr)], dim=1)), y)
+            for o in opts:
+                o.zero_grad()
+            loss.backward()
+            for o in opts:
+                o.step()
+        times.append(time.perf_counter() - start)
+    return times[-1]
+
+
+def federated_epoch_s(root: str) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [
+            sys.executable,
+            "-m",
+            "examples.mnist_halves.demo",
+            "--rounds",
+            str(EPOCHS),
+            "--data-root",
+            root,
+            "--out",
+            out,
+        ]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report = json.loads((Path(out) / "demo-host" / "mnist-halves" / "report.json").read_text())
+        return report["round_seconds"][-1]
+
+
+def main() -> None:
+    root = os.environ.get("DATA_ROOT", "./data")
+    data.mnist(root, True)  # load (and, online, download) once before timing
+    fed = federated_epoch_s(root)
+    cen = centralized_epoch_s(root)
+    print(f"federated epoch {fed:.2f} s, centralized epoch {cen:.2f} s", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "bench": "plain_vs_centralized",
+                "federated_epoch_s": round(fed, 3),
+                "centralized_epoch_s": round(cen, 3),
+                "ratio": round(fed / cen, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

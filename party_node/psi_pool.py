@@ -1,0 +1,170 @@
+"""The group work of PSI on ristretto255 (libsodium via rbcl), spread over a worker pool.
+
+Hash-to-group is P(id) = ristretto255_from_hash(SHA-512(DOMAIN_TAG || utf-8(id))): libsodium's
+Elligator-based map, so nobody knows a discrete log of P(id). Blinding is libsodium's
+constant-time ristretto255 scalar multiplication. Nothing here does curve arithmetic itself.
+
+libsodium calls go through ctypes (rbcl's own loader), which releases the GIL, so a thread
+pool scales across cores with no start-up cost and no copying; a process pool is available
+for hosts whose Python threads are busy with other work.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from multiprocessing import get_context
+from typing import Literal, TypeVar
+
+import rbcl
+
+#: rbcl's bundled libsodium. The hot loops call it directly (same functions rbcl wraps) to
+#: write results in place: ~3% less CPU per element and less time holding the GIL.
+_sodium = rbcl._sodium
+
+#: Domain separation: these points serve nothing but heteronn PSI.
+DOMAIN_TAG = b"heteronn/v1/psi/ristretto255/SHA-512/"
+POINT_BYTES = 32
+#: About 1 MB of points per wire chunk.
+CHUNK_POINTS = 1 << 15
+#: Points per unit of pool work (~0.4 s of one core): small enough to spread one chunk
+#: over every worker, large enough that dispatch costs nothing.
+UNIT_POINTS = 1 << 12
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def new_key() -> bytes:
+    """A fresh secret scalar, uniform and non-zero modulo the group order."""
+    return rbcl.crypto_core_ristretto255_scalar_random()
+
+
+def encode_id(item: str) -> bytes:
+    """UTF-8 bytes of an id; `surrogatepass` keeps every Python str distinct and encodable."""
+    return item.encode("utf-8", "surrogatepass")
+
+
+def hash_to_group(item: str) -> bytes:
+    """P(id): the ristretto255 point of an id (no secret involved)."""
+    digest = hashlib.sha512(DOMAIN_TAG + encode_id(item)).digest()
+    return rbcl.crypto_core_ristretto255_from_hash(digest)
+
+
+def hash_and_blind(key: bytes, ids: Sequence[str]) -> bytes:
+    """P(id)^key for every id, concatenated in order."""
+    out = ctypes.create_string_buffer(POINT_BYTES * len(ids))
+    base = ctypes.addressof(out)
+    point = ctypes.create_string_buffer(POINT_BYTES)
+    from_hash = _sodium.crypto_core_ristretto255_from_hash
+    mult = _sodium.crypto_scalarmult_ristretto255
+    sha512 = hashlib.sha512
+    for index, item in enumerate(ids):
+        from_hash(point, sha512(DOMAIN_TAG + encode_id(item)).digest())
+        if mult(ctypes.c_void_p(base + index * POINT_BYTES), key, point) != 0:
+            raise ValueError(f"id {index} of the chunk hashed to a point that cannot be blinded")
+    return out.raw
+
+
+def blind(key: bytes, points: bytes) -> bytes:
+    """Q^key for every 32-byte point Q of `points`; ValueError names a bad element."""
+    out = ctypes.create_string_buffer(len(points) - len(points) % POINT_BYTES)
+    base = ctypes.addressof(out)
+    mult = _sodium.crypto_scalarmult_ristretto255
+    for start in range(0, len(out), POINT_BYTES):
+        # libsodium refuses a non-canonical or invalid encoding, and an identity result.
+        if mult(ctypes.c_void_p(base + start), key, points[start : start + POINT_BYTES]) != 0:
+            raise ValueError(
+                f"element {start // POINT_BYTES} of the chunk is not a valid ristretto255 point"
+            )
+    return out.raw
+
+
+class PsiPool:
+    """Workers for hashing and blinding, sized to the cores; use as a context manager.
+
+    `workers=0` runs everything in the calling thread (tiny sets, debugging)."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        kind: Literal["threads", "processes"] = "threads",
+    ) -> None:
+        if workers is None:
+            workers = (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+        if workers < 0:
+            raise ValueError(f"PsiPool workers must be >= 0, got {workers}")
+        self.workers = workers
+        self.kind = kind
+        self._executor: futures.Executor | None
+        if workers == 0:
+            self._executor = None
+        elif kind == "threads":
+            self._executor = futures.ThreadPoolExecutor(workers, thread_name_prefix="psi")
+        elif kind == "processes":
+            # spawn, not fork: forking a process that runs gRPC threads is unsafe.
+            self._executor = futures.ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        else:
+            raise ValueError(f"PsiPool kind must be 'threads' or 'processes', got {kind!r}")
+        self._closed = False
+
+    @property
+    def window(self) -> int:
+        """How many chunks may be in flight ahead of the one being collected."""
+        return max(2, self.workers)
+
+    def submit(self, fn: Callable[..., R], *args: object) -> futures.Future[R]:
+        if self._closed:
+            raise RuntimeError("PsiPool is closed")
+        if self._executor is None:
+            done: futures.Future[R] = futures.Future()
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
+        return self._executor.submit(fn, *args)
+
+    def map_chunks(
+        self,
+        fn: Callable[[bytes, Sequence[T]], bytes],
+        key: bytes,
+        chunks: Iterable[Sequence[T]],
+        step: int,
+    ) -> Iterator[bytes]:
+        """fn(key, part) over parts of `step` elements of each chunk, all workers at once;
+        yields each chunk's joined result in order, with a few chunks in flight at most."""
+        pending: deque[list[futures.Future[bytes]]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(
+                    [self.submit(fn, key, chunk[i : i + step]) for i in range(0, len(chunk), step)]
+                )
+                while pending and (len(pending) > self.window or all(f.done() for f in pending[0])):
+                    yield b"".join(f.result() for f in pending.popleft())
+            while pending:
+                yield b"".join(f.result() for f in pending.popleft())
+        finally:
+            for parts in pending:
+                for future in parts:
+                    future.cancel()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> PsiPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,339 @@
+"""gRPC glue for PSI: PsiFrame <-> PsiMessage, the host's calls to every collaborator, and
+the collaborator-side session that a node's servicer delegates its `Psi` method to.
+
+The protocol itself lives in party_node.psi; this module only moves frames and turns
+failures into errors that name the peer."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent import futures
+from typing import Protocol
+
+import grpc
+
+from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.psi import (
+    BLINDED,
+    DOUBLE_BLINDED,
+    PEER_BLINDED,
+    RESULT_INDICES,
+    CollaboratorPsi,
+    HostBlinding,
+    HostPsi,
+    PsiError,
+    PsiFrame,
+    intersect_all,
+    prepare_ids,
+)
+from party_node.psi_pool import CHUNK_POINTS, PsiPool
+
+PsiMessage = party_node_pb2.PsiMessage
+HeaderFactory = Callable[[], common_pb2.Header]
+HeaderCheck = Callable[[common_pb2.Header], None]
+
+_TO_PROTO = {
+    BLINDED: PsiMessage.STEP_BLINDED,
+    DOUBLE_BLINDED: PsiMessage.STEP_DOUBLE_BLINDED,
+    PEER_BLINDED: PsiMessage.STEP_PEER_BLINDED,
+    RESULT_INDICES: PsiMessage.STEP_RESULT_INDICES,
+}
+_FROM_PROTO = {value: key for key, value in _TO_PROTO.items()}
+#: How often blocking waits look at the cancel signal.
+_POLL_S = 0.1
+#: Back-off while a collaborator is not ready for PSI yet.
+_RETRY_FIRST_S = 0.2
+_RETRY_MAX_S = 2.0
+
+
+class Cancellation(Protocol):
+    """Anything with `is_set()`: a threading.Event or the runtime's AbortSignal."""
+
+    def is_set(self) -> bool: ...
+
+
+class PsiCancelled(PsiError):
+    """The task was cancelled while PSI was running."""
+
+
+class PsiRpcError(PsiError):
+    """A PSI call to a peer failed at the gRPC level; `peer` and `code` say which and how."""
+
+    def __init__(self, message: str, peer: str, code: grpc.StatusCode | None):
+        super().__init__(message)
+        self.peer = peer
+        self.code = code
+
+
+def frame_to_proto(frame: PsiFrame, header: common_pb2.Header) -> PsiMessage:
+    return PsiMessage(
+        header=header,
+        step=_TO_PROTO[frame.step],
+        data=frame.data,
+        total=frame.total,
+        last=frame.last,
+    )
+
+
+def frame_from_proto(message: PsiMessage, peer: str = "peer") -> PsiFrame:
+    step = _FROM_PROTO.get(message.step)
+    if step is None:
+        raise PsiError(f"{peer} sent a PSI message with no valid step (step={message.step})")
+    return PsiFrame(step=step, data=message.data, total=message.total, last=message.last)
+
+
+def _frames_in(
+    messages: Iterable[PsiMessage], peer: str, check_header: HeaderCheck | None
+) -> Iterator[PsiFrame]:
+    for message in messages:
+        if check_header is not None:
+            check_header(message.header)
+        yield frame_from_proto(message, peer)
+
+
+def _noting_first(messages: Iterable[PsiMessage], seen: list[PsiMessage]) -> Iterator[PsiMessage]:
+    """Pass messages through, keeping the first in `seen` (did the peer answer at all?)."""
+    for message in messages:
+        if not seen:
+            seen.append(message)
+        yield message
+
+
+def _rpc_error(peer: str, what: str, exc: grpc.RpcError) -> PsiRpcError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    name = code.name if code is not None else "ERROR"
+    hint = ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        hint = "; check that its node is running and reachable, and the PSI timeout"
+    return PsiRpcError(f"PSI {what} with {peer} failed: {name}: {details}{hint}", peer, code)
+
+
+def _run_all(
+    jobs: Mapping[str, Callable[[], None]],
+    calls: dict[str, grpc.Future],
+    cancel: Cancellation | None,
+) -> None:
+    """Run one job per collaborator in threads; on the first failure or on cancel, cancel
+    every call still open and raise."""
+    with futures.ThreadPoolExecutor(max(1, len(jobs)), thread_name_prefix="psi-rpc") as pool:
+        pending = {pool.submit(job): name for name, job in jobs.items()}
+        try:
+            while pending:
+                done, _ = futures.wait(pending, _POLL_S, futures.FIRST_EXCEPTION)
+                for future in done:
+                    pending.pop(future)
+                    future.result()
+                if cancel is not None and cancel.is_set():
+                    raise PsiCancelled("PSI cancelled: the task is stopping")
+        except BaseException:
+            for call in list(calls.values()):
+                call.cancel()
+            raise
+
+
+def run_host_psi(
+    stubs: Mapping[str, party_node_pb2_grpc.PartyNodeStub],
+    ids: Sequence[str],
+    header_factory: HeaderFactory,
+    pool: PsiPool,
+    timeout: float,
+    *,
+    cancel: Cancellation | None = None,
+    check_header: HeaderCheck | None = None,
+    chunk_points: int = CHUNK_POINTS,
+) -> set[str]:
+    """The host's whole PSI: one exchange per collaborator (concurrently), the final
+    intersection, then each collaborator's result indices. Returns the final intersection.
+
+    `timeout` bounds the whole run; `cancel` stops it early (PsiCancelled)."""
+    unique = prepare_ids(ids)
+    if not stubs:
+        return set(unique)
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
+        return left
+
+    blinding = HostBlinding(unique, pool)
+    hosts = {
+        name: HostPsi(blinding, pool, peer=f"collaborator '{name}'", chunk_points=chunk_points)
+        for name in stubs
+    }
+    calls: dict[str, grpc.Future] = {}
+
+    def exchange(name: str) -> None:
+        host = hosts[name]
+        delay = _RETRY_FIRST_S
+        while True:
+            replies: list[PsiMessage] = []
+            requests = (frame_to_proto(f, header_factory()) for f in host.blinded_frames())
+            call = stubs[name].Psi(requests, timeout=remaining(), wait_for_ready=True)
+            calls[name] = call
+            try:
+                host.consume(_frames_in(_noting_first(call, replies), host.peer, check_header))
+                # Read to the end of the call, so it finishes with OK rather than a cancel.
+                for _ in call:
+                    raise PsiError(f"{host.peer} sent data after its last peer_blinded chunk")
+                return
+            except grpc.RpcError as exc:
+                # A collaborator that has not opened its PSI session yet answers UNAVAILABLE
+                # before anything else: try again until the deadline.
+                retry = (
+                    isinstance(exc, grpc.Call)
+                    and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and not replies
+                    and deadline - time.monotonic() > delay
+                    and not (cancel is not None and cancel.is_set())
+                )
+                if not retry:
+                    raise _rpc_error(host.peer, "exchange", exc) from None
+            time.sleep(delay)
+            delay = min(2 * delay, _RETRY_MAX_S)
+
+    try:
+        _run_all({name: (lambda n=name: exchange(n)) for name in stubs}, calls, cancel)
+    finally:
+        blinding.cancel()
+    final = intersect_all(list(hosts.values()))
+    calls.clear()
+
+    def deliver(name: str) -> None:
+        host = hosts[name]
+        requests = (frame_to_proto(f, header_factory()) for f in host.result_frames(final))
+        call = stubs[name].Psi(requests, timeout=remaining(), wait_for_ready=True)
+        calls[name] = call
+        try:
+            for _ in call:
+                raise PsiError(f"{host.peer} answered the PSI result with data; expected none")
+        except grpc.RpcError as exc:
+            raise _rpc_error(host.peer, "result delivery", exc) from None
+
+    _run_all({name: (lambda n=name: deliver(n)) for name in stubs}, calls, cancel)
+    return final
+
+
+class CollaboratorPsiSession:
+    """A collaborator's PSI for one task. The node's servicer calls `handle` for each Psi
+    call from the host (the exchange, then the result); the task runtime blocks in
+    `wait_result`. Blinding of this party's ids starts at construction."""
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        pool: PsiPool,
+        header_factory: HeaderFactory,
+        *,
+        peer: str = "host",
+        check_header: HeaderCheck | None = None,
+        chunk_points: int = CHUNK_POINTS,
+    ) -> None:
+        self._psi = CollaboratorPsi(ids, pool, peer=peer, chunk_points=chunk_points)
+        self.peer = peer
+        self._header = header_factory
+        self._check = check_header
+        self._lock = threading.Lock()
+        self._state = "waiting"  # -> exchanging -> exchanged -> done | failed
+        self._error: str | None = None
+        self._finished = threading.Event()
+        self._result: set[str] | None = None
+
+    def handle(
+        self, request_iterator: Iterable[PsiMessage], context: grpc.ServicerContext | None = None
+    ) -> Iterator[PsiMessage]:
+        """Serve one Psi call. With `context`, protocol errors end the call with
+        INVALID_ARGUMENT and the message; without it, PsiError propagates."""
+        try:
+            yield from self._serve(iter(request_iterator))
+        except PsiError as exc:
+            self._fail(str(exc))
+            if context is None:
+                raise
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except BaseException as exc:
+            # The call was cancelled, timed out or the connection broke mid-exchange. Once
+            # the last chunk is out ("exchanged"), a closed call is harmless.
+            if self._state != "exchanged":
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
+            raise
+
+    def _serve(self, messages: Iterator[PsiMessage]) -> Iterator[PsiMessage]:
+        frames = _frames_in(messages, self.peer, self._check)
+        first = next(frames, None)
+        if first is None:
+            raise PsiError(f"the {self.peer} opened a PSI call and sent nothing")
+        stream = itertools.chain([first], frames)
+        if first.step == BLINDED:
+            self._advance("waiting", "exchanging", "a second PSI exchange for this task")
+            for frame in self._psi.respond(stream):
+                if frame.step == PEER_BLINDED and frame.last:
+                    # Before the host can see the last chunk and send the result.
+                    self._advance("exchanging", "exchanged", "")
+                yield frame_to_proto(frame, self._header())
+        elif first.step == RESULT_INDICES:
+            self._advance("exchanged", "accepting", "the PSI result before finishing the exchange")
+            result = self._psi.accept_result(stream)
+            with self._lock:
+                self._result = result
+                self._state = "done"
+            self._finished.set()
+        else:
+            raise PsiError(f"the {self.peer} opened a PSI call with a {first.step!r} chunk")
+
+    def _advance(self, expected: str, new: str, wrong: str) -> None:
+        with self._lock:
+            if self._state != expected:
+                if self._state == "failed":
+                    raise PsiError(f"PSI already failed: {self._error}")
+                raise PsiError(f"the {self.peer} sent {wrong} (PSI is {self._state})")
+            self._state = new
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self._state in ("done", "failed"):
+                return
+            self._state = "failed"
+            self._error = reason
+        self._psi.close()
+        self._finished.set()
+
+    def wait_result(self, timeout: float, cancel: Cancellation | None = None) -> set[str]:
+        """Block until the host has sent the final intersection; raise PsiError when the
+        exchange failed, PsiCancelled on cancel, TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._finished.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if cancel is not None and cancel.is_set():
+                self._fail("cancelled")
+                raise PsiCancelled("PSI cancelled: the task is stopping")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the {self.peer} did not complete PSI within {timeout:g} s "
+                    f"(PSI is {self._state}); check that the {self.peer} is running"
+                )
+        with self._lock:
+            if self._result is None:
+                raise PsiError(f"PSI failed: {self._error}")
+            return set(self._result)
+
+    @property
+    def size(self) -> int:
+        return self._psi.size
+
+    def close(self) -> None:
+        self._fail("closed")
+
+
+def serve_psi(
+    session: CollaboratorPsiSession,
+    request_iterator: Iterable[PsiMessage],
+    context: grpc.ServicerContext,
+) -> Iterator[PsiMessage]:
+    """The body of a servicer's `Psi` method on a collaborator node."""
+    return session.handle(request_iterator, context)
