@@ -1,0 +1,130 @@
+"""Per-step timings and wire bytes of the CKKS projection protocol (one collaborator).
+
+Default shape is the MNIST demo's: batch 128, 20 -> 10. Bytes are those of the serialized
+`heteronn.v1.Payload` of each message, i.e. what the transport sends (before chunking).
+Last stdout line: {"bench": "he_steps", ...}.
+
+    python -m bench.he_steps [--batch 128 --in-dim 20 --out-dim 10 --batches 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from heteronn.v1 import common_pb2
+from party_node.secure import (
+    OwnKeys,
+    PeerKeys,
+    SecureCollaboratorLayer,
+    SecureHostLayer,
+    SecureParams,
+)
+from wire.tensor_codec import tensor_from_proto, tensor_to_proto
+
+
+def wire_bytes(msg: dict) -> tuple[dict, int]:
+    """Round-trip through a serialized Payload; return the decoded dict and its size."""
+    payload = common_pb2.Payload(header=common_pb2.Header(task_id="bench", kind="secure"))
+    for name, value in msg.items():
+        if isinstance(value, bytes):
+            payload.blobs[name] = value
+        else:
+            payload.tensors[name].CopyFrom(tensor_to_proto(value))
+    data = payload.SerializeToString()
+    back = common_pb2.Payload.FromString(data)
+    out: dict = {n: bytes(b) for n, b in back.blobs.items()}
+    out.update({n: tensor_from_proto(t) for n, t in back.tensors.items()})
+    return out, len(data)
+
+
+def timed(times: dict[str, list[float]], name: str, fn: Callable, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    times.setdefault(name, []).append(time.perf_counter() - start)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--in-dim", type=int, default=20)
+    ap.add_argument("--out-dim", type=int, default=10)
+    ap.add_argument("--batches", type=int, default=10)
+    args = ap.parse_args()
+    params = SecureParams()
+    din, dout, rows = args.in_dim, args.out_dim, args.batch
+
+    t0 = time.perf_counter()
+    coll_keys = OwnKeys(params.ckks, SecureCollaboratorLayer.key_steps(din, dout, params))
+    host_keys = OwnKeys(params.ckks, SecureHostLayer.key_steps(din, dout, params))
+    keygen_s = time.perf_counter() - t0
+    coll_pub, coll_key_bytes = wire_bytes(coll_keys.public_blobs())
+    host_pub, host_key_bytes = wire_bytes(host_keys.public_blobs())
+    host = SecureHostLayer("c", din, dout, 0.01, 0.9, host_keys, PeerKeys(params.ckks, coll_pub))
+    coll = SecureCollaboratorLayer(
+        "c", din, dout, 0.01, 0.9, coll_keys, PeerKeys(params.ckks, host_pub)
+    )
+
+    times: dict[str, list[float]] = {}
+    sizes: dict[str, int] = {}
+    totals: list[float] = []
+    for _ in range(args.batches):
+        x = torch.randn(rows, din)
+        start = time.perf_counter()
+        m, sizes["enc_x"] = wire_bytes(timed(times, "c_encrypt_x", coll.encrypt_features, x))
+        m, sizes["fwd_masked"] = wire_bytes(timed(times, "h_forward_xu", host.forward, m))
+        m, sizes["fwd_share"] = wire_bytes(
+            timed(times, "c_combine_forward", coll.combine_forward, m)
+        )
+        z = timed(times, "h_finish_forward", host.finish_forward, m)
+        delta = torch.randn_like(z) * 1e-3
+        m, sizes["bwd_enc"] = wire_bytes(timed(times, "h_encrypt_delta", host.backward, delta))
+        reply = timed(times, "c_backward_delta_vt", coll.backward, m)
+        w, sizes["bwd_weight"] = wire_bytes(timed(times, "h_weight_gradient", host.weight_gradient))
+        m, sizes["bwd_masked"] = wire_bytes(reply)
+        timed(times, "c_apply_weight_gradient", coll.apply_weight_gradient, w)
+        m, sizes["bwd_grad"] = wire_bytes(
+            timed(times, "h_finish_backward", host.finish_backward, m)
+        )
+        timed(times, "c_finish_backward", coll.finish_backward, m)
+        totals.append(time.perf_counter() - start)
+
+    test_rows = 2000
+    x = torch.randn(test_rows, din)
+    start = time.perf_counter()
+    m, test_up = wire_bytes(coll.encrypt_features(x, train=False))
+    m, test_down = wire_bytes(host.forward(m, train=False))
+    m, test_share = wire_bytes(coll.combine_forward(m))
+    host.finish_forward(m)
+    test_s = time.perf_counter() - start
+
+    steps_ms = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}
+    for k, v in steps_ms.items():
+        print(f"{k:32s} {v:8.1f} ms")
+    for k, v in sizes.items():
+        print(f"{k:32s} {v / 1e6:8.3f} MB")
+    result = {
+        "bench": "he_steps",
+        "batch": rows,
+        "in_dim": din,
+        "out_dim": dout,
+        "steps_ms": steps_ms,
+        "batch_total_ms": round(1000 * statistics.median(totals), 1),
+        "bytes_per_batch": sum(sizes.values()),
+        "bytes_per_message": sizes,
+        "public_key_bytes": {"collaborator": coll_key_bytes, "host": host_key_bytes},
+        "keygen_s": round(keygen_s, 2),
+        "test_forward_2000_rows_s": round(test_s, 2),
+        "test_forward_2000_rows_bytes": test_up + test_down + test_share,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The secure (CKKS) HeteroNN schedulers: the plain API plus `project_layer_config` (host) and
+`project_layer_lr` (every party), as in alphafed.hetero_nn. `train_a_batch` and `run_test`
+receive each party's *projected* features (out_dim columns); see docs/secure-protocol.md."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from party_node.hetero_nn.collaborator import HeteroNNCollaboratorScheduler
+from party_node.hetero_nn.host import HeteroNNHostScheduler
+from party_node.runtime.errors import ConfigError
+from party_node.secure import SecureConfigError, validate_project_layer_lr
+
+
+def _lr_and_momentum(lr: object, momentum: object) -> tuple[float, float]:
+    try:
+        value = validate_project_layer_lr(lr)
+    except SecureConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
+        raise ConfigError(f"project_layer_momentum must be in [0, 1), got {momentum!r}")
+    return value, float(momentum)
+
+
+class SecureHeteroNNHostScheduler(HeteroNNHostScheduler):
+    """Seed-compatible `SecureHeteroNNHostScheduler`.
+
+    project_layer_config: one (feature_key, in_dim, out_dim) per party, the host included;
+        in_dim is the width of that party's feature model output.
+    project_layer_lr: learning rate of the projections (SGD with `project_layer_momentum`);
+        every party must pass the same value.
+    """
+
+    _secure = True
+
+    def __init__(
+        self,
+        feature_key: str,
+        project_layer_config: Sequence[tuple[str, int, int]],
+        project_layer_lr: float,
+        max_rounds: int = 0,
+        calculation_timeout: int = 300,
+        log_rounds: int = 0,
+        schedule_timeout: int = 30,
+        is_feature_trainable: bool = True,
+        project_layer_momentum: float = 0.9,
+    ) -> None:
+        super().__init__(
+            feature_key=feature_key,
+            max_rounds=max_rounds,
+            calculation_timeout=calculation_timeout,
+            log_rounds=log_rounds,
+            schedule_timeout=schedule_timeout,
+            is_feature_trainable=is_feature_trainable,
+        )
+        if isinstance(project_layer_config, str | bytes) or not isinstance(
+            project_layer_config, Sequence
+        ):
+            raise ConfigError(
+                "project_layer_config must be a list of (feature_key, in_dim, out_dim) tuples"
+            )
+        self.project_layer_config = [tuple(entry) for entry in project_layer_config]
+        self.project_layer_lr, self.project_layer_momentum = _lr_and_momentum(
+            project_layer_lr, project_layer_momentum
+        )
+
+
+class SecureHeteroNNCollaboratorScheduler(HeteroNNCollaboratorScheduler):
+    """Seed-compatible `SecureHeteroNNCollaboratorScheduler`.
+
+    project_layer_lr: must equal the host's (checked at join); the collaborator steps its share
+        of its projection with it. Its projection's shape comes from the host's config.
+    """
+
+    _secure = True
+
+    def __init__(
+        self,
+        feature_key: str,
+        project_layer_lr: float,
+        schedule_timeout: int = 30,
+        is_feature_trainable: bool = True,
+        calculation_timeout: int = 300,
+        project_layer_momentum: float = 0.9,
+    ) -> None:
+        super().__init__(
+            feature_key=feature_key,
+            schedule_timeout=schedule_timeout,
+            is_feature_trainable=is_feature_trainable,
+            calculation_timeout=calculation_timeout,
+        )
+        self.project_layer_lr, self.project_layer_momentum = _lr_and_momentum(
+            project_layer_lr, project_layer_momentum
+        )

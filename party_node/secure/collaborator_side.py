@@ -1,0 +1,216 @@
+"""The collaborator's half of the secure projection layer (pure: message dicts in and out).
+
+Per training batch: `encrypt_features` -> (host) -> `combine_forward` -> (host) -> `backward`
+-> (host) -> `apply_weight_gradient` -> (host) -> `finish_backward`.
+Test: `encrypt_features(x, train=False)` -> (host) -> `combine_forward`.
+The collaborator never sees δ, U or W, only masked values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from party_node.secure import checks, he_linear, seal_io
+from party_node.secure.context import OwnKeys, PeerKeys
+from party_node.secure.errors import SecureProtocolError
+from party_node.secure.layout import Geometry
+from party_node.secure.params import (
+    KIND_BWD_ENC,
+    KIND_BWD_GRAD,
+    KIND_BWD_MASKED,
+    KIND_BWD_WEIGHT,
+    KIND_FWD_SHARE,
+    Message,
+    SecureParams,
+)
+from party_node.secure.shares import CollaboratorShare, half_init
+
+
+class SecureCollaboratorLayer:
+    """Holds V (the collaborator's share of W) and drives its side of the CKKS protocol."""
+
+    def __init__(
+        self,
+        feature_key: str,
+        in_dim: int,
+        out_dim: int,
+        lr: float,
+        momentum: float,
+        own_keys: OwnKeys,
+        host_keys: PeerKeys,
+        params: SecureParams | None = None,
+        initial_share: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        self.feature_key = feature_key
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.params = params or SecureParams()
+        self.geo = Geometry(self.params.ckks.slots, in_dim, out_dim, self.params.block_rows)
+        self.own, self.host = own_keys, host_keys
+        v = half_init(in_dim, out_dim) if initial_share is None else np.asarray(initial_share)
+        if v.shape != (in_dim, out_dim):
+            raise ValueError(f"initial share has shape {v.shape}, expected {(in_dim, out_dim)}")
+        self.share = CollaboratorShare(v, lr, momentum)
+        self._x: np.ndarray | None = None
+        self._train = False
+        self._noise: np.ndarray | None = None
+        self._weight_pending = False
+        self._dtype = torch.float32
+
+    @staticmethod
+    def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
+        """Rotation steps the collaborator's own Galois keys must cover."""
+        p = params or SecureParams()
+        return Geometry(p.ckks.slots, in_dim, out_dim, p.block_rows).collaborator_key_steps()
+
+    # ---- forward --------------------------------------------------------------------------
+    def encrypt_features(self, x: torch.Tensor, train: bool = True) -> Message:
+        """Enc_C(X), packed column-wise; X stays here for X·V and the gradient step."""
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise SecureProtocolError(
+                f"'{self.feature_key}' feature tensor has shape {list(x.shape)}, "
+                f"expected (rows, {self.in_dim})"
+            )
+        self._dtype = x.dtype if x.is_floating_point() else torch.float32
+        xs = x.detach().cpu().to(torch.float64).numpy()
+        checks.in_range(xs, self.params.value_bound, f"'{self.feature_key}' feature tensor")
+        self._x, self._train, self._noise, self._weight_pending = xs, train, None, False
+        msg: Message = {"rows": torch.tensor(xs.shape[0], dtype=torch.int64)}
+        for (r, c), vec in self.geo.pack(xs).items():
+            msg[f"enc_x/{r}/{c}"] = self.own.encrypt_bytes(vec)
+        return msg
+
+    def combine_forward(self, msg: Message) -> Message:
+        """Decrypt X·U + R, add X·V: the host learns z after removing R, nothing more."""
+        x = self._require_x(KIND_FWD_SHARE)
+        rows = x.shape[0]
+        tiles = {
+            (r, o): f"fwd/{r}/{o}"
+            for r in range(self.geo.row_tiles(rows))
+            for o in range(self.geo.col_tiles(self.out_dim))
+        }
+        checks.expect_names(msg, tiles.values(), KIND_FWD_SHARE)
+        masked = self.geo.unpack(self._decrypt_all(msg, tiles), rows, self.out_dim)
+        z_masked = masked + x @ self.share.v
+        if not self._train:
+            self._x = None
+        return {"z_masked": torch.from_numpy(z_masked)}
+
+    # ---- backward -------------------------------------------------------------------------
+    def backward(self, msg: Message) -> Message:
+        """Enc_H(λδ) -> Enc_H(λδ·Vᵀ + N), with V before this batch's step."""
+        x = self._require_x(KIND_BWD_MASKED)
+        if not self._train or self._noise is not None:
+            raise SecureProtocolError("backward after a test forward or twice for one batch")
+        rows = x.shape[0]
+        geo = self.geo
+        delta_tiles = {
+            (r, a): f"enc_delta/{r}/{a}"
+            for r in range(geo.row_tiles(rows))
+            for a in range(geo.col_tiles(self.out_dim))
+        }
+        checks.expect_names(msg, ["rows", *delta_tiles.values()], KIND_BWD_MASKED)
+        if checks.rows_of(msg, KIND_BWD_MASKED) != rows:
+            raise SecureProtocolError(f"{KIND_BWD_MASKED}: row count differs from the forward pass")
+        cts = {
+            k: self.host.engine.load_ciphertext(checks.blob(msg, n, KIND_BWD_MASKED), n, 0)
+            for k, n in delta_tiles.items()
+        }
+        vt = self.share.v.T  # (out_dim, in_dim): δ-blocks in, X-columns out
+        plan = geo.matmul_plan(self.out_dim, self.in_dim)
+        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
+        masks: dict[tuple[int, int], np.ndarray] = {}
+        for r in range(geo.row_tiles(rows)):
+            for o in range(geo.col_tiles(self.in_dim)):
+                o0, o1 = geo.col_range(o, self.in_dim)
+                acc = None
+                for a in range(geo.col_tiles(self.out_dim)):
+                    a0, a1 = geo.col_range(a, self.out_dim)
+                    term = he_linear.block_matmul(
+                        self.host, geo, cts[(r, a)], vt[a0:a1, o0:o1], plan
+                    )
+                    acc = term if acc is None else self._add(self.host, acc, term)
+                masks[(r, o)] = he_linear.add_mask(self.host, acc, self.params.mask_bound)
+                out[f"grad_x/{r}/{o}"] = seal_io.save_bytes(acc)
+        self._noise = geo.unpack(masks, rows, self.in_dim) / 2.0**self.params.delta_scale_bits
+        self._weight_pending = True
+        return out
+
+    def apply_weight_gradient(self, msg: Message) -> None:
+        """Decrypt Xᵀδ + M and step V (SGD with momentum on the share)."""
+        x = self._require_x(KIND_BWD_WEIGHT)
+        if not self._weight_pending:
+            raise SecureProtocolError(f"{KIND_BWD_WEIGHT} arrived before {KIND_BWD_ENC}")
+        grad_tiles = {
+            (c, j): f"grad_w/{c}/{j}"
+            for c in range(self.geo.col_tiles(self.in_dim))
+            for j in range(-(-self.out_dim // self.geo.wrap))
+        }
+        checks.expect_names(msg, ["rows", *grad_tiles.values()], KIND_BWD_WEIGHT)
+        if checks.rows_of(msg, KIND_BWD_WEIGHT) != x.shape[0]:
+            raise SecureProtocolError(f"{KIND_BWD_WEIGHT}: row count differs from the forward pass")
+        self.share.step(self._masked_weight_gradient(msg, grad_tiles))
+        self._weight_pending = False
+
+    def finish_backward(self, msg: Message) -> torch.Tensor:
+        """Remove N from δ·Wᵀ + N: ∂L/∂X, the only gradient the collaborator learns."""
+        x = self._require_x("secure.bwd_grad")
+        if self._noise is None:
+            raise SecureProtocolError("secure.bwd_grad arrived before secure.bwd_enc")
+        if self._weight_pending:
+            raise SecureProtocolError(f"{KIND_BWD_GRAD} arrived before {KIND_BWD_WEIGHT}")
+        checks.expect_names(msg, ["dx_masked"], "secure.bwd_grad")
+        masked = checks.tensor(msg, "dx_masked", x.shape, "secure.bwd_grad")
+        grad = checks.in_range(
+            masked - self._noise, self.params.value_bound, "gradient w.r.t. features"
+        )
+        self._x, self._noise = None, None
+        return torch.from_numpy(grad).to(self._dtype)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """V and its momentum buffer (keys are never checkpointed)."""
+        return {
+            "v": torch.from_numpy(self.share.v.copy()),
+            "buf": torch.from_numpy(self.share.buf.copy()),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name in ("v", "buf"):
+            if tuple(state[name].shape) != (self.in_dim, self.out_dim):
+                raise ValueError(f"checkpoint '{name}' has shape {list(state[name].shape)}")
+        self.share.v = state["v"].to(torch.float64).numpy().copy()
+        self.share.buf = state["buf"].to(torch.float64).numpy().copy()
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _require_x(self, step: str) -> np.ndarray:
+        if self._x is None:
+            raise SecureProtocolError(f"{step} arrived out of order (no features pending)")
+        return self._x
+
+    @staticmethod
+    def _add(keys: PeerKeys, acc: Any, term: Any) -> Any:
+        keys.engine.evaluator.add_inplace(acc, term)
+        return acc
+
+    def _decrypt_all(self, msg: Message, tiles: dict[tuple[int, int], str]) -> dict:
+        bound = self.params.mask_bound + self.params.value_bound
+        out = {}
+        for key, name in tiles.items():
+            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, "decrypt"), name, 0)
+            out[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
+        return out
+
+    def _masked_weight_gradient(
+        self, msg: Message, tiles: dict[tuple[int, int], str]
+    ) -> np.ndarray:
+        """Xᵀδ + M, read from the gram layout (column t of X, output j at slot t*stride + j)."""
+        geo, y = self.geo, np.zeros((self.in_dim, self.out_dim))
+        for (c, j), vec in self._decrypt_all(msg, tiles).items():
+            c0, c1 = geo.col_range(c, self.in_dim)
+            j0, j1 = j * geo.wrap, min(self.out_dim, (j + 1) * geo.wrap)
+            for t, col in enumerate(range(c0, c1)):
+                y[col, j0:j1] = vec[t * geo.stride : t * geo.stride + (j1 - j0)]
+        return y

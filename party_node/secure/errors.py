@@ -1,0 +1,14 @@
+"""Errors of the secure projection layer: configuration mistakes and protocol violations."""
+
+from __future__ import annotations
+
+
+class SecureConfigError(ValueError):
+    """The secure task is configured inconsistently; the message says what to change."""
+
+
+class SecureProtocolError(RuntimeError):
+    """A peer's message is malformed, out of order, non-finite or out of the agreed range.
+
+    Raised instead of letting a bad value turn the model into NaNs.
+    """

@@ -1,0 +1,84 @@
+"""Checks of a secure task's configuration, run before the first batch.
+
+Every error says what is wrong and what to write instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from party_node.secure.errors import SecureConfigError
+from party_node.secure.params import SecureParams
+
+ProjectLayerConfig = Sequence[tuple[str, int, int]]
+
+
+def validate_project_layer_config(
+    config: ProjectLayerConfig, feature_keys: Iterable[str]
+) -> dict[str, tuple[int, int]]:
+    """Entries are (feature_key, in_dim, out_dim) with positive ints, one per task feature key.
+
+    Returns {feature_key: (in_dim, out_dim)}.
+    """
+    keys = list(feature_keys)
+    shapes: dict[str, tuple[int, int]] = {}
+    for entry in config:
+        if not (isinstance(entry, tuple | list) and len(entry) == 3):
+            raise SecureConfigError(
+                f"project_layer_config entry {entry!r} must be (feature_key, in_dim, out_dim)"
+            )
+        key, in_dim, out_dim = entry
+        for name, value in (("in_dim", in_dim), ("out_dim", out_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SecureConfigError(
+                    f"project_layer_config entry for {key!r}: {name} must be a positive int, "
+                    f"got {value!r}"
+                )
+        if key in shapes:
+            raise SecureConfigError(f"project_layer_config lists {key!r} twice; keep one entry")
+        shapes[key] = (in_dim, out_dim)
+    missing = [k for k in keys if k not in shapes]
+    unknown = [k for k in shapes if k not in keys]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"has no entry for {missing} (add (key, in_dim, out_dim) for each)")
+        if unknown:
+            parts.append(f"names {unknown}, which no party of this task uses")
+        raise SecureConfigError(
+            "project_layer_config " + " and ".join(parts) + f"; the task's feature keys are {keys}"
+        )
+    return shapes
+
+
+def check_feature_width(feature_key: str, in_dim: int, out_dim: int, width: int) -> None:
+    """The declared in_dim must be the width the party's feature model actually outputs."""
+    if width != in_dim:
+        raise SecureConfigError(
+            f"project_layer_config declares in_dim={in_dim} for '{feature_key}' but its feature "
+            f"model outputs {width} columns; set ('{feature_key}', {width}, {out_dim})"
+        )
+
+
+def validate_project_layer_lr(lr: object) -> float:
+    """A finite learning rate > 0 (ints accepted: the seed's collaborator annotates it int)."""
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise SecureConfigError(f"project_layer_lr must be a finite number > 0, got {lr!r}")
+    return float(lr)
+
+
+def agreement_value(lr: float, momentum: float, params: SecureParams | None = None) -> str:
+    """The string each party reports for the coordinator's `agreement` map (must be equal)."""
+    return (params or SecureParams()).agreement(validate_project_layer_lr(lr), momentum)
+
+
+def check_agreement(values: Mapping[str, str]) -> None:
+    """All parties reported the same secure-layer settings (lr, momentum, CKKS, masks)."""
+    distinct = set(values.values())
+    if len(distinct) > 1:
+        listing = "; ".join(f"{node}: {value}" for node, value in sorted(values.items()))
+        raise SecureConfigError(
+            "parties disagree on the secure projection settings (project_layer_lr must be equal "
+            f"at every party): {listing}"
+        )

@@ -1,0 +1,70 @@
+"""The synthetic task of tests/synthetic.py in secure mode, one party per process:
+`python -m tests.secure_synthetic --node h --nodes h,c1 --task t [--initiator] ...`.
+
+Every party's feature model outputs OUT columns and is projected to OUT columns; `--bad-in-dim`
+declares a wrong in_dim for the first collaborator (the seed's own mistake)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from party_node import TaskFailed, mock_context
+from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler, SecureHeteroNNHostScheduler
+from tests.synthetic import OUT, Faults, SynthCollaborator, SynthHost
+
+PROJECT_LR = 0.05
+
+
+class SecureSynthHost(SynthHost, SecureHeteroNNHostScheduler):
+    pass
+
+
+class SecureSynthCollaborator(SynthCollaborator, SecureHeteroNNCollaboratorScheduler):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--node", required=True)
+    p.add_argument("--nodes", required=True, help="comma-separated; the first is the host")
+    p.add_argument("--task", required=True)
+    p.add_argument("--initiator", action="store_true")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=PROJECT_LR)
+    p.add_argument("--bad-in-dim", action="store_true")
+    p.add_argument("--schedule-timeout", type=float, default=20.0)
+    args = p.parse_args(argv)
+    nodes = args.nodes.split(",")
+    timeouts = {"schedule_timeout": args.schedule_timeout, "calculation_timeout": 60.0}
+    faults = Faults("")
+    if args.node == nodes[0]:
+        config = [(n, OUT, OUT) for n in nodes]
+        if args.bad_in_dim:
+            config[1] = (nodes[1], OUT + 6, OUT)
+        scheduler = SecureSynthHost(
+            args.node,
+            nodes,
+            args.batch_size,
+            args.rounds,
+            faults,
+            project_layer_config=config,
+            project_layer_lr=args.lr,
+            **timeouts,
+        )
+    else:
+        scheduler = SecureSynthCollaborator(
+            args.node, args.batch_size, faults, project_layer_lr=args.lr, **timeouts
+        )
+    try:
+        with mock_context(id=args.node, nodes=nodes):
+            scheduler._run(id=args.node, task_id=args.task, is_initiator=args.initiator)
+    except TaskFailed as exc:
+        print(f"task failed: {exc.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

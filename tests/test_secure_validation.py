@@ -1,0 +1,141 @@
+"""Validation of a secure task before the first batch, and refusal of bad protocol messages."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from party_node.secure import (
+    CkksParams,
+    PeerKeys,
+    SecureConfigError,
+    SecureParams,
+    SecureProtocolError,
+    agreement_value,
+    check_agreement,
+    check_feature_width,
+    validate_project_layer_config,
+    validate_project_layer_lr,
+)
+from party_node.secure.context import CONTEXT_BLOB, GALOIS_BLOB
+from tests.secure_wire import make_parties
+
+KEYS = ["demo_host", "demo_collaborator"]
+
+
+def test_config_must_name_exactly_the_task_feature_keys() -> None:
+    ok = validate_project_layer_config([("demo_host", 20, 10), ("demo_collaborator", 20, 10)], KEYS)
+    assert ok == {"demo_host": (20, 10), "demo_collaborator": (20, 10)}
+    with pytest.raises(SecureConfigError, match=r"no entry for \['demo_collaborator'\]"):
+        validate_project_layer_config([("demo_host", 20, 10)], KEYS)
+    with pytest.raises(SecureConfigError, match=r"'bank'.*which no party"):
+        validate_project_layer_config(
+            [("demo_host", 20, 10), ("demo_collaborator", 20, 10), ("bank", 4, 4)], KEYS
+        )
+    with pytest.raises(SecureConfigError, match="twice"):
+        validate_project_layer_config([("demo_host", 2, 1), ("demo_host", 2, 1)], ["demo_host"])
+    with pytest.raises(SecureConfigError, match="out_dim must be a positive int"):
+        validate_project_layer_config([("demo_host", 2, 0)], ["demo_host"])
+    with pytest.raises(SecureConfigError, match=r"\(feature_key, in_dim, out_dim\)"):
+        validate_project_layer_config([("demo_host", 2)], ["demo_host"])
+
+
+def test_in_dim_must_equal_feature_width_seed_example() -> None:
+    """The seed declares ('demo_collaborator', 10, 10) for a 20-wide HalfConvNet."""
+    check_feature_width("demo_collaborator", 20, 10, 20)
+    with pytest.raises(SecureConfigError) as err:
+        check_feature_width("demo_collaborator", 10, 10, 20)
+    assert str(err.value) == (
+        "project_layer_config declares in_dim=10 for 'demo_collaborator' but its feature model "
+        "outputs 20 columns; set ('demo_collaborator', 20, 10)"
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, math.nan, math.inf, "0.1", None, True])
+def test_project_layer_lr_must_be_positive_and_finite(bad: object) -> None:
+    with pytest.raises(SecureConfigError, match="project_layer_lr"):
+        validate_project_layer_lr(bad)
+
+
+def test_project_layer_lr_must_agree_at_every_party() -> None:
+    assert validate_project_layer_lr(1) == 1.0
+    a, b = agreement_value(0.01, 0.9), agreement_value(0.02, 0.9)
+    check_agreement({"host": a, "bank": a})
+    with pytest.raises(SecureConfigError, match="project_layer_lr must be equal") as err:
+        check_agreement({"host": a, "bank": b})
+    assert "lr=0.02" in str(err.value) and "bank" in str(err.value)
+
+
+def test_ckks_params_refuse_insecure_moduli() -> None:
+    with pytest.raises(ValueError, match="128-bit"):
+        CkksParams(coeff_mod_bit_sizes=(60, 60, 60, 60))
+
+
+@pytest.fixture(scope="module")
+def parties():
+    return make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
+
+
+def test_non_finite_and_out_of_range_are_protocol_errors(parties) -> None:
+    host, coll = parties.hosts["bank"], parties.colls["bank"]
+    with pytest.raises(SecureProtocolError, match="NaN or infinite"):
+        coll.encrypt_features(torch.tensor([[1.0, math.nan, 0.0]]))
+    with pytest.raises(SecureProtocolError, match="exceeds the agreed bound"):
+        coll.encrypt_features(torch.full((2, 3), 1e9))
+    with pytest.raises(SecureProtocolError, match="expected \\(rows, 3\\)"):
+        coll.encrypt_features(torch.zeros(2, 4))
+    msg = host.forward(coll.encrypt_features(torch.ones(4, 3)))
+    reply = coll.combine_forward(msg)
+    nan = {"z_masked": torch.full_like(reply["z_masked"], math.nan)}
+    with pytest.raises(SecureProtocolError, match="NaN"):
+        host.finish_forward(nan)
+    with pytest.raises(SecureProtocolError, match="exceeds"):
+        host.finish_forward({"z_masked": reply["z_masked"] * 1e6})
+    with pytest.raises(SecureProtocolError, match="shape"):
+        host.finish_forward({"z_masked": reply["z_masked"][:2]})
+
+
+def test_tampered_or_misordered_messages_are_refused(parties) -> None:
+    host, coll = parties.hosts["bank"], parties.colls["bank"]
+    msg = coll.encrypt_features(torch.ones(4, 3))
+    bad = dict(msg)
+    bad["enc_x/0/0"] = msg["enc_x/0/0"][:1000]
+    with pytest.raises(SecureProtocolError, match="not a valid SEAL object"):
+        host.forward(bad)
+    with pytest.raises(SecureProtocolError, match="missing"):
+        host.forward({"rows": msg["rows"]})
+    extra = dict(msg, **{"enc_x/1/0": msg["enc_x/0/0"]})
+    with pytest.raises(SecureProtocolError, match="unexpected"):
+        host.forward(extra)
+    fresh = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
+    with pytest.raises(SecureProtocolError, match="out of order"):
+        fresh.colls["bank"].combine_forward({})
+    with pytest.raises(SecureProtocolError, match="without a pending"):
+        fresh.hosts["bank"].backward(torch.zeros(4, 2))
+
+
+def test_peer_context_with_secret_key_is_refused(parties) -> None:
+    own = parties.host_keys
+    secret_ctx = own._ctx.serialize(save_secret_key=True)
+    with pytest.raises(SecureProtocolError, match="secret key"):
+        PeerKeys(CkksParams(), {CONTEXT_BLOB: secret_ctx, GALOIS_BLOB: b""})
+    with pytest.raises(SecureProtocolError, match="parameters differ"):
+        PeerKeys(
+            CkksParams(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60, 40, 40, 40, 60)),
+            own.public_blobs(),
+        )
+
+
+def test_checkpoint_round_trip_restores_shares(parties) -> None:
+    host, coll = parties.hosts["bank"], parties.colls["bank"]
+    hs, cs = host.state_dict(), coll.state_dict()
+    assert set(hs) == {"u", "buf", "q_prev"} and set(cs) == {"v", "buf"}
+    u = host.share.u.copy()
+    host.share.u += 1.0
+    host.load_state_dict(hs)
+    coll.load_state_dict(cs)
+    assert np.array_equal(host.share.u, u)
+    assert SecureParams().agreement(0.1, 0.9) == agreement_value(0.1, 0.9)
