@@ -9,7 +9,7 @@ export DATA_ROOT
 PROTOS := $(wildcard proto/heteronn/v1/*.proto)
 GEN := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: install proto test test-all demo demo-secure bench lint image compose-demo chart-lint certs clean
+.PHONY: install proto test test-all demo demo-secure bench lint image compose-demo chart-lint certs deploy-checks clean
 
 install: $(VENV)/.installed proto
 
@@ -42,6 +42,22 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# ---- deployment (docs/operations.md) ------------------------------------------------------
+certs: install
+	$(PY) -m wire.dev_certs --out certs --readable coordinator host collaborator
+
+image:
+	.ci/compose-e2e image
+
+compose-demo: certs
+	.ci/compose-e2e
+
+chart-lint:
+	.ci/deploy-checks chart
+
+deploy-checks:
+	.ci/deploy-checks
 
 clean:
 	rm -rf out .heteronn proto/heteronn/v1/*_pb2*.py proto/heteronn/v1/*_pb2.pyi

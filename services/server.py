@@ -23,6 +23,7 @@ from services.metrics import CoordinatorMetrics
 from services.servicer import CoordinatorServicer
 from services.store import InMemoryTaskStore, SqliteTaskStore, TaskStore
 from wire.grpc_factory import start_server
+from wire.metrics import RpcMetrics
 from wire.tls import TlsSettings
 
 log = logging.getLogger("heteronn.coordinator")
@@ -48,7 +49,9 @@ class CoordinatorSettings(BaseSettings):
     )
     tick_interval_s: float = Field(0.2, gt=0, description="how often deadlines are checked")
     min_liveness_s: float = Field(
-        3.0, ge=0, description="a node is declared dead after max(schedule_timeout, this) "
+        3.0,
+        ge=0,
+        description="a node is declared dead after max(schedule_timeout, this) "
         "seconds without a heartbeat; nodes beat every ~1 s, so less would misfire",
     )
     max_workers: int = Field(
@@ -85,8 +88,13 @@ class RunningCoordinator:
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
             return [SERVICE_NAME]
 
+        rpc_metrics = RpcMetrics(self.registry, "coordinator", "coordinator")
         self._server = start_server(
-            settings.listen, register, tls=settings.tls(), max_workers=settings.max_workers
+            settings.listen,
+            register,
+            tls=settings.tls(),
+            interceptors=[rpc_metrics.server_interceptor()],
+            max_workers=settings.max_workers,
         )
         self.port = self._server.port
         host = settings.listen.rsplit(":", 1)[0]
@@ -104,8 +112,12 @@ class RunningCoordinator:
             target=self._tick_loop, args=(settings.tick_interval_s,), name="deadlines", daemon=True
         )
         self._ticker.start()
-        log.info("coordinator listening on %s (db %s, metrics port %s)",
-                 self.address, settings.db, self.metrics_port)
+        log.info(
+            "coordinator listening on %s (db %s, metrics port %s)",
+            self.address,
+            settings.db,
+            self.metrics_port,
+        )
 
     def _tick_loop(self, interval: float) -> None:
         while not self._stopped.wait(interval):

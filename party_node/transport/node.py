@@ -47,7 +47,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
 
     interceptors: list[Any] = [metrics.server_interceptor()]
     if tls is not None:  # with mutual TLS, only the task's participants get in
-        interceptors.insert(0, PeerAuthInterceptor(lambda: state.participants.keys()))
+        interceptors.insert(0, PeerAuthInterceptor(lambda: state.known_participants(10.0)))
     server = start_server(settings.listen, register, tls=tls, interceptors=interceptors)
     endpoint = None
     if settings.metrics_port is not None:

@@ -31,5 +31,11 @@ class NodeState:
         self.participants = {p.node_id: p for p in participants}
         self._ready.set()
 
+    def known_participants(self, wait: float) -> set[str]:
+        """The task's node ids; a peer calling before this node has joined waits (bounded)
+        instead of being refused."""
+        self.wait_ready(wait)
+        return set(self.participants)
+
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
