@@ -105,7 +105,8 @@ class OwnBlinding:
         self.ids = ids
         self.key = key if key is not None else new_key()
         self._units: list[futures.Future[bytes]] = [
-            pool.submit(hash_and_blind, self.key, part) for part in _slices(ids, UNIT_POINTS)
+            pool.submit(hash_and_blind, self.key, part, background=True)
+            for part in _slices(ids, UNIT_POINTS)
         ]
 
     def chunks(self, chunk_points: int) -> Iterator[bytes]:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
+from concurrent.futures import Future
 from multiprocessing import get_context
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import rbcl
 
@@ -84,6 +88,53 @@ def blind(key: bytes, points: bytes) -> bytes:
     return out.raw
 
 
+class _PriorityThreads:
+    """Worker threads that take urgent work (answering the peer's stream) before background
+    work (blinding this party's own ids), so a party keeps pace with its peer."""
+
+    _STOP = -1
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"psi-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, priority: int, fn: Callable[..., R], args: tuple[Any, ...]) -> Future[R]:
+        future: Future[R] = Future()
+        self._queue.put((priority, next(self._order), (future, fn, args)))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            priority, _, (future, fn, args) = self._queue.get()
+            if priority == self._STOP:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Cancel queued work, let running work finish, stop the threads."""
+        while True:
+            try:
+                _, _, (future, _, _) = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            future.cancel()
+        for _ in self._threads:
+            self._queue.put((self._STOP, next(self._order), (None, None, None)))
+        for thread in self._threads:
+            thread.join()
+
+
 class PsiPool:
     """Workers for hashing and blinding, sized to the cores; use as a context manager.
 
@@ -104,11 +155,12 @@ class PsiPool:
             raise ValueError(f"PsiPool workers must be >= 0, got {workers}")
         self.workers = workers
         self.kind = kind
-        self._executor: futures.Executor | None
+        self._executor: futures.Executor | None = None
+        self._threads: _PriorityThreads | None = None
         if workers == 0:
-            self._executor = None
+            pass
         elif kind == "threads":
-            self._executor = futures.ThreadPoolExecutor(workers, thread_name_prefix="psi")
+            self._threads = _PriorityThreads(workers)
         elif kind == "processes":
             # spawn, not fork: forking a process that runs gRPC threads is unsafe.
             self._executor = futures.ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
@@ -121,17 +173,20 @@ class PsiPool:
         """How many chunks may be in flight ahead of the one being collected."""
         return max(2, self.workers)
 
-    def submit(self, fn: Callable[..., R], *args: object) -> futures.Future[R]:
+    def submit(self, fn: Callable[..., R], *args: object, background: bool = False) -> Future[R]:
+        """Queue fn(*args); `background` work waits while urgent work is queued (threads)."""
         if self._closed:
             raise RuntimeError("PsiPool is closed")
-        if self._executor is None:
-            done: futures.Future[R] = futures.Future()
-            try:
-                done.set_result(fn(*args))
-            except BaseException as exc:
-                done.set_exception(exc)
-            return done
-        return self._executor.submit(fn, *args)
+        if self._threads is not None:
+            return self._threads.submit(1 if background else 0, fn, args)
+        if self._executor is not None:
+            return self._executor.submit(fn, *args)
+        done: Future[R] = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
 
     def map_chunks(
         self,
@@ -142,7 +197,7 @@ class PsiPool:
     ) -> Iterator[bytes]:
         """fn(key, part) over parts of `step` elements of each chunk, all workers at once;
         yields each chunk's joined result in order, with a few chunks in flight at most."""
-        pending: deque[list[futures.Future[bytes]]] = deque()
+        pending: deque[list[Future[bytes]]] = deque()
         try:
             for chunk in chunks:
                 pending.append(
@@ -160,6 +215,8 @@ class PsiPool:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._threads is not None:
+                self._threads.shutdown()
             if self._executor is not None:
                 self._executor.shutdown(wait=True, cancel_futures=True)
 

@@ -203,6 +203,19 @@ def test_frames_round_trip_through_proto() -> None:
         frame_from_proto(party_node_pb2.PsiMessage(data=b"x"))
 
 
+def test_pool_runs_urgent_work_before_background_work() -> None:
+    order: list[str] = []
+    gate = threading.Event()
+    with PsiPool(1) as one:
+        one.submit(gate.wait, 5)  # keeps the only worker busy while both are queued
+        later = one.submit(order.append, "own ids", background=True)
+        first = one.submit(order.append, "peer chunk")
+        gate.set()
+        later.result(5)
+        first.result(5)
+    assert order == ["peer chunk", "own ids"]
+
+
 @pytest.mark.parametrize("workers, kind", [(1, "processes"), (0, "threads")])
 def test_other_pools_give_the_same_result(workers: int, kind) -> None:
     with PsiPool(workers, kind=kind) as other:
