@@ -30,6 +30,9 @@ class NodeSettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; set when parties share a machine"
+    )
     scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
 
     @model_validator(mode="after")

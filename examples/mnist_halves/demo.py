@@ -35,6 +35,8 @@ def write_config(path: Path, node_id: str, coordinator: str, port: int, args_: d
         f'advertise = "127.0.0.1:{port}"',
         f'workdir = "{path.parent}"',
         "tls_plaintext = true",
+        # Both parties share this machine: split its cores instead of oversubscribing them.
+        f"torch_threads = {max(1, (os.cpu_count() or 2) // 2)}",
         "[scheduler_args]",
         *(f"{k} = {json.dumps(v)}" for k, v in args_.items()),
     ]

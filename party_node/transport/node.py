@@ -36,6 +36,10 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
     """Run one task to its end; returns the report, raises TaskFailed with the reason."""
     from heteronn.v1 import party_node_pb2_grpc
 
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     abort = AbortSignal()
     state = NodeState(node_id=settings.node_id, task_id=settings.task_id, abort=abort)
     tls = settings.tls if settings.tls.enabled else None

@@ -3,6 +3,8 @@ collaborator the gradient of the loss w.r.t. its features, evaluate."""
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,39 @@ class FeatureProjection(dict):
         )
 
 
+class EarlyGradients:
+    """Sends each collaborator its gradient the moment autograd computes it (a hook on its
+    feature leaf), while the host's backward continues through its own feature model: the
+    collaborator's backward overlaps the host's instead of following it."""
+
+    def __init__(self, role: HostRole, round_no: int, batch: int, leaves: dict[str, torch.Tensor]):
+        self.role, self.round_no, self.batch = role, round_no, batch
+        self.sent: dict[str, Future] = {}
+        self.leaves = leaves
+        for peer, leaf in leaves.items():
+            leaf.register_hook(lambda grad, peer=peer: self._send(peer, grad))
+
+    def _send(self, peer: str, grad: torch.Tensor) -> None:
+        if peer in self.sent:
+            raise ConfigError(
+                f"train_a_batch backpropagated twice through the features of '{peer}' in one "
+                "batch; call loss.backward() once per batch"
+            )
+        self.sent[peer] = self.role.sender.submit(self._deliver, peer, grad.detach().clone())
+
+    def _deliver(self, peer: str, grad: torch.Tensor) -> None:
+        message = Message("train.gradient", self.round_no, self.batch, tensors={"gradient": grad})
+        self.role.peers.send(peer, message)
+
+    def finish(self) -> None:
+        """Zeros for a collaborator whose features the loss did not use; wait for delivery."""
+        for peer, leaf in self.leaves.items():
+            if peer not in self.sent:
+                self._send(peer, torch.zeros_like(leaf))
+        for future in self.sent.values():
+            future.result()
+
+
 class HostRole(Role):
     def build_extra(self) -> None:
         s = self.s
@@ -32,6 +67,11 @@ class HostRole(Role):
         if not isinstance(s.infer_model, torch.nn.Module):
             raise ConfigError("build_infer_model() must return a torch.nn.Module")
         s.optimizer = s.build_infer_optimizer(s.infer_model)
+
+    @functools.cached_property
+    def sender(self) -> ThreadPoolExecutor:
+        """Delivers gradients off the autograd thread (one at a time, in order)."""
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradients")
 
     @property
     def collaborators(self) -> list[Participant]:
@@ -88,14 +128,10 @@ class HostRole(Role):
             projection = FeatureProjection({s.feature_key: features})
             projection.update({p.feature_key: leaves[p.node_id] for p in self.collaborators})
             s.feature_optimizer.zero_grad(set_to_none=True)
+            early = EarlyGradients(self, round_no, b, leaves)
             with self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"):
                 s.train_a_batch(projection, labels)
-            for peer in self.collaborators:
-                leaf = leaves[peer.node_id]
-                grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-                self.peers.send(
-                    peer.node_id, Message("train.gradient", round_no, b, tensors={"gradient": grad})
-                )
+            early.finish()
             if s.is_feature_trainable:
                 s.feature_optimizer.step()
             self.observer.batch(features.shape[0], "train")
