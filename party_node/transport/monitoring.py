@@ -23,5 +23,8 @@ class PrometheusObserver(TaskObserver):
     def test(self, metrics: dict[str, float]) -> None:
         self.metrics.observe_test(self.task_id, metrics.get("accuracy"), metrics.get("loss"))
 
+    def he(self, op: str, seconds: float) -> None:
+        self.metrics.he_duration.labels(op=op).observe(seconds)
+
     def failed(self, kind: str) -> None:
         self.metrics.failures.labels(reason=kind).inc()

@@ -3,6 +3,7 @@ of its projection and learns only ∂L/∂X (party_node.secure)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,10 @@ class SecureCollaboratorRole(CollaboratorRole):
             if features.dim() != 2:
                 raise ConfigError(f"{what} must yield (rows, columns) features in secure mode")
             layer = self.setup(round_no, int(features.shape[1]))
+            started = time.perf_counter()
             with protocol_errors(host, f"the forward pass of batch {b}"):
                 enc = layer.encrypt_features(features.detach())
+            self.observer.he("encrypt_features", time.perf_counter() - started)
             self.peers.send(host.node_id, to_link(KIND_ENC_X, round_no, b, enc))
             self.step(
                 KIND_FWD_MASKED,
@@ -129,6 +132,7 @@ class SecureCollaboratorRole(CollaboratorRole):
             with protocol_errors(host, f"the backward pass of batch {b}"):
                 grad = layer.finish_backward(msg)
             self.apply_gradient(features, grad, b)
+            self.observer.batch(features.shape[0], "train")
             count = b + 1
         if count == 0:
             raise ConfigError(

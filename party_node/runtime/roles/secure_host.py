@@ -3,6 +3,7 @@ CKKS protocol (party_node.secure); `train_a_batch`/`run_test` see projected feat
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +175,13 @@ class SecureHostRole(HostRole):
             self.projection_optimizer.zero_grad(set_to_none=True)
             with self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"):
                 s.train_a_batch(projection, labels)
+            started = time.perf_counter()
             self.backward_collaborators(round_no, b, leaves)
+            self.observer.he("secure_backward", time.perf_counter() - started)
             if s.is_feature_trainable:
                 s.feature_optimizer.step()
             self.projection_optimizer.step()
+            self.observer.batch(features.shape[0], "train")
             count = b + 1
         if count == 0:
             raise ConfigError(
