@@ -94,6 +94,17 @@ def _frames_in(
         yield frame_from_proto(message, peer)
 
 
+def _keeping_error(
+    messages: Iterator[PsiMessage], failed: list[BaseException]
+) -> Iterator[PsiMessage]:
+    """gRPC reports an exception in a request stream only as UNKNOWN; keep the original."""
+    try:
+        yield from messages
+    except Exception as exc:
+        failed.append(exc)
+        raise
+
+
 def _noting_first(messages: Iterable[PsiMessage], seen: list[PsiMessage]) -> Iterator[PsiMessage]:
     """Pass messages through, keeping the first in `seen` (did the peer answer at all?)."""
     for message in messages:
@@ -173,7 +184,10 @@ def run_host_psi(
         delay = _RETRY_FIRST_S
         while True:
             replies: list[PsiMessage] = []
-            requests = (frame_to_proto(f, header_factory()) for f in host.blinded_frames())
+            failed: list[BaseException] = []
+            requests = _keeping_error(
+                (frame_to_proto(f, header_factory()) for f in host.blinded_frames()), failed
+            )
             call = stubs[name].Psi(requests, timeout=remaining(), wait_for_ready=True)
             calls[name] = call
             try:
@@ -183,6 +197,8 @@ def run_host_psi(
                     raise PsiError(f"{host.peer} sent data after its last peer_blinded chunk")
                 return
             except grpc.RpcError as exc:
+                if failed:  # our own request stream broke: that, not gRPC's UNKNOWN, is news
+                    raise failed[0] from None
                 # A collaborator that has not opened its PSI session yet answers UNAVAILABLE
                 # before anything else: try again until the deadline.
                 retry = (
