@@ -27,6 +27,12 @@ class DemoHeteroCollaborator(HeteroNNCollaboratorScheduler):
             is_feature_trainable=is_feature_trainable,
             calculation_timeout=calculation_timeout,
         )
+        self._set_options(batch_size, data_root, dropout, lr)
+
+    def _set_options(
+        self, batch_size: int, data_root: str | None, dropout: bool, lr: float
+    ) -> None:
+        """The example's own settings (shared with the secure variant)."""
         self.batch_size = batch_size
         self.data_root = data_root or data.data_root()
         self.dropout = dropout

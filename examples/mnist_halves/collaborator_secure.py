@@ -3,7 +3,6 @@ its features leave it only encrypted; it needs the same `project_layer_lr` as th
 
 from __future__ import annotations
 
-from examples.mnist_halves import data
 from examples.mnist_halves.collaborator import DemoHeteroCollaborator
 from examples.mnist_halves.host_secure import PROJECT_LAYER_LR
 from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler
@@ -30,10 +29,7 @@ class DemoSecureHeteroCollaborator(DemoHeteroCollaborator, SecureHeteroNNCollabo
             is_feature_trainable=is_feature_trainable,
             calculation_timeout=calculation_timeout,
         )
-        self.batch_size = batch_size
-        self.data_root = data_root or data.data_root()
-        self.dropout = dropout
-        self.lr = lr
+        self._set_options(batch_size, data_root, dropout, lr)
 
 
 def make_scheduler(**kwargs) -> DemoSecureHeteroCollaborator:

@@ -33,6 +33,12 @@ class DemoHeteroHost(HeteroNNHostScheduler):
             log_rounds=log_rounds,
             schedule_timeout=schedule_timeout,
         )
+        self._set_options(batch_size, data_root, other_key, dropout, lr)
+
+    def _set_options(
+        self, batch_size: int, data_root: str | None, other_key: str, dropout: bool, lr: float
+    ) -> None:
+        """The example's own settings (shared with the secure variant)."""
         self.batch_size = batch_size
         self.data_root = data_root or data.data_root()
         self.other_key = other_key

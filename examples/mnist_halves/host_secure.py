@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from examples.mnist_halves import data
 from examples.mnist_halves.host import DemoHeteroHost
 from examples.mnist_halves.model import FEATURE_DIM, InferModule
 from party_node.hetero_nn import SecureHeteroNNHostScheduler
@@ -45,11 +44,7 @@ class DemoSecureHeteroHost(DemoHeteroHost, SecureHeteroNNHostScheduler):
             log_rounds=log_rounds,
             schedule_timeout=schedule_timeout,
         )
-        self.batch_size = batch_size
-        self.data_root = data_root or data.data_root()
-        self.other_key = other_key
-        self.dropout = dropout
-        self.lr = lr
+        self._set_options(batch_size, data_root, other_key, dropout, lr)
 
     def build_infer_model(self) -> nn.Module:
         # train_a_batch/run_test get the projections: 10 + 10 columns.
