@@ -60,18 +60,21 @@ def hash_to_group(item: str) -> bytes:
 
 
 def hash_and_blind(key: bytes, ids: Sequence[str]) -> bytes:
-    """P(id)^key for every id, concatenated in order."""
-    out = ctypes.create_string_buffer(POINT_BYTES * len(ids))
-    base = ctypes.addressof(out)
-    point = ctypes.create_string_buffer(POINT_BYTES)
-    from_hash = _sodium.crypto_core_ristretto255_from_hash
-    mult = _sodium.crypto_scalarmult_ristretto255
+    """P(id)^key for every id, concatenated in order.
+
+    One pass per step (digests, points, blinding) rather than all steps per id: with two
+    workers in one process, interleaving them cost ~20% more CPU per id (GIL hand-offs)."""
     sha512 = hashlib.sha512
-    for index, item in enumerate(ids):
-        from_hash(point, sha512(DOMAIN_TAG + encode_id(item)).digest())
-        if mult(ctypes.c_void_p(base + index * POINT_BYTES), key, point) != 0:
-            raise ValueError(f"id {index} of the chunk hashed to a point that cannot be blinded")
-    return out.raw
+    digests = [sha512(DOMAIN_TAG + encode_id(item)).digest() for item in ids]
+    points = ctypes.create_string_buffer(POINT_BYTES * len(ids))
+    base = ctypes.addressof(points)
+    from_hash = _sodium.crypto_core_ristretto255_from_hash
+    for index, digest in enumerate(digests):
+        from_hash(ctypes.c_void_p(base + index * POINT_BYTES), digest)
+    try:
+        return blind(key, points.raw)
+    except ValueError:
+        raise ValueError("an id of the chunk hashed to a point that cannot be blinded") from None
 
 
 def blind(key: bytes, points: bytes) -> bytes:
