@@ -77,18 +77,32 @@ def conflict_with_others(task: Task, node: Participant) -> str:
             )
         for key in sorted(node.agreement.keys() & other.agreement.keys()):
             if node.agreement[key] != other.agreement[key]:
+                theirs, ours = _differing_parts(other.agreement[key], node.agreement[key])
                 return (
                     f"nodes '{other.node_id}' and '{node.node_id}' of task '{tid}' disagree on "
-                    f"'{key}': '{other.agreement[key]}' vs '{node.agreement[key]}'; every party "
-                    f"must use the same {key}"
+                    f"'{key}': '{other.node_id}' has {theirs}, '{node.node_id}' has {ours}; "
+                    f"every party must use the same {key}"
                 )
     return ""
+
+
+def _differing_parts(a: str, b: str) -> tuple[str, str]:
+    """Only the ';'-separated settings where two agreement values differ, so the message
+    names the setting to fix (whole values when they do not line up)."""
+    parts_a, parts_b = a.split(";"), b.split(";")
+    if len(parts_a) != len(parts_b):
+        return a, b
+    pairs = [(x, y) for x, y in zip(parts_a, parts_b, strict=True) if x != y]
+    return ";".join(x for x, _ in pairs), ";".join(y for _, y in pairs)
 
 
 def same_join(old: Participant, new: Participant) -> bool:
     """A reconnecting node repeating its earlier join (allowed in any running phase)."""
     return (old.role, old.feature_key, old.address, old.agreement) == (
-        new.role, new.feature_key, new.address, new.agreement,
+        new.role,
+        new.feature_key,
+        new.address,
+        new.agreement,
     )
 
 

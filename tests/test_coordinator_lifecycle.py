@@ -181,7 +181,10 @@ def test_join_errors_name_the_node_and_the_fix(store: TaskStore) -> None:
     [
         ({"role": Role.HOST}, "two hosts: 'h' and 'c1'"),
         ({"feature_key": "fk-h"}, "'h' and 'c1' .* both use feature_key 'fk-h'"),
-        ({"agreement": {"mode": "secure"}}, "'h' and 'c1' .* disagree on 'mode': 'plain' vs"),
+        (
+            {"agreement": {"mode": "secure"}},
+            "disagree on 'mode': 'h' has plain, 'c1' has secure; every party",
+        ),
     ],
 )
 def test_conflicting_join_fails_the_task(store: TaskStore, second: dict, match: str) -> None:
@@ -194,6 +197,18 @@ def test_conflicting_join_fails_the_task(store: TaskStore, second: dict, match: 
     assert rig.commands[-1].phase == Phase.FAILED
     with pytest.raises(WrongPhase, match="restart every party with recover=True"):
         rig.join("c2")
+
+
+def test_agreement_conflict_names_only_the_differing_setting(store: TaskStore) -> None:
+    rig = Rig(store)
+    rig.create()
+    rig.join("h", agreement={"secure": "ckks(N=8192,q=60-60);lr=0.05;momentum=0.9"})
+    with pytest.raises(InvalidRequest) as refused:
+        rig.join("c1", agreement={"secure": "ckks(N=8192,q=60-60);lr=0.1;momentum=0.9"})
+    assert "'h' has lr=0.05, 'c1' has lr=0.1; every party must use the same secure" in str(
+        refused.value
+    )
+    assert "ckks" not in str(refused.value)
 
 
 def test_all_collaborators_fails(store: TaskStore) -> None:

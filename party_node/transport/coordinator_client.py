@@ -125,14 +125,16 @@ class CoordinatorLink:
                 self._stub.ReportPhase(request, timeout=10)
                 return
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
-                    if report.error:
-                        raise
-                    raise TaskFailed(
-                        f"the coordinator rejected the {report.phase} report of '{self.node_id}': "
-                        f"{exc.details()}"
-                    ) from None
-                time.sleep(0.5)
+                code = exc.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < 4:
+                    time.sleep(0.5)
+                    continue
+                if report.error and code == grpc.StatusCode.FAILED_PRECONDITION:
+                    return  # the task has already ended: nothing left to tell
+                raise TaskFailed(
+                    f"the coordinator rejected the {report.phase} report of '{self.node_id}': "
+                    f"{code.name}: {exc.details()}"
+                ) from None
 
     def close(self) -> None:
         self._stop.set()
