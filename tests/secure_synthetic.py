@@ -35,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=PROJECT_LR)
     p.add_argument("--bad-in-dim", action="store_true")
     p.add_argument("--schedule-timeout", type=float, default=20.0)
+    p.add_argument("--faults", default="")
+    p.add_argument("--recover", action="store_true")
     args = p.parse_args(argv)
     nodes = args.nodes.split(",")
     timeouts = {"schedule_timeout": args.schedule_timeout, "calculation_timeout": 60.0}
-    faults = Faults("")
+    faults = Faults(args.faults)
     if args.node == nodes[0]:
         config = [(n, OUT, OUT) for n in nodes]
         if args.bad_in_dim:
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         with mock_context(id=args.node, nodes=nodes):
-            scheduler._run(id=args.node, task_id=args.task, is_initiator=args.initiator)
+            scheduler._run(
+                id=args.node, task_id=args.task, is_initiator=args.initiator, recover=args.recover
+            )
     except TaskFailed as exc:
         print(f"task failed: {exc.reason}", file=sys.stderr)
         return 1
