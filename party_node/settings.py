@@ -22,7 +22,9 @@ class NodeSettings(BaseSettings):
     task_id: str = Field(..., min_length=1, description="the task to join")
     coordinator: str = Field(..., description="HOST:PORT of the coordinator")
     listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
-    advertise: str = Field("", description="HOST:PORT peers dial; default: 127.0.0.1:<port>")
+    advertise: str = Field(
+        "", description="HOST:PORT peers dial; default: the listen host (0.0.0.0: 127.0.0.1)"
+    )
     metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
     workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
     recover: bool = Field(False, description="resume from the last complete round")

@@ -56,7 +56,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
     endpoint = None
     if settings.metrics_port is not None:
         endpoint = serve_metrics(settings.metrics_port, metrics.registry)
-    advertise = settings.advertise or f"127.0.0.1:{server.port}"
+    advertise = settings.advertise or default_advertise(settings.listen, server.port)
     control = CoordinatorLink(settings.coordinator, settings.task_id, settings.node_id, tls, abort)
     peers = GrpcPeers(
         state,
@@ -170,3 +170,12 @@ def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
         f"schedule_timeout={timeout:g} s; start the initiator (is_initiator=True) in the same "
         "working directory with the same task_id"
     )
+
+
+def default_advertise(listen: str, port: int) -> str:
+    """Where peers dial when `advertise` is unset: the listen host when it names one address,
+    127.0.0.1 when it is a wildcard (every interface; only loopback is a safe guess)."""
+    host = listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::", "*"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"

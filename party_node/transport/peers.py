@@ -75,7 +75,8 @@ class GrpcPeers:
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return (
                 f"cannot deliver {what} to {self.describe(peer)} ({code.name}: {details}); "
-                "its node may have stopped — check it, then restart every party with recover=True"
+                "its node may have stopped or the network between us may be down — check "
+                "both, then restart every party with recover=True"
             )
         name = code.name if code else "ERROR"
         return f"{self.describe(peer)} refused {what}: {name}: {details}"

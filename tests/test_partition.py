@@ -1,0 +1,123 @@
+"""A network partition between two live parties, made with real packet drops.
+
+The collaborator runs in its own network namespace (a second host); mid-training iptables
+silently drops everything between it and the host while both still reach the coordinator.
+No RST and no closed socket: the case where a naive system waits forever. Every party must
+exit non-zero well before calculation_timeout, saying which peer it lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.server import CoordinatorSettings, start_coordinator
+from tests.harness import ROOT, wait_all
+from tests.netns import Namespace
+from wire.grpc_factory import open_channel
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="network namespaces need root (CI runs as root)"
+)
+
+CALCULATION_TIMEOUT = 60.0
+TIMEOUTS = {"schedule_timeout": 3.0, "calculation_timeout": CALCULATION_TIMEOUT}
+
+
+def _node_config(path: Path, node: str, listen: str, coordinator: str, factory_args: dict) -> Path:
+    lines = [
+        f'node_id = "{node}"',
+        'task_id = "cut"',
+        f'coordinator = "{coordinator}"',
+        f'listen = "{listen}"',
+        f'workdir = "{path.parent}"',
+        "tls_plaintext = true",
+        "torch_threads = 1",
+        "[scheduler_args]",
+        *(f"{key} = {value!r}".replace("'", '"') for key, value in factory_args.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_partition_between_parties_ends_the_task_naming_the_peer(tmp_path):
+    with Namespace() as ns:
+        coordinator = start_coordinator(
+            CoordinatorSettings(listen=f"{ns.root_ip}:0", db=":memory:")
+        )
+        try:
+            with open_channel(coordinator.address) as channel:
+                coordinator_pb2_grpc.CoordinatorStub(channel).CreateTask(
+                    coordinator_pb2.CreateTaskRequest(
+                        spec=coordinator_pb2.TaskSpec(
+                            task_id="cut",
+                            participants=["h", "c1"],
+                            schedule_timeout_s=TIMEOUTS["schedule_timeout"],
+                            calculation_timeout_s=CALCULATION_TIMEOUT,
+                            mode="plain",
+                        )
+                    ),
+                    timeout=10,
+                )
+            nodes = {
+                "h": ([], ns.root_ip, {"nodes": ["h", "c1"], "batch_size": 32, "rounds": 4}),
+                "c1": (
+                    ns.prefix,
+                    ns.inside_ip,
+                    {"node": "c1", "batch_size": 32, "signal_dir": str(tmp_path)},
+                ),
+            }
+            procs = {}
+            for name, (prefix, ip, args) in nodes.items():
+                config = _node_config(
+                    tmp_path / f"{name}.toml",
+                    name,
+                    f"{ip}:0",
+                    coordinator.address,
+                    {**args, **TIMEOUTS},
+                )
+                role = "host" if name == "h" else "collaborator"
+                command = [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "party_node.cli",
+                    "node",
+                    f"--scheduler=tests.partition_nodes:{role}",
+                    f"--config={config}",
+                ]
+                procs[name] = subprocess.Popen(
+                    command,
+                    cwd=tmp_path,
+                    env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "paused").exists():
+                assert time.monotonic() < deadline, "training never reached round 2"
+                assert all(p.poll() is None for p in procs.values()), "a node exited early"
+                time.sleep(0.05)
+            ns.drop_all_but([coordinator.port])
+            cut_at = time.monotonic()
+            (tmp_path / "partitioned").touch()
+            results = wait_all(procs, timeout=CALCULATION_TIMEOUT + 60)
+            elapsed = time.monotonic() - cut_at
+        finally:
+            coordinator.drain(timeout=5)
+            coordinator.stop()
+    for name, r in results.items():
+        assert r.code != 0, f"{name} finished despite the partition:\n{r.stderr}"
+    assert elapsed < CALCULATION_TIMEOUT / 2, (
+        f"the partition was noticed only after {elapsed:.0f} s"
+    )
+    for name, r in results.items():  # the first report wins, and names the broken link
+        last = r.stderr.strip().splitlines()[-1]
+        assert "cannot deliver" in last and "'c1'" in last and "'h'" in last, f"{name}: {last}"
+        assert "network" in last, f"{name}: the message does not suggest the network: {last}"
