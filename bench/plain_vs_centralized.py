@@ -72,7 +72,10 @@ def federated_epoch_s(root: str) -> float:
 
 def main() -> None:
     root = os.environ.get("DATA_ROOT", "./data")
-    data.mnist(root, True)  # load (and, online, download) once before timing
+    try:
+        data.mnist(root, True)  # load (and, online, download) once before timing
+    except data.MnistMissing as exc:
+        raise SystemExit(f"plain_vs_centralized: {exc}") from None
     fed = federated_epoch_s(root)
     cen = centralized_epoch_s(root)
     print(f"federated epoch {fed:.2f} s, centralized epoch {cen:.2f} s", file=sys.stderr)

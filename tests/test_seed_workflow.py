@@ -57,3 +57,22 @@ def test_demo_with_heteronn_node_processes(tmp_path):
         (tmp_path / "demo" / "demo-host" / "mnist-halves" / "report.json").read_text()
     )
     assert report["final_test_loss"] < 2.3, report
+
+
+def test_demo_without_mnist_says_where_to_point_data_root(tmp_path):
+    """Offline with an empty DATA_ROOT (the likeliest first mistake): one clear line, before
+    any process starts; a closed proxy keeps the download failing even on a machine online."""
+    closed = "http://127.0.0.1:9"
+    env = {**ENV, "DATA_ROOT": str(tmp_path / "empty"), "http_proxy": closed, "https_proxy": closed}
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.mnist_halves.demo", "--rounds", "1"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"demo: MNIST is not under DATA_ROOT={tmp_path / 'empty'}")
+    assert "set DATA_ROOT to the folder that holds MNIST/raw" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

@@ -16,6 +16,10 @@ HOST_IDS = (range(0, 20_000), range(0, 5_000))
 COLLABORATOR_IDS = (range(10_000, 30_000), range(3_000, 7_000))
 
 
+class MnistMissing(RuntimeError):
+    """MNIST is neither under the data root nor downloadable (offline)."""
+
+
 def data_root() -> str:
     return os.environ.get("DATA_ROOT", "./data")
 
@@ -23,7 +27,15 @@ def data_root() -> str:
 @functools.lru_cache(maxsize=4)
 def mnist(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(images N x 1 x 28 x 28, normalized as in the seed; labels N)."""
-    dataset = torchvision.datasets.MNIST(root, train=train, download=True)
+    try:
+        dataset = torchvision.datasets.MNIST(root, train=train, download=True)
+    except RuntimeError as exc:  # torchvision's download error lists every mirror it tried
+        reason = str(exc).strip().splitlines()[-1].strip("<>")
+        raise MnistMissing(
+            f"MNIST is not under DATA_ROOT={root} and could not be downloaded ({reason}); "
+            "set DATA_ROOT to the folder that holds MNIST/raw, e.g. "
+            "`make demo DATA_ROOT=../shared/data`"
+        ) from None
     images = dataset.data.unsqueeze(1).float().div_(255.0)
     images = images.sub_(0.1307).div_(0.3081)
     return images, dataset.targets.clone()

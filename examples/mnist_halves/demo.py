@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from examples.mnist_halves import data
 from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 HOST, COLLABORATOR = "demo-host", "demo-collaborator"
@@ -50,6 +51,12 @@ def main() -> int:
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "./data"))
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     args = parser.parse_args()
+    try:  # before any process starts: a missing dataset is the user's first likely mistake
+        data.mnist(args.data_root, True)
+        data.mnist(args.data_root, False)
+    except data.MnistMissing as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     heteronn = [sys.executable, "-m", "party_node.cli"]
