@@ -45,7 +45,7 @@ lint: install
 
 # ---- deployment (docs/operations.md) ------------------------------------------------------
 certs: install
-	$(PY) -m wire.dev_certs --out certs --readable coordinator host collaborator
+	$(PY) -m wire.dev_certs --out certs --readable --client operator coordinator host collaborator
 
 image:
 	.ci/compose-e2e image

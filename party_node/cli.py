@@ -1,5 +1,6 @@
 """`heteronn` command: `node` runs a party, `coordinator` the coordinator service, `task`
-talks to a coordinator. Exit codes: 0 finished, 1 task failed, 2 bad configuration."""
+talks to a coordinator, `health` checks a process's gRPC health (container probes).
+Exit codes: 0 finished/serving, 1 task failed/not serving, 2 bad configuration."""
 
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ def _validation_message(exc: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"node", "coordinator", "task"}
+    commands = {"node", "coordinator", "task", "health"}
     if not argv or argv[0] not in commands:
-        print("usage: heteronn {node,coordinator,task} ...", file=sys.stderr)
+        print("usage: heteronn {node,coordinator,task,health} ...", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "node":
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.server import main as coordinator_main
 
         return coordinator_main(rest)
+    if command == "health":
+        from wire.health_probe import main as health_main
+
+        return health_main(rest)
     from services.task_cli import main as task_main
 
     return task_main(rest)

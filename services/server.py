@@ -4,19 +4,23 @@ deadline ticker, metrics endpoint; and the `heteronn coordinator` command."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
+from typing import Annotated, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from heteronn.v1 import coordinator_pb2_grpc
+from services.authz import CallerPolicy
 from services.broadcast import CommandHub
 from services.lifecycle import Lifecycle
 from services.metrics import CoordinatorMetrics
@@ -60,11 +64,46 @@ class CoordinatorSettings(BaseSettings):
     tls_ca_file: Path | None = Field(None, description="CA that signs every node's certificate")
     tls_cert_file: Path | None = Field(None, description="the coordinator's certificate")
     tls_key_file: Path | None = Field(None, description="the coordinator's private key")
+    operators: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["operator"],
+        description="certificate names (CN or SAN) allowed to create and cancel tasks and to "
+        "read every task under mutual TLS; a comma-separated list in the environment",
+    )
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _split_operators(cls, value: Any) -> Any:
+        """`operator,ops-bot` from the environment or the command line; a JSON list works too."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> CoordinatorSettings:
+        """Settings from a TOML file (its keys are the field names), the environment and
+        `overrides` (command-line options); the command line wins, then the file."""
+        data: dict[str, Any] = {}
+        if config is not None:
+            try:
+                data = tomllib.loads(Path(config).read_text())
+            except FileNotFoundError:
+                raise ValueError(f"config file {config} does not exist") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"config file {config} is not valid TOML: {exc}") from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
 
     def tls(self) -> TlsSettings:
         return TlsSettings(
             ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
         )
+
+    def policy(self) -> CallerPolicy:
+        """Caller checks by certificate name; none without TLS (plaintext, local only)."""
+        return CallerPolicy(self.operators, enabled=self.tls().enabled)
 
 
 class RunningCoordinator:
@@ -82,7 +121,7 @@ class RunningCoordinator:
             observer=CoordinatorMetrics(self.registry),
             min_liveness_s=settings.min_liveness_s,
         )
-        self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub)
+        self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub, settings.policy())
 
         def register(server: grpc.Server) -> list[str]:
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
@@ -169,14 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-ca", dest="tls_ca_file", help="CA bundle (mutual TLS)")
     parser.add_argument("--tls-cert", dest="tls_cert_file", help="certificate (mutual TLS)")
     parser.add_argument("--tls-key", dest="tls_key_file", help="private key (mutual TLS)")
+    parser.add_argument(
+        "--operators",
+        help="comma-separated certificate names allowed to create/cancel tasks (mTLS only; "
+        "default: operator)",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with coordinator settings")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
+    skip = ("log_level", "config")
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
     try:
-        settings = CoordinatorSettings(**overrides)
+        settings = CoordinatorSettings.load(args.config, **overrides)
         running = start_coordinator(settings)
     except (ValueError, OSError) as err:
         print(f"heteronn coordinator: {err}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The Coordinator gRPC servicer: translate, delegate to the lifecycle, map errors.
 
-No rules live here: each method converts the request with `services.serde`, calls the
-state machine and turns a `CoordinatorError` into a gRPC status with its message.
+No task rules live here: each method checks who may call it (`services.authz`), converts
+the request with `services.serde`, calls the state machine and turns a `CoordinatorError`
+into a gRPC status with its message.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 
 from heteronn.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from services import serde
+from services.authz import CallerPolicy, open_policy, visible
 from services.broadcast import CommandHub
 from services.errors import CoordinatorError
 from services.lifecycle import Lifecycle
@@ -40,9 +42,10 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, lifecycle: Lifecycle, hub: CommandHub):
+    def __init__(self, lifecycle: Lifecycle, hub: CommandHub, policy: CallerPolicy | None = None):
         self._lifecycle = lifecycle
         self._hub = hub
+        self._policy = policy or open_policy()
         self._watchers = 0
         self._watchers_lock = threading.Lock()
 
@@ -53,33 +56,40 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return self._watchers
 
     def CreateTask(self, request, context):
+        self._policy.require_operator(context, "CreateTask")
         spec = serde.spec_from_proto(request.spec)
         task = _call(context, lambda: self._lifecycle.create_task(spec))
         return serde.task_to_proto(task)
 
     def GetTask(self, request, context):
         task = _call(context, lambda: self._lifecycle.get_task(request.task_id))
+        self._policy.require_reader(context, "GetTask", task)
         return serde.task_to_proto(task)
 
     def ListTasks(self, request, context):
-        tasks = self._lifecycle.list_tasks()
+        caller = self._policy.caller(context)
+        tasks = visible(caller, self._lifecycle.list_tasks())
         return coordinator_pb2.ListTasksResponse(tasks=[serde.task_to_proto(t) for t in tasks])
 
     def CancelTask(self, request, context):
+        self._policy.require_operator(context, "CancelTask")
         task = _call(context, lambda: self._lifecycle.cancel_task(request.task_id, request.reason))
         return serde.task_to_proto(task)
 
     def JoinTask(self, request, context):
+        self._policy.require_node(context, "JoinTask", request.node.node_id)
         node = serde.join_from_proto(request)
         task = _call(context, lambda: self._lifecycle.join(request.task_id, node))
         return coordinator_pb2.JoinResponse(task=serde.task_to_proto(task))
 
     def ReportPhase(self, request, context):
+        self._policy.require_node(context, "ReportPhase", request.node_id)
         report = serde.report_from_proto(request)
         _call(context, lambda: self._lifecycle.report(report))
         return common_pb2.Ack()
 
     def Heartbeat(self, request, context):
+        self._policy.require_node(context, "Heartbeat", request.node_id)
         _call(context, lambda: self._lifecycle.heartbeat(request.task_id, request.node_id))
         return common_pb2.Ack()
 
@@ -87,6 +97,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[coordinator_pb2.PhaseCommand]:
         """Current command first (replay), then each new one; ends after a terminal one."""
+        if request.node_id:
+            self._policy.require_node(context, "WatchTask", request.node_id)
+        else:  # an anonymous watcher only reads: operators and participants
+            task = _call(context, lambda: self._lifecycle.get_task(request.task_id))
+            self._policy.require_reader(context, "WatchTask", task)
         _call(context, lambda: self._lifecycle.check_watch(request.task_id, request.node_id))
         gone = threading.Event()
 

@@ -1,13 +1,18 @@
 """`heteronn task create|get|list|cancel --coordinator ADDR ...`: operate tasks by hand.
 
 Prints each TaskInfo as JSON; a gRPC error prints its status and message and exits 1.
+Under mutual TLS, create and cancel need an operator's certificate (a name in the
+coordinator's `operators` setting); `--tls-*` options default to HETERONN_TASK_TLS_CA_FILE,
+HETERONN_TASK_TLS_CERT_FILE and HETERONN_TASK_TLS_KEY_FILE so an operator sets them once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -28,24 +33,50 @@ def _subcommand_first(argv: list[str]) -> list[str]:
     return argv
 
 
-def _connection_options() -> argparse.ArgumentParser:
+def _defaults(env: Mapping[str, str]) -> dict[str, object]:
+    """Connection defaults; TLS files from the environment (an operator's shell or a Job)."""
+
+    def path(name: str) -> Path | None:
+        value = env.get(f"HETERONN_TASK_{name}")
+        return Path(value) if value else None
+
+    return {
+        "coordinator": env.get("HETERONN_TASK_COORDINATOR") or "127.0.0.1:50051",
+        "tls_ca": path("TLS_CA_FILE"),
+        "tls_cert": path("TLS_CERT_FILE"),
+        "tls_key": path("TLS_KEY_FILE"),
+        "server_name": env.get("HETERONN_TASK_SERVER_NAME") or "coordinator",
+        "timeout": 10.0,
+    }
+
+
+def _connection_options(defaults: dict[str, object]) -> argparse.ArgumentParser:
     """Accepted before or after the subcommand (`task --coordinator X create` or
     `task create --coordinator X`)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--coordinator", default="127.0.0.1:50051", help="coordinator host:port")
+    common.add_argument("--coordinator", help="coordinator host:port (default 127.0.0.1:50051)")
     common.add_argument("--tls-ca", type=Path, help="CA bundle (mutual TLS)")
-    common.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    common.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="client certificate (mutual TLS; an operator's for create/cancel)",
+    )
     common.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
-    common.add_argument("--timeout", type=float, default=10.0, help="RPC deadline in seconds")
+    common.add_argument(
+        "--server-name",
+        help="name expected in the coordinator's certificate, whatever address is dialled "
+        "(default: coordinator, as nodes expect)",
+    )
+    common.add_argument("--timeout", type=float, help="RPC deadline in seconds (default 10)")
+    common.set_defaults(**defaults)
     return common
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = _connection_options()
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    defaults = _defaults(env)
+    common = _connection_options(defaults)
     parser = argparse.ArgumentParser(prog="heteronn task", description=__doc__)
-    parser.set_defaults(
-        coordinator="127.0.0.1:50051", tls_ca=None, tls_cert=None, tls_key=None, timeout=10.0
-    )
+    parser.set_defaults(**defaults)
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser(
         "create", parents=[common], help="create a task (or a new attempt with --recover)"
@@ -67,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_error(err: ValueError) -> str:
+    """The message of a pydantic validation error without its framing."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        return "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in errors())
+    return str(err)
+
+
 def _show(message: object) -> None:
     print(
         json.dumps(
@@ -76,10 +115,16 @@ def _show(message: object) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_subcommand_first(sys.argv[1:] if argv is None else argv))
-    tls = TlsSettings(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
-    with open_channel(args.coordinator, tls=tls) as channel:
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run one subcommand; exit 0 on success, 1 on a gRPC error, 2 on bad TLS options."""
+    parser = _parser(os.environ if env is None else env)
+    args = parser.parse_args(_subcommand_first(sys.argv[1:] if argv is None else argv))
+    try:
+        tls = TlsSettings(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
+    except ValueError as err:
+        print(f"heteronn task {args.command}: {_first_error(err)}", file=sys.stderr)
+        return 2
+    with open_channel(args.coordinator, tls=tls, server_name=args.server_name) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         t = args.timeout
         try:

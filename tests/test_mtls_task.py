@@ -19,6 +19,7 @@ def test_task_over_mutual_tls(tmp_path):
     certs = tmp_path / "certs"
     for name in ("coordinator", "h", "c1"):
         dev_certs.issue(certs, name)
+    dev_certs.issue(certs, "operator", client_only=True)
     ca = certs / "ca.crt"
 
     def tls(name: str) -> dict:
@@ -32,7 +33,9 @@ def test_task_over_mutual_tls(tmp_path):
         CoordinatorSettings(listen="127.0.0.1:0", db=":memory:", **tls("coordinator"))
     )
     try:
-        client_tls = TlsSettings(ca_file=ca, cert_file=certs / "h.crt", key_file=certs / "h.key")
+        client_tls = TlsSettings(
+            ca_file=ca, cert_file=certs / "operator.crt", key_file=certs / "operator.key"
+        )
         with open_channel(coordinator.address, client_tls, server_name="coordinator") as ch:
             spec = coordinator_pb2.TaskSpec(
                 task_id="tls",

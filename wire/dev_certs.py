@@ -3,7 +3,9 @@
 `python -m wire.dev_certs --out certs coordinator host bank` (what `make certs` runs) writes
 ``certs/ca.crt`` and ``certs/<name>.{crt,key}``. Each node certificate carries the node id as
 CN and DNS SAN (peers are authorised by that name, see wire.peer_auth) plus ``localhost`` and
-``127.0.0.1`` so loopback deployments verify too. It shells out to the openssl CLI rather
+``127.0.0.1`` so loopback deployments verify too. `--client operator` adds a client-only
+certificate for a person or service that operates tasks (`heteronn task`; the coordinator
+lets it in through its `operators` setting). It shells out to the openssl CLI rather
 than adding a Python crypto dependency. Not for production: the CA key sits beside the certs.
 """
 
@@ -59,10 +61,17 @@ def _san(name: str, extra: Sequence[str]) -> str:
     return ",".join(entries)
 
 
-def issue(out: Path, name: str, extra_names: Sequence[str] = ()) -> tuple[Path, Path]:
+def _client_san(name: str) -> str:
+    return f"DNS:{name}"
+
+
+def issue(
+    out: Path, name: str, extra_names: Sequence[str] = (), client_only: bool = False
+) -> tuple[Path, Path]:
     """Certificate and key for node `name` signed by the CA in `out` (created if missing);
     usable as both TLS server and client. `extra_names` add SANs (e.g. a Kubernetes service
-    DNS name)."""
+    DNS name). `client_only`: an operator's certificate, which never serves, so it carries
+    only clientAuth and its own name (no loopback SANs)."""
     ca_cert, ca_key = create_ca(out)
     cert, key = out / f"{name}.crt", out / f"{name}.key"
     _new_key(key)
@@ -72,8 +81,8 @@ def issue(out: Path, name: str, extra_names: Sequence[str] = ()) -> tuple[Path, 
             "[v3]\n"
             "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth,clientAuth\n"
-            f"subjectAltName={_san(name, extra_names)}\n"
+            f"extendedKeyUsage={'clientAuth' if client_only else 'serverAuth,clientAuth'}\n"
+            f"subjectAltName={_client_san(name) if client_only else _san(name, extra_names)}\n"
         )
         _openssl("req", "-new", "-key", str(key), "-out", str(csr), "-subj", f"/CN={name}")
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
@@ -88,20 +97,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m wire.dev_certs",
         description="Create a development CA and per-node mTLS certificates.",
     )
-    parser.add_argument("names", nargs="*", default=list(DEFAULT_NAMES),
-                        help="node ids (certificate CN/SAN); default: %(default)s")
+    parser.add_argument("names", nargs="*", default=[],
+                        help=f"node ids (certificate CN/SAN); default: {' '.join(DEFAULT_NAMES)} "
+                        "(unless only --client is given)")
     parser.add_argument("--out", type=Path, default=Path("certs"), help="output folder")
     parser.add_argument("--dns", action="append", default=[],
                         help="extra SAN added to every certificate (repeatable)")
+    parser.add_argument("--client", action="append", default=[], metavar="NAME",
+                        help="also issue a client-only certificate, e.g. for the operator "
+                        "running `heteronn task` (repeatable)")
     parser.add_argument("--readable", action="store_true",
                         help="make keys group/other-readable (containers running as another uid)")
     args = parser.parse_args(argv)
     create_ca(args.out)
-    for name in args.names:
-        _cert, key = issue(args.out, name, args.dns)
+    names = args.names or ([] if args.client else list(DEFAULT_NAMES))
+    jobs = [(n, False) for n in names] + [(n, True) for n in args.client]
+    for name, client_only in jobs:
+        _cert, key = issue(args.out, name, args.dns, client_only=client_only)
         if args.readable:
             os.chmod(key, 0o644)
-        print(f"{args.out / name}.crt  (CN={name})")
+        kind = ", client only" if client_only else ""
+        print(f"{args.out / name}.crt  (CN={name}{kind})")
     print(f"{args.out / 'ca.crt'}  (CA; keep ca.key private)")
     return 0
 

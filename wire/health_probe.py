@@ -2,7 +2,8 @@
 
 Kubernetes' built-in gRPC probe and plain TCP checks cannot speak mutual TLS, so the image's
 HEALTHCHECK and the chart's probes run this instead, with the process's own certificate:
-`python -m wire.health_probe` (proposed CLI spelling: `heteronn health`). Exit 0 when SERVING.
+`heteronn health [ADDRESS]` (or `python -m wire.health_probe`). Exit 0 when SERVING, else 1
+with one line on stderr saying why.
 
 Defaults come from the environment the node or coordinator already has: the port of
 HETERONN_NODE_LISTEN / HETERONN_COORDINATOR_LISTEN and the matching TLS_*_FILE variables.
@@ -71,8 +72,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     defaults = _env_defaults(env)
     parser = argparse.ArgumentParser(prog="heteronn health", description=__doc__.splitlines()[0])
-    parser.add_argument("--address", default=env.get("HETERONN_HEALTH_ADDRESS")
-                        or defaults["address"])
+    default_address = env.get("HETERONN_HEALTH_ADDRESS") or defaults["address"]
+    parser.add_argument("address", nargs="?", help=f"HOST:PORT (default {default_address}: "
+                        "this process's own port)")
+    parser.add_argument("--address", dest="address_option", help="the same as ADDRESS")
     parser.add_argument("--service", default="", help="service name; '' = the whole process")
     parser.add_argument("--tls-ca", default=defaults["ca"])
     parser.add_argument("--tls-cert", default=defaults["cert"])
@@ -81,17 +84,28 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                         help="name expected in the server certificate (default: own node id)")
     parser.add_argument("--timeout", type=float, default=15.0, help="RPC deadline, seconds")
     args = parser.parse_args(argv)
+    address = args.address or args.address_option or default_address
     tls = None
-    if args.tls_ca:
-        tls = TlsSettings(ca_file=Path(args.tls_ca), cert_file=Path(args.tls_cert),
-                          key_file=Path(args.tls_key))
     try:
-        status = check(args.address, tls, args.service, args.timeout, args.server_name)
+        if args.tls_ca:
+            tls = TlsSettings(ca_file=Path(args.tls_ca),
+                              cert_file=Path(args.tls_cert) if args.tls_cert else None,
+                              key_file=Path(args.tls_key) if args.tls_key else None)
+        status = check(address, tls, args.service, args.timeout, args.server_name)
     except grpc.RpcError as error:
-        print(f"{args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
-    print(f"{args.address}: {status}")
-    return 0 if status == "SERVING" else 1
+        return _fail(f"{address}: {error.code().name}: {error.details()}")
+    except ValueError as error:  # incomplete or missing TLS files
+        return _fail(f"{address}: bad TLS options: {error}")
+    if status != "SERVING":
+        return _fail(f"{address}: {status}")
+    print(f"{address}: {status}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    """One line on stderr (container runtimes keep only the start of probe output)."""
+    print(" ".join(message.split()), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ prometheus.io/path: /metrics
 {{/* exec probe running the gRPC health check with the pod's own certificate. */}}
 {{- define "heteronn.probe" -}}
 exec:
-  command: ["python", "-m", "wire.health_probe"]
+  command: ["heteronn", "health"]
 periodSeconds: {{ .Values.probes.periodSeconds }}
 timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
 failureThreshold: {{ .Values.probes.failureThreshold }}
@@ -63,7 +63,7 @@ failureThreshold: {{ .Values.probes.failureThreshold }}
 {{/* The same check while the process starts (importing torch takes a while). */}}
 {{- define "heteronn.startupProbe" -}}
 exec:
-  command: ["python", "-m", "wire.health_probe"]
+  command: ["heteronn", "health"]
 periodSeconds: 5
 timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
 failureThreshold: {{ .Values.probes.startupFailureThreshold }}

@@ -1,0 +1,122 @@
+"""Who may call which coordinator RPC, by the name in the caller's TLS certificate.
+
+Mutual TLS only proves that a caller holds a certificate from the deployment's CA, and every
+party node holds one. Without these rules any node could cancel any task or report phases in
+another node's name. Rules (under mutual TLS; in plaintext mode everything is allowed):
+
+- CreateTask, CancelTask: only identities listed in the coordinator setting `operators`.
+- JoinTask, ReportPhase, Heartbeat, WatchTask naming a node: the certificate must name that
+  node (its node_id); operators get no exception, they do not act for nodes.
+- GetTask, WatchTask without a node id: operators, or participants of that task.
+- ListTasks: operators see every task, anyone else only the tasks it participates in.
+
+A certificate's identities are its CN and its subject alternative names, as in
+wire.peer_auth (the node side applies the same reading).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from services.domain import Task
+from wire.peer_auth import peer_identities
+
+SETTING_HINT = (
+    "the coordinator setting `operators` (HETERONN_COORDINATOR_OPERATORS or "
+    "`heteronn coordinator --operators`)"
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller of one RPC; `names` is empty in plaintext mode."""
+
+    cn: str
+    names: frozenset[str]
+    operator: bool
+    checked: bool
+
+    @property
+    def shown(self) -> str:
+        """The name quoted in messages: the CN, else the first SAN."""
+        return self.cn or min(self.names, default="")
+
+    def may_read(self, task: Task) -> bool:
+        """Operators read every task; a node reads the tasks it participates in."""
+        if not self.checked or self.operator:
+            return True
+        return any(name in self.names for name in task.spec.participants)
+
+
+class CallerPolicy:
+    """Applies the rules above; `enabled` is False when the coordinator runs without TLS."""
+
+    def __init__(self, operators: Iterable[str], enabled: bool) -> None:
+        self.operators = frozenset(operators)
+        self.enabled = enabled
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        """Who is calling; aborts UNAUTHENTICATED under TLS if the peer presented no name."""
+        if not self.enabled:
+            return Caller("", frozenset(), operator=True, checked=False)
+        cn, sans = peer_identities(context)
+        names = frozenset(n for n in (cn, *sans) if n)
+        if not names:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the connection carries no client certificate; the coordinator requires mutual "
+                "TLS (give the caller --tls-ca, --tls-cert and --tls-key)",
+            )
+        return Caller(cn, names, operator=bool(names & self.operators), checked=True)
+
+    def require_operator(self, context: grpc.ServicerContext, method: str) -> Caller:
+        """Aborts PERMISSION_DENIED unless the caller is listed in `operators`."""
+        caller = self.caller(context)
+        if not caller.operator:
+            allowed = ", ".join(sorted(self.operators)) or "none"
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method}: certificate '{caller.shown}' is not an operator of this coordinator "
+                f"(operators: {allowed}); call with an operator's certificate "
+                f"(heteronn task --tls-cert/--tls-key) or add '{caller.shown}' to "
+                f"{SETTING_HINT}",
+            )
+        return caller
+
+    def require_node(self, context: grpc.ServicerContext, method: str, node_id: str) -> Caller:
+        """Aborts PERMISSION_DENIED unless the caller's certificate names `node_id`."""
+        caller = self.caller(context)
+        if caller.checked and node_id not in caller.names:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method}: certificate '{caller.shown}' may not act as node '{node_id}'; a node "
+                f"calls the coordinator with its own certificate, whose CN is its node_id "
+                f"(set node_id = '{caller.shown}' or use the certificate issued to "
+                f"'{node_id}')",
+            )
+        return caller
+
+    def require_reader(self, context: grpc.ServicerContext, method: str, task: Task) -> None:
+        """Aborts PERMISSION_DENIED unless the caller is an operator or a participant."""
+        caller = self.caller(context)
+        if not caller.may_read(task):
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method}: certificate '{caller.shown}' is neither an operator nor a "
+                f"participant of task '{task.task_id}' "
+                f"(participants: {', '.join(task.spec.participants)}); operators are listed in "
+                f"{SETTING_HINT}",
+            )
+
+
+def open_policy() -> CallerPolicy:
+    """Plaintext mode: no certificates, no checks (local demos and tests)."""
+    return CallerPolicy((), enabled=False)
+
+
+def visible(caller: Caller, tasks: Collection[Task]) -> list[Task]:
+    """The tasks `caller` may see in a listing."""
+    return [t for t in tasks if caller.may_read(t)]

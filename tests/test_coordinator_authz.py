@@ -1,0 +1,220 @@
+"""Who may call the coordinator under mutual TLS: real gRPC on loopback, real certificates
+from wire.dev_certs. Operators (the `operators` setting) create and cancel tasks; a node acts
+only as the node its certificate names; reads are for operators and participants."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from heteronn.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from services import task_cli
+from services.server import CoordinatorSettings, RunningCoordinator, start_coordinator
+from wire import dev_certs
+from wire.grpc_factory import open_channel
+from wire.tls import TlsSettings
+
+P = coordinator_pb2
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    assert (
+        dev_certs.main(
+            ["--out", str(out), "--client", "operator", "coordinator", "h", "c1", "mallory"]
+        )
+        == 0
+    )
+    return out
+
+
+def _tls(certs: Path, name: str) -> TlsSettings:
+    return TlsSettings(
+        ca_file=certs / "ca.crt", cert_file=certs / f"{name}.crt", key_file=certs / f"{name}.key"
+    )
+
+
+@pytest.fixture
+def coordinator(certs: Path) -> Iterator[RunningCoordinator]:
+    tls = _tls(certs, "coordinator")
+    running = start_coordinator(
+        CoordinatorSettings(
+            listen="127.0.0.1:0",
+            db=":memory:",
+            tls_ca_file=tls.ca_file,
+            tls_cert_file=tls.cert_file,
+            tls_key_file=tls.key_file,
+            operators=["operator"],
+        )
+    )
+    yield running
+    running.stop(0)
+
+
+def _cli(certs: Path, coordinator: RunningCoordinator, name: str, *args: str) -> list[str]:
+    return [
+        "--coordinator",
+        coordinator.address,
+        "--tls-ca",
+        str(certs / "ca.crt"),
+        "--tls-cert",
+        str(certs / f"{name}.crt"),
+        "--tls-key",
+        str(certs / f"{name}.key"),
+        *args,
+    ]
+
+
+def _create(task_id: str = "t") -> list[str]:
+    return ["create", "--task-id", task_id, "--participants", "h,c1"]
+
+
+def _stub(certs: Path, coordinator: RunningCoordinator, name: str) -> tuple:
+    channel = open_channel(coordinator.address, _tls(certs, name), server_name="coordinator")
+    return channel, coordinator_pb2_grpc.CoordinatorStub(channel)
+
+
+def test_node_certificate_cannot_create_or_cancel(certs, coordinator, capsys):
+    assert task_cli.main(_cli(certs, coordinator, "h", *_create())) == 1
+    err = capsys.readouterr().err
+    assert "heteronn task create: PERMISSION_DENIED" in err
+    assert "certificate 'h' is not an operator" in err and "(operators: operator)" in err
+    assert "HETERONN_COORDINATOR_OPERATORS" in err and "--operators" in err
+    assert coordinator.lifecycle.list_tasks() == []
+
+    assert task_cli.main(_cli(certs, coordinator, "operator", *_create())) == 0
+    capsys.readouterr()
+    assert task_cli.main(_cli(certs, coordinator, "c1", "cancel", "--task-id", "t")) == 1
+    err = capsys.readouterr().err
+    assert "heteronn task cancel: PERMISSION_DENIED" in err and "'c1' is not an operator" in err
+    assert coordinator.lifecycle.get_task("t").phase.name == "WAITING_FOR_NODES"
+
+
+def test_operator_certificate_creates_reads_and_cancels(certs, coordinator, capsys):
+    assert task_cli.main(_cli(certs, coordinator, "operator", *_create())) == 0
+    assert '"task_id": "t"' in capsys.readouterr().out
+    assert task_cli.main(_cli(certs, coordinator, "operator", "list")) == 0
+    assert '"task_id": "t"' in capsys.readouterr().out
+    argv = _cli(certs, coordinator, "operator", "cancel", "--task-id", "t", "--reason", "oops")
+    assert task_cli.main(argv) == 0
+    assert "cancelled by operator: oops" in capsys.readouterr().out
+    assert coordinator.lifecycle.get_task("t").phase.name == "FAILED"
+
+
+def test_operators_setting_and_tls_files_from_environment(certs, coordinator, capsys, monkeypatch):
+    """The task CLI takes its certificate from HETERONN_TASK_TLS_*; the coordinator reads
+    `operators` as a comma-separated environment variable."""
+    env = {
+        "HETERONN_TASK_COORDINATOR": coordinator.address,
+        "HETERONN_TASK_TLS_CA_FILE": str(certs / "ca.crt"),
+        "HETERONN_TASK_TLS_CERT_FILE": str(certs / "operator.crt"),
+        "HETERONN_TASK_TLS_KEY_FILE": str(certs / "operator.key"),
+    }
+    assert task_cli.main(_create("env"), env=env) == 0
+    assert '"task_id": "env"' in capsys.readouterr().out
+    monkeypatch.setenv("HETERONN_COORDINATOR_OPERATORS", "ops-bot, h")
+    assert CoordinatorSettings().operators == ["ops-bot", "h"]
+    monkeypatch.setenv("HETERONN_COORDINATOR_OPERATORS", '["ops-bot"]')
+    assert CoordinatorSettings().operators == ["ops-bot"]
+
+
+def test_node_cannot_act_as_another_node(certs, coordinator):
+    with open_channel(
+        coordinator.address, _tls(certs, "operator"), server_name="coordinator"
+    ) as ch:
+        coordinator_pb2_grpc.CoordinatorStub(ch).CreateTask(
+            P.CreateTaskRequest(
+                spec=P.TaskSpec(
+                    task_id="t",
+                    participants=["h", "c1"],
+                    schedule_timeout_s=30,
+                    calculation_timeout_s=30,
+                )
+            ),
+            timeout=5,
+        )
+    channel, h = _stub(certs, coordinator, "h")
+    as_c1 = P.ParticipantInfo(
+        node_id="c1", role=common_pb2.ROLE_COLLABORATOR, feature_key="k", address="127.0.0.1:1"
+    )
+    calls = {
+        "JoinTask": lambda: h.JoinTask(P.JoinRequest(task_id="t", node=as_c1), timeout=5),
+        "ReportPhase": lambda: h.ReportPhase(
+            P.PhaseReport(task_id="t", node_id="c1", error="forged failure"), timeout=5
+        ),
+        "Heartbeat": lambda: h.Heartbeat(P.HeartbeatRequest(task_id="t", node_id="c1"), timeout=5),
+        "WatchTask": lambda: next(
+            iter(h.WatchTask(P.WatchRequest(task_id="t", node_id="c1"), timeout=5))
+        ),
+    }
+    try:
+        for method, call in calls.items():
+            with pytest.raises(grpc.RpcError) as error:
+                call()
+            assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+            details = error.value.details()
+            assert f"{method}: certificate 'h' may not act as node 'c1'" in details, details
+        assert coordinator.lifecycle.get_task("t").phase.name == "WAITING_FOR_NODES"
+        # as itself the same node is served
+        as_h = P.ParticipantInfo(
+            node_id="h", role=common_pb2.ROLE_HOST, feature_key="kh", address="127.0.0.1:2"
+        )
+        assert h.JoinTask(P.JoinRequest(task_id="t", node=as_h), timeout=5).task.spec.task_id == "t"
+        h.Heartbeat(P.HeartbeatRequest(task_id="t", node_id="h"), timeout=5)
+        first = next(iter(h.WatchTask(P.WatchRequest(task_id="t", node_id="h"), timeout=5)))
+        assert first.phase == P.PHASE_WAITING_FOR_NODES
+    finally:
+        channel.close()
+
+
+def test_reads_are_for_operators_and_participants(certs, coordinator):
+    op_channel, op = _stub(certs, coordinator, "operator")
+    mal_channel, mallory = _stub(certs, coordinator, "mallory")
+    h_channel, h = _stub(certs, coordinator, "h")
+    try:
+        for task_id, nodes in (("ours", ["h", "c1"]), ("theirs", ["c1", "mallory"])):
+            op.CreateTask(
+                P.CreateTaskRequest(
+                    spec=P.TaskSpec(
+                        task_id=task_id,
+                        participants=nodes,
+                        schedule_timeout_s=30,
+                        calculation_timeout_s=30,
+                    )
+                ),
+                timeout=5,
+            )
+        listed = {t.spec.task_id for t in op.ListTasks(P.ListTasksRequest(), timeout=5).tasks}
+        assert listed == {"ours", "theirs"}
+        assert [t.spec.task_id for t in h.ListTasks(P.ListTasksRequest(), timeout=5).tasks] == [
+            "ours"
+        ]
+        assert h.GetTask(P.GetTaskRequest(task_id="ours"), timeout=5).spec.task_id == "ours"
+        with pytest.raises(grpc.RpcError) as error:
+            mallory.GetTask(P.GetTaskRequest(task_id="ours"), timeout=5)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'mallory' is neither an operator nor a participant of task 'ours'" in (
+            error.value.details()
+        )
+        with pytest.raises(grpc.RpcError) as error:  # an anonymous watch is a read too
+            next(iter(mallory.WatchTask(P.WatchRequest(task_id="ours"), timeout=5)))
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        watched = next(iter(op.WatchTask(P.WatchRequest(task_id="ours"), timeout=5)))
+        assert watched.task_id == "ours"
+    finally:
+        for channel in (op_channel, mal_channel, h_channel):
+            channel.close()
+
+
+def test_plaintext_coordinator_checks_no_names():
+    """Without TLS (local demos, tests) every caller may do everything, as before."""
+    running = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=":memory:"))
+    try:
+        assert task_cli.main(["--coordinator", running.address, *_create()]) == 0
+        assert task_cli.main(["--coordinator", running.address, "cancel", "--task-id", "t"]) == 0
+    finally:
+        running.stop(0)
