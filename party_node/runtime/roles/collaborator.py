@@ -9,7 +9,7 @@ import torch
 
 from party_node.runtime.errors import ConfigError, TaskFailed
 from party_node.runtime.links import Message, Participant
-from party_node.runtime.roles.base import Role, check_features
+from party_node.runtime.roles.base import Role, check_features, evaluating
 
 
 class CollaboratorRole(Role):
@@ -73,19 +73,13 @@ class CollaboratorRole(Role):
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
         host = self.host
-        s.feature_model.eval()
-        try:
-            with torch.no_grad():
-                count = 0
-                for b, item in self.batches(
-                    s.iterate_test_feature(s.feature_model, self.test_ids), "iterate_test_feature"
-                ):
-                    features = check_features(item, "iterate_test_feature")
-                    self.send_test_batch(host, b, features)
-                    count = b + 1
-                self.send_end(host.node_id, "test.features", 0, count)
-        finally:
-            s.feature_model.train()
+        with evaluating(s.feature_model):
+            count = 0
+            for b, item in self.test_batches():
+                features = check_features(item, "iterate_test_feature")
+                self.send_test_batch(host, b, features)
+                count = b + 1
+            self.send_end(host.node_id, "test.features", 0, count)
         return {}
 
     def send_test_batch(self, host: Participant, b: int, features: torch.Tensor) -> None:

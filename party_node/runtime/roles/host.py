@@ -15,7 +15,7 @@ import torch
 from party_node.runtime.errors import ConfigError, TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
-from party_node.runtime.roles.base import Role, check_features
+from party_node.runtime.roles.base import Role, check_features, evaluating
 
 
 class FeatureProjection(dict):
@@ -178,29 +178,17 @@ class HostRole(Role):
     # ---- evaluation ----------------------------------------------------------------------------
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
-        s.feature_model.eval()
-        s.infer_model.eval()
-        try:
-            with torch.no_grad():
-                own = [
-                    self.unpack(item, "iterate_test_feature")
-                    for _, item in self.batches(
-                        s.iterate_test_feature(s.feature_model, self.test_ids),
-                        "iterate_test_feature",
-                    )
-                ]
-                projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
-                self.collect_test_features(projections, [f.shape[0] for f, _ in own])
-                labels = [lbl for _, lbl in own]
-                writer = s.tb_writer
-                writer.last_scalars.clear()
-                with self.watchdog.local(f"run_test (round {round_no})"):
-                    s.run_test(projections, labels)
-                writer.flush()
-                return test_metrics(writer.last_scalars)
-        finally:
-            s.feature_model.train()
-            s.infer_model.train()
+        with evaluating(s.feature_model, s.infer_model):
+            own = [self.unpack(item, "iterate_test_feature") for _, item in self.test_batches()]
+            projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
+            self.collect_test_features(projections, [f.shape[0] for f, _ in own])
+            labels = [lbl for _, lbl in own]
+            writer = s.tb_writer
+            writer.last_scalars.clear()
+            with self.watchdog.local(f"run_test (round {round_no})"):
+                s.run_test(projections, labels)
+            writer.flush()
+            return test_metrics(writer.last_scalars)
 
     def collect_test_features(self, projections: list[dict], rows: list[int]) -> None:
         for peer in self.collaborators:

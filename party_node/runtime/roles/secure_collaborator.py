@@ -11,7 +11,7 @@ import torch
 
 from party_node.runtime.errors import ConfigError
 from party_node.runtime.outputs import atomic_torch_save
-from party_node.runtime.roles.base import check_features
+from party_node.runtime.roles.base import check_features, evaluating
 from party_node.runtime.roles.collaborator import CollaboratorRole
 from party_node.runtime.roles.secure_common import SecureExchange, protocol_errors
 from party_node.secure import SecureCollaboratorLayer, check_feature_width
@@ -93,18 +93,10 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
         host = self.host
-        s.feature_model.eval()
-        try:
-            with torch.no_grad():
-                parts = [
-                    check_features(item, "iterate_test_feature")
-                    for _, item in self.batches(
-                        s.iterate_test_feature(s.feature_model, self.test_ids),
-                        "iterate_test_feature",
-                    )
-                ]
-        finally:
-            s.feature_model.train()
+        with evaluating(s.feature_model):
+            parts = [
+                check_features(item, "iterate_test_feature") for _, item in self.test_batches()
+            ]
         if not parts:
             raise ConfigError("iterate_test_feature yielded no batches; check test_ids/batch_size")
         features = torch.cat(parts)
