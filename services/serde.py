@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from heteronn.v1 import coordinator_pb2
 from services.domain import Command, Participant, Phase, Report, Role, Task, TaskSpec
+from wire.coordinator_records import participant_fields, participant_info, report_fields
 
 
 def spec_to_proto(spec: TaskSpec) -> coordinator_pb2.TaskSpec:
@@ -32,25 +33,15 @@ def spec_from_proto(msg: coordinator_pb2.TaskSpec) -> TaskSpec:
 
 
 def participant_to_proto(p: Participant) -> coordinator_pb2.ParticipantInfo:
-    return coordinator_pb2.ParticipantInfo(
-        node_id=p.node_id,
-        role=int(p.role),
-        feature_key=p.feature_key,
-        address=p.address,
-        joined=p.joined,
-        checkpoint_round=p.checkpoint_round,
-    )
+    return participant_info(p, int(p.role), joined=p.joined)
 
 
 def join_from_proto(msg: coordinator_pb2.JoinRequest) -> Participant:
     """The joining node as a Participant (not yet marked joined)."""
     n = msg.node
     return Participant(
-        node_id=n.node_id,
         role=Role(n.role) if n.role in Role._value2member_map_ else Role.UNSPECIFIED,
-        feature_key=n.feature_key,
-        address=n.address,
-        checkpoint_round=n.checkpoint_round,
+        **participant_fields(n),
         schedule_timeout_s=msg.schedule_timeout_s,
         calculation_timeout_s=msg.calculation_timeout_s,
         agreement=dict(msg.agreement),
@@ -74,15 +65,7 @@ def report_from_proto(msg: coordinator_pb2.PhaseReport) -> Report:
         task_id=msg.task_id,
         node_id=msg.node_id,
         phase=Phase(msg.phase) if msg.phase in Phase._value2member_map_ else Phase.UNSPECIFIED,
-        round=msg.round,
-        error=msg.error,
-        train_size=msg.train_size,
-        test_size=msg.test_size,
-        split_digest=msg.split_digest,
-        finished=msg.finished,
-        test_requested=msg.test_requested,
-        checkpoint_round=msg.checkpoint_round,
-        metrics=dict(msg.metrics),
+        **report_fields(msg),
     )
 
 

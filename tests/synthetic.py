@@ -77,13 +77,10 @@ class Faults:
         return name in self.spec and int(self.spec[name]) == round_no
 
 
-class SynthHost(HeteroNNHostScheduler):
-    def __init__(
-        self, node: str, keys: list[str], batch_size: int, rounds: int, faults: Faults, **kwargs
-    ):
-        super().__init__(feature_key=node, max_rounds=rounds, log_rounds=1, **kwargs)
-        self.node, self.keys, self.batch_size, self.faults = node, keys, batch_size, faults
-        self.x, self.y = columns(node), labels()
+class SynthParty:
+    """What the synthetic host and collaborator do alike: ids, split, feature model."""
+
+    node: str
 
     def load_local_ids(self):
         return all_ids()
@@ -96,6 +93,15 @@ class SynthHost(HeteroNNHostScheduler):
 
     def build_feature_optimizer(self, feature_model):
         return make_optimizer(feature_model)
+
+
+class SynthHost(SynthParty, HeteroNNHostScheduler):
+    def __init__(
+        self, node: str, keys: list[str], batch_size: int, rounds: int, faults: Faults, **kwargs
+    ):
+        super().__init__(feature_key=node, max_rounds=rounds, log_rounds=1, **kwargs)
+        self.node, self.keys, self.batch_size, self.faults = node, keys, batch_size, faults
+        self.x, self.y = columns(node), labels()
 
     def build_infer_model(self):
         return infer_model(len(self.keys))
@@ -135,23 +141,11 @@ class SynthHost(HeteroNNHostScheduler):
         self.tb_writer.add_scalar("test/accuracy", correct / total, self.current_round)
 
 
-class SynthCollaborator(HeteroNNCollaboratorScheduler):
+class SynthCollaborator(SynthParty, HeteroNNCollaboratorScheduler):
     def __init__(self, node: str, batch_size: int, faults: Faults, **kwargs):
         super().__init__(feature_key=node, **kwargs)
         self.node, self.batch_size, self.faults = node, batch_size, faults
         self.x = columns(node)
-
-    def load_local_ids(self):
-        return all_ids()
-
-    def split_dataset(self, id_intersection):
-        return split(id_intersection)
-
-    def build_feature_model(self):
-        return feature_model(self.node)
-
-    def build_feature_optimizer(self, feature_model):
-        return make_optimizer(feature_model)
 
     def iterate_train_feature(self, feature_model, train_ids):
         order = aligned_order(train_ids, self.current_round)

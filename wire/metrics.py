@@ -333,13 +333,19 @@ class MetricsClientInterceptor(
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
 
-    def _unary_response(self, continuation: Any, details: Any, request: Any, streaming: bool):
+    def _start(
+        self, continuation: Any, details: Any, request: Any, streaming: bool
+    ) -> tuple[_Observation, Any]:
+        """Count what is sent (one request or each of a stream's) and start the call."""
         obs = _Observation(self.metrics, _method_label(details.method), "client")
         if streaming:
             request = obs.counted_iter(request, obs.sent)
         else:
             obs.sent(request)
-        call = continuation(details, request)
+        return obs, continuation(details, request)
+
+    def _unary_response(self, continuation: Any, details: Any, request: Any, streaming: bool):
+        obs, call = self._start(continuation, details, request, streaming)
 
         def done(future: Any) -> None:
             code = future.code()
@@ -351,12 +357,7 @@ class MetricsClientInterceptor(
         return call
 
     def _stream_response(self, continuation: Any, details: Any, request: Any, streaming: bool):
-        obs = _Observation(self.metrics, _method_label(details.method), "client")
-        if streaming:
-            request = obs.counted_iter(request, obs.sent)
-        else:
-            obs.sent(request)
-        call = continuation(details, request)
+        obs, call = self._start(continuation, details, request, streaming)
         call.add_done_callback(lambda c: obs.finish(c.code()))
         return _CountingResponseStream(call, obs)
 

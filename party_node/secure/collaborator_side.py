@@ -8,15 +8,12 @@ The collaborator never sees δ, U or W, only masked values.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from party_node.secure import checks, he_linear, seal_io
+from party_node.secure import checks
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
-from party_node.secure.layout import Geometry
 from party_node.secure.params import (
     KIND_BWD_ENC,
     KIND_BWD_GRAD,
@@ -26,10 +23,11 @@ from party_node.secure.params import (
     Message,
     SecureParams,
 )
-from party_node.secure.shares import CollaboratorShare, half_init
+from party_node.secure.share_layer import ShareLayer, geometry
+from party_node.secure.shares import CollaboratorShare
 
 
-class SecureCollaboratorLayer:
+class SecureCollaboratorLayer(ShareLayer):
     """Holds V (the collaborator's share of W) and drives its side of the CKKS protocol."""
 
     def __init__(
@@ -44,15 +42,9 @@ class SecureCollaboratorLayer:
         params: SecureParams | None = None,
         initial_share: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        self.feature_key = feature_key
-        self.in_dim, self.out_dim = in_dim, out_dim
-        self.params = params or SecureParams()
-        self.geo = Geometry(self.params.ckks.slots, in_dim, out_dim, self.params.block_rows)
-        self.own, self.host = own_keys, host_keys
-        v = half_init(in_dim, out_dim) if initial_share is None else np.asarray(initial_share)
-        if v.shape != (in_dim, out_dim):
-            raise ValueError(f"initial share has shape {v.shape}, expected {(in_dim, out_dim)}")
-        self.share = CollaboratorShare(v, lr, momentum)
+        super().__init__(feature_key, in_dim, out_dim, own_keys, params)
+        self.host = host_keys
+        self.share = CollaboratorShare(self.initial_share(initial_share), lr, momentum)
         self._x: np.ndarray | None = None
         self._train = False
         self._noise: np.ndarray | None = None
@@ -62,8 +54,7 @@ class SecureCollaboratorLayer:
     @staticmethod
     def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
         """Rotation steps the collaborator's own Galois keys must cover."""
-        p = params or SecureParams()
-        return Geometry(p.ckks.slots, in_dim, out_dim, p.block_rows).collaborator_key_steps()
+        return geometry(in_dim, out_dim, params).collaborator_key_steps()
 
     # ---- forward --------------------------------------------------------------------------
     def encrypt_features(self, x: torch.Tensor, train: bool = True) -> Message:
@@ -86,13 +77,9 @@ class SecureCollaboratorLayer:
         """Decrypt X·U + R, add X·V: the host learns z after removing R, nothing more."""
         x = self._require_x(KIND_FWD_SHARE)
         rows = x.shape[0]
-        tiles = {
-            (r, o): f"fwd/{r}/{o}"
-            for r in range(self.geo.row_tiles(rows))
-            for o in range(self.geo.col_tiles(self.out_dim))
-        }
+        tiles = self.tile_names("fwd", rows, self.out_dim)
         checks.expect_names(msg, tiles.values(), KIND_FWD_SHARE)
-        masked = self.geo.unpack(self._decrypt_all(msg, tiles), rows, self.out_dim)
+        masked = self.geo.unpack(self.decrypt_tiles(msg, tiles, "decrypt"), rows, self.out_dim)
         z_masked = masked + x @ self.share.v
         if not self._train:
             self._x = None
@@ -105,36 +92,15 @@ class SecureCollaboratorLayer:
         if not self._train or self._noise is not None:
             raise SecureProtocolError("backward after a test forward or twice for one batch")
         rows = x.shape[0]
-        geo = self.geo
-        delta_tiles = {
-            (r, a): f"enc_delta/{r}/{a}"
-            for r in range(geo.row_tiles(rows))
-            for a in range(geo.col_tiles(self.out_dim))
-        }
+        delta_tiles = self.tile_names("enc_delta", rows, self.out_dim)
         checks.expect_names(msg, ["rows", *delta_tiles.values()], KIND_BWD_MASKED)
         if checks.rows_of(msg, KIND_BWD_MASKED) != rows:
             raise SecureProtocolError(f"{KIND_BWD_MASKED}: row count differs from the forward pass")
-        cts = {
-            k: self.host.engine.load_ciphertext(checks.blob(msg, n, KIND_BWD_MASKED), n, 0)
-            for k, n in delta_tiles.items()
-        }
-        vt = self.share.v.T  # (out_dim, in_dim): δ-blocks in, X-columns out
-        plan = geo.matmul_plan(self.out_dim, self.in_dim)
-        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
-        masks: dict[tuple[int, int], np.ndarray] = {}
-        for r in range(geo.row_tiles(rows)):
-            for o in range(geo.col_tiles(self.in_dim)):
-                o0, o1 = geo.col_range(o, self.in_dim)
-                acc = None
-                for a in range(geo.col_tiles(self.out_dim)):
-                    a0, a1 = geo.col_range(a, self.out_dim)
-                    term = he_linear.block_matmul(
-                        self.host, geo, cts[(r, a)], vt[a0:a1, o0:o1], plan
-                    )
-                    acc = term if acc is None else self._add(self.host, acc, term)
-                masks[(r, o)] = he_linear.add_mask(self.host, acc, self.params.mask_bound)
-                out[f"grad_x/{r}/{o}"] = seal_io.save_bytes(acc)
-        self._noise = geo.unpack(masks, rows, self.in_dim) / 2.0**self.params.delta_scale_bits
+        cts = self.load_tiles(self.host, msg, delta_tiles, KIND_BWD_MASKED)
+        # V before this batch's step, transposed: δ-blocks in, X-columns out.
+        tiles, masks = self.masked_matmul(self.host, cts, self.share.v.T, rows, "grad_x")
+        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64), **tiles}
+        self._noise = self.geo.unpack(masks, rows, self.in_dim) / 2.0**self.params.delta_scale_bits
         self._weight_pending = True
         return out
 
@@ -178,9 +144,7 @@ class SecureCollaboratorLayer:
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("v", "buf"):
-            if tuple(state[name].shape) != (self.in_dim, self.out_dim):
-                raise ValueError(f"checkpoint '{name}' has shape {list(state[name].shape)}")
+        self.check_state_shapes(state, ("v", "buf"))
         self.share.v = state["v"].to(torch.float64).numpy().copy()
         self.share.buf = state["buf"].to(torch.float64).numpy().copy()
 
@@ -190,25 +154,12 @@ class SecureCollaboratorLayer:
             raise SecureProtocolError(f"{step} arrived out of order (no features pending)")
         return self._x
 
-    @staticmethod
-    def _add(keys: PeerKeys, acc: Any, term: Any) -> Any:
-        keys.engine.evaluator.add_inplace(acc, term)
-        return acc
-
-    def _decrypt_all(self, msg: Message, tiles: dict[tuple[int, int], str]) -> dict:
-        bound = self.params.mask_bound + self.params.value_bound
-        out = {}
-        for key, name in tiles.items():
-            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, "decrypt"), name, 0)
-            out[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
-        return out
-
     def _masked_weight_gradient(
         self, msg: Message, tiles: dict[tuple[int, int], str]
     ) -> np.ndarray:
         """Xᵀδ + M, read from the gram layout (column t of X, output j at slot t*stride + j)."""
         geo, y = self.geo, np.zeros((self.in_dim, self.out_dim))
-        for (c, j), vec in self._decrypt_all(msg, tiles).items():
+        for (c, j), vec in self.decrypt_tiles(msg, tiles, "decrypt").items():
             c0, c1 = geo.col_range(c, self.in_dim)
             j0, j1 = j * geo.wrap, min(self.out_dim, (j + 1) * geo.wrap)
             for t, col in enumerate(range(c0, c1)):

@@ -16,12 +16,12 @@ import torch
 from party_node.secure import checks, he_linear, seal_io
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
-from party_node.secure.layout import Geometry
 from party_node.secure.params import KIND_BWD_GRAD, KIND_FWD_MASKED, Message, SecureParams
-from party_node.secure.shares import HostShare, half_init
+from party_node.secure.share_layer import ShareLayer, accumulate, geometry
+from party_node.secure.shares import HostShare
 
 
-class SecureHostLayer:
+class SecureHostLayer(ShareLayer):
     """Holds U (the host's share of one collaborator's W) and drives the host's side."""
 
     def __init__(
@@ -37,16 +37,14 @@ class SecureHostLayer:
         initial_share: np.ndarray | torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.feature_key = feature_key
-        self.in_dim, self.out_dim = in_dim, out_dim
-        self.params = params or SecureParams()
-        self.geo = Geometry(self.params.ckks.slots, in_dim, out_dim, self.params.block_rows)
-        self.own, self.peer = own_keys, collaborator_keys
-        u = half_init(in_dim, out_dim) if initial_share is None else np.asarray(initial_share)
-        if u.shape != (in_dim, out_dim):
-            raise ValueError(f"initial share has shape {u.shape}, expected {(in_dim, out_dim)}")
+        super().__init__(feature_key, in_dim, out_dim, own_keys, params)
+        self.peer = collaborator_keys
         self.share = HostShare(
-            u, lr, momentum, self.params.share_noise, self.params.max_gradient_mask
+            self.initial_share(initial_share),
+            lr,
+            momentum,
+            self.params.share_noise,
+            self.params.max_gradient_mask,
         )
         self.dtype = dtype
         self._cts: dict[tuple[int, int], Any] | None = None
@@ -58,8 +56,7 @@ class SecureHostLayer:
     @staticmethod
     def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
         """Rotation steps the host's own Galois keys must cover for this collaborator."""
-        p = params or SecureParams()
-        return Geometry(p.ckks.slots, in_dim, out_dim, p.block_rows).host_key_steps()
+        return geometry(in_dim, out_dim, params).host_key_steps()
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, msg: Message, train: bool = True) -> Message:
@@ -68,37 +65,11 @@ class SecureHostLayer:
         rows = checks.rows_of(msg, step)
         if rows > self.params.value_bound:
             raise SecureProtocolError(f"{step}: {rows} rows is more than the protocol allows")
-        geo = self.geo
-        names = {
-            (r, c): f"enc_x/{r}/{c}"
-            for r in range(geo.row_tiles(rows))
-            for c in range(geo.col_tiles(self.in_dim))
-        }
+        names = self.tile_names("enc_x", rows, self.in_dim)
         checks.expect_names(msg, ["rows", *names.values()], step)
-        cts = {
-            k: self.peer.engine.load_ciphertext(checks.blob(msg, n, step), n, 0)
-            for k, n in names.items()
-        }
-        plan = geo.matmul_plan(self.in_dim, self.out_dim)
-        u = self.share.u
-        out: Message = {}
-        masks = {}
-        for r in range(geo.row_tiles(rows)):
-            for o in range(geo.col_tiles(self.out_dim)):
-                o0, o1 = geo.col_range(o, self.out_dim)
-                acc = None
-                for c in range(geo.col_tiles(self.in_dim)):
-                    c0, c1 = geo.col_range(c, self.in_dim)
-                    term = he_linear.block_matmul(
-                        self.peer, geo, cts[(r, c)], u[c0:c1, o0:o1], plan
-                    )
-                    if acc is None:
-                        acc = term
-                    else:
-                        self.peer.engine.evaluator.add_inplace(acc, term)
-                masks[(r, o)] = he_linear.add_mask(self.peer, acc, self.params.mask_bound)
-                out[f"fwd/{r}/{o}"] = seal_io.save_bytes(acc)
-        self._mask = geo.unpack(masks, rows, self.out_dim)
+        cts = self.load_tiles(self.peer, msg, names, step)
+        out, masks = self.masked_matmul(self.peer, cts, self.share.u, rows, "fwd")
+        self._mask = self.geo.unpack(masks, rows, self.out_dim)
         self._rows = rows
         self._cts = cts if train else None
         self._du, self._delta = None, None
@@ -161,10 +132,7 @@ class SecureHostLayer:
                     chunk = d[r * geo.block_rows : (r + 1) * geo.block_rows, j0:j1]
                     part[: chunk.shape[0], : j1 - j0] = chunk
                     term = he_linear.block_gram(self.peer, geo, self._cts[(r, c)], part, c1 - c0)
-                    if acc is None:
-                        acc = term
-                    else:
-                        self.peer.engine.evaluator.add_inplace(acc, term)
+                    acc = term if acc is None else accumulate(self.peer, acc, term)
                 he_linear.gram_reduce(self.peer, geo, acc)
                 idx = np.array(
                     [t * geo.stride + jj for t in range(c1 - c0) for jj in range(j1 - j0)],
@@ -183,19 +151,11 @@ class SecureHostLayer:
         if self._du is None:
             raise SecureProtocolError(f"{KIND_BWD_GRAD}: no backward pending")
         rows, geo = self._rows, self.geo
-        tiles = {
-            (r, o): f"grad_x/{r}/{o}"
-            for r in range(geo.row_tiles(rows))
-            for o in range(geo.col_tiles(self.in_dim))
-        }
+        tiles = self.tile_names("grad_x", rows, self.in_dim)
         checks.expect_names(msg, ["rows", *tiles.values()], KIND_BWD_GRAD)
         if checks.rows_of(msg, KIND_BWD_GRAD) != rows:
             raise SecureProtocolError(f"{KIND_BWD_GRAD}: row count differs from the forward pass")
-        bound = self.params.mask_bound + self.params.value_bound
-        vecs = {}
-        for key, name in tiles.items():
-            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, KIND_BWD_GRAD), name, 0)
-            vecs[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
+        vecs = self.decrypt_tiles(msg, tiles, KIND_BWD_GRAD)
         # (λδVᵀ + N)/λ + δUᵀ = δWᵀ + N/λ; the collaborator knows λ and removes N/λ.
         lam = 2.0**self.params.delta_scale_bits
         masked = geo.unpack(vecs, rows, self.in_dim) / lam + self._du
@@ -209,7 +169,7 @@ class SecureHostLayer:
         return {name: torch.from_numpy(getattr(s, name).copy()) for name in ("u", "buf", "q_prev")}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("u", "buf", "q_prev"):
-            if tuple(state[name].shape) != (self.in_dim, self.out_dim):
-                raise ValueError(f"checkpoint '{name}' has shape {list(state[name].shape)}")
+        names = ("u", "buf", "q_prev")
+        self.check_state_shapes(state, names)
+        for name in names:
             setattr(self.share, name, state[name].to(torch.float64).numpy().copy())

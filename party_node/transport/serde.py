@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from heteronn.v1 import common_pb2, coordinator_pb2
 from party_node.runtime.links import Command, JoinInfo, Message, Participant, Report
+from wire.coordinator_records import participant_fields, participant_info, report_fields
 from wire.tensor_codec import tensor_from_proto, tensor_to_proto
 
 _ROLE_TO_PB = {"host": common_pb2.ROLE_HOST, "collaborator": common_pb2.ROLE_COLLABORATOR}
@@ -37,23 +38,11 @@ def message_from_payload(payload: common_pb2.Payload) -> Message:
 
 
 def participant_to_proto(p: Participant) -> coordinator_pb2.ParticipantInfo:
-    return coordinator_pb2.ParticipantInfo(
-        node_id=p.node_id,
-        role=_ROLE_TO_PB.get(p.role, common_pb2.ROLE_UNSPECIFIED),
-        feature_key=p.feature_key,
-        address=p.address,
-        checkpoint_round=p.checkpoint_round,
-    )
+    return participant_info(p, _ROLE_TO_PB.get(p.role, common_pb2.ROLE_UNSPECIFIED))
 
 
 def participant_from_proto(p: coordinator_pb2.ParticipantInfo) -> Participant:
-    return Participant(
-        node_id=p.node_id,
-        role=_ROLE_FROM_PB.get(p.role, ""),
-        feature_key=p.feature_key,
-        address=p.address,
-        checkpoint_round=p.checkpoint_round,
-    )
+    return Participant(role=_ROLE_FROM_PB.get(p.role, ""), **participant_fields(p))
 
 
 def join_to_proto(task_id: str, info: JoinInfo) -> coordinator_pb2.JoinRequest:
@@ -85,13 +74,5 @@ def report_to_proto(task_id: str, node_id: str, r: Report) -> coordinator_pb2.Ph
         task_id=task_id,
         node_id=node_id,
         phase=coordinator_pb2.Phase.Value(f"PHASE_{r.phase}"),
-        round=r.round,
-        error=r.error,
-        train_size=r.train_size,
-        test_size=r.test_size,
-        split_digest=r.split_digest,
-        finished=r.finished,
-        test_requested=r.test_requested,
-        checkpoint_round=r.checkpoint_round,
-        metrics=r.metrics,
+        **report_fields(r),
     )

@@ -4,6 +4,7 @@ receipt, checkpoints of the feature model."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,13 @@ class Role:
             yield b, item
             b += 1
 
+    def test_batches(self) -> Iterator[tuple[int, Any]]:
+        """The user's test batches (call inside `evaluating`)."""
+        s = self.s
+        return self.batches(
+            s.iterate_test_feature(s.feature_model, self.test_ids), "iterate_test_feature"
+        )
+
     def expect(
         self, peer: Participant, kind: str, round_no: int, batch: int, host_batches: str
     ) -> Message:
@@ -131,6 +139,19 @@ class Role:
 
     def test(self, round_no: int) -> dict[str, float]:
         raise NotImplementedError
+
+
+@contextmanager
+def evaluating(*models: torch.nn.Module) -> Iterator[None]:
+    """Models in eval mode without autograd inside; back in train mode however it ends."""
+    for model in models:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for model in models:
+            model.train()
 
 
 def check_features(value: Any, what: str) -> torch.Tensor:

@@ -9,10 +9,15 @@ import torch
 
 from party_node.runtime.errors import ConfigError, TaskFailed
 from party_node.runtime.links import Message, Participant
-from party_node.runtime.roles.base import Role, check_features
+from party_node.runtime.roles.base import Role, check_features, evaluating
 
 
 class CollaboratorRole(Role):
+    #: Who waits on the host, in error messages.
+    me = "this collaborator"
+    #: The kind each training batch's features go under (and the round ends with).
+    features_kind = "train.features"
+
     @property
     def host(self) -> Participant:
         return next(p for p in self.participants if p.role == "host")
@@ -28,20 +33,28 @@ class CollaboratorRole(Role):
         count = 0
         for b, item in self.batches(s.iterate_train_feature(s.feature_model, self.train_ids), what):
             features = check_features(item, what)
-            self.peers.send(
-                host.node_id,
-                Message("train.features", round_no, b, tensors={"features": features.detach()}),
-            )
-            grad = self.expect(host, "train.gradient", round_no, b, "this collaborator")
-            self.apply_gradient(features, grad.tensors.get("gradient"), b)
+            grad = self.exchange_batch(round_no, b, features, what)
+            self.apply_gradient(features, grad, b)
             self.observer.batch(features.shape[0], "train")
             count = b + 1
         if count == 0:
             raise ConfigError(
                 "iterate_train_feature yielded no batches; check train_ids/batch_size"
             )
-        self.send_end(host.node_id, "train.features", round_no, count)
+        self.send_end(host.node_id, self.features_kind, round_no, count)
         return {}
+
+    def exchange_batch(
+        self, round_no: int, b: int, features: torch.Tensor, what: str
+    ) -> torch.Tensor | None:
+        """Send batch b's features; the host's ∂L/∂(features), None if it sent none."""
+        host = self.host
+        self.peers.send(
+            host.node_id,
+            Message(self.features_kind, round_no, b, tensors={"features": features.detach()}),
+        )
+        grad = self.expect(host, "train.gradient", round_no, b, self.me)
+        return grad.tensors.get("gradient")
 
     def apply_gradient(self, features: torch.Tensor, grad: torch.Tensor | None, b: int) -> None:
         if grad is None or grad.shape != features.shape:
@@ -60,19 +73,13 @@ class CollaboratorRole(Role):
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
         host = self.host
-        s.feature_model.eval()
-        try:
-            with torch.no_grad():
-                count = 0
-                for b, item in self.batches(
-                    s.iterate_test_feature(s.feature_model, self.test_ids), "iterate_test_feature"
-                ):
-                    features = check_features(item, "iterate_test_feature")
-                    self.send_test_batch(host, b, features)
-                    count = b + 1
-                self.send_end(host.node_id, "test.features", 0, count)
-        finally:
-            s.feature_model.train()
+        with evaluating(s.feature_model):
+            count = 0
+            for b, item in self.test_batches():
+                features = check_features(item, "iterate_test_feature")
+                self.send_test_batch(host, b, features)
+                count = b + 1
+            self.send_end(host.node_id, "test.features", 0, count)
         return {}
 
     def send_test_batch(self, host: Participant, b: int, features: torch.Tensor) -> None:

@@ -4,7 +4,9 @@ collaborator the gradient of the loss w.r.t. its features, evaluate."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import torch
 from party_node.runtime.errors import ConfigError, TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
-from party_node.runtime.roles.base import Role, check_features
+from party_node.runtime.roles.base import Role, check_features, evaluating
 
 
 class FeatureProjection(dict):
@@ -61,6 +63,11 @@ class EarlyGradients:
 
 
 class HostRole(Role):
+    #: Who waits on the collaborators, in error messages.
+    me = "the host"
+    #: The kind collaborators send each training batch under (and end the round with).
+    features_kind = "train.features"
+
     def build_extra(self) -> None:
         s = self.s
         s.infer_model = s.build_infer_model()
@@ -105,7 +112,7 @@ class HostRole(Role):
         """The collaborators' plaintext features of batch b, as leaves that collect gradients."""
         leaves = {}
         for peer in self.collaborators:
-            msg = self.expect(peer, "train.features", round_no, b, "the host")
+            msg = self.expect(peer, self.features_kind, round_no, b, self.me)
             tensor = msg.tensors.get("features")
             if tensor is None:
                 raise TaskFailed(f"collaborator '{peer.node_id}' sent no features for batch {b}")
@@ -124,16 +131,17 @@ class HostRole(Role):
         count = 0
         for b, item in batches:
             features, labels = self.unpack(item, "iterate_train_feature")
+            own = self.own_projection(features)
             leaves = self.receive_features(round_no, b, features.shape[0])
-            projection = FeatureProjection({s.feature_key: features})
+            projection = FeatureProjection({s.feature_key: own})
             projection.update({p.feature_key: leaves[p.node_id] for p in self.collaborators})
-            s.feature_optimizer.zero_grad(set_to_none=True)
-            early = EarlyGradients(self, round_no, b, leaves)
-            with self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"):
+            self.zero_grad()
+            with (
+                self.deliver_gradients(round_no, b, leaves),
+                self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"),
+            ):
                 s.train_a_batch(projection, labels)
-            early.finish()
-            if s.is_feature_trainable:
-                s.feature_optimizer.step()
+            self.step_optimizers()
             self.observer.batch(features.shape[0], "train")
             count = b + 1
         if count == 0:
@@ -141,46 +149,55 @@ class HostRole(Role):
                 "iterate_train_feature yielded no batches; check train_ids/batch_size"
             )
         for peer in self.collaborators:
-            self.expect_end(peer, "train.features", round_no, count, "the host")
+            self.expect_end(peer, self.features_kind, round_no, count, self.me)
         finished = bool(s.is_task_finished())
         test_now = round_no == 1 or finished or (s.log_rounds > 0 and round_no % s.log_rounds == 0)
         return {"finished": finished, "test_requested": test_now}
 
+    # ---- per-batch steps the secure host replaces ---------------------------------------------
+    def own_projection(self, features: torch.Tensor) -> torch.Tensor:
+        """What train_a_batch sees of the host's own features (plain mode: them)."""
+        return features
+
+    def zero_grad(self) -> None:
+        self.s.feature_optimizer.zero_grad(set_to_none=True)
+
+    @contextmanager
+    def deliver_gradients(
+        self, round_no: int, b: int, leaves: dict[str, torch.Tensor]
+    ) -> Iterator[None]:
+        """Around train_a_batch: each collaborator gets its gradient as autograd computes it."""
+        early = EarlyGradients(self, round_no, b, leaves)
+        yield
+        early.finish()
+
+    def step_optimizers(self) -> None:
+        if self.s.is_feature_trainable:
+            self.s.feature_optimizer.step()
+
     # ---- evaluation ----------------------------------------------------------------------------
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
-        s.feature_model.eval()
-        s.infer_model.eval()
-        try:
-            with torch.no_grad():
-                own = [
-                    self.unpack(item, "iterate_test_feature")
-                    for _, item in self.batches(
-                        s.iterate_test_feature(s.feature_model, self.test_ids),
-                        "iterate_test_feature",
-                    )
-                ]
-                projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
-                self.collect_test_features(projections, [f.shape[0] for f, _ in own])
-                labels = [lbl for _, lbl in own]
-                writer = s.tb_writer
-                writer.last_scalars.clear()
-                with self.watchdog.local(f"run_test (round {round_no})"):
-                    s.run_test(projections, labels)
-                writer.flush()
-                return test_metrics(writer.last_scalars)
-        finally:
-            s.feature_model.train()
-            s.infer_model.train()
+        with evaluating(s.feature_model, s.infer_model):
+            own = [self.unpack(item, "iterate_test_feature") for _, item in self.test_batches()]
+            projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
+            self.collect_test_features(projections, [f.shape[0] for f, _ in own])
+            labels = [lbl for _, lbl in own]
+            writer = s.tb_writer
+            writer.last_scalars.clear()
+            with self.watchdog.local(f"run_test (round {round_no})"):
+                s.run_test(projections, labels)
+            writer.flush()
+            return test_metrics(writer.last_scalars)
 
     def collect_test_features(self, projections: list[dict], rows: list[int]) -> None:
         for peer in self.collaborators:
             for b, n in enumerate(rows):
-                msg = self.expect(peer, "test.features", 0, b, "the host")
+                msg = self.expect(peer, "test.features", 0, b, self.me)
                 tensor = msg.tensors["features"]
                 self.check_rows(peer, tensor, n, f"test batch {b}")
                 projections[b][peer.feature_key] = tensor
-            self.expect_end(peer, "test.features", 0, len(rows), "the host")
+            self.expect_end(peer, "test.features", 0, len(rows), self.me)
 
     # ---- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

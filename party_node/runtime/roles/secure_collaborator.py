@@ -10,40 +10,21 @@ from typing import Any
 import torch
 
 from party_node.runtime.errors import ConfigError
-from party_node.runtime.links import Message
 from party_node.runtime.outputs import atomic_torch_save
-from party_node.runtime.roles.base import check_features
+from party_node.runtime.roles.base import check_features, evaluating
 from party_node.runtime.roles.collaborator import CollaboratorRole
-from party_node.runtime.roles.secure_common import agreement, from_link, protocol_errors, to_link
-from party_node.secure import (
-    KIND_BWD_ENC,
-    KIND_BWD_GRAD,
-    KIND_BWD_MASKED,
-    KIND_BWD_WEIGHT,
-    KIND_ENC_X,
-    KIND_FWD_MASKED,
-    KIND_FWD_SHARE,
-    KIND_PUBLIC_KEYS,
-    KIND_TEST_ENC_X,
-    KIND_TEST_FWD_MASKED,
-    KIND_TEST_FWD_SHARE,
-    OwnKeys,
-    PeerKeys,
-    SecureCollaboratorLayer,
-    SecureParams,
-    check_feature_width,
-)
+from party_node.runtime.roles.secure_common import SecureExchange, protocol_errors
+from party_node.secure import SecureCollaboratorLayer, check_feature_width
+from party_node.secure import params as kinds
 
 
-class SecureCollaboratorRole(CollaboratorRole):
+class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
+    features_kind = kinds.KIND_ENC_X
+
     def build_extra(self) -> None:
-        self.params = SecureParams()
+        self.init_secure()
         self.layer: SecureCollaboratorLayer | None = None
-        self.keys: OwnKeys | None = None
         self.pending_layer_state: dict[str, Any] | None = None
-
-    def agreement(self) -> dict[str, str]:
-        return {**super().agreement(), **agreement(self.s, self.params)}
 
     # ---- once per task: keys ------------------------------------------------------------
     def setup(self, round_no: int, width: int) -> SecureCollaboratorLayer:
@@ -52,19 +33,15 @@ class SecureCollaboratorRole(CollaboratorRole):
             self.check_width(self.layer.in_dim, self.layer.out_dim, width)
             return self.layer
         host = self.host
-        msg = self.expect(host, KIND_PUBLIC_KEYS, round_no, 0, "this collaborator")
+        msg = self.expect(host, kinds.KIND_PUBLIC_KEYS, round_no, 0, self.me)
         shape = msg.tensors.get("shape")
         if shape is None or shape.numel() != 2:
             raise ConfigError(f"host '{host.node_id}' sent no projection shape for this party")
         in_dim, out_dim = (int(v) for v in shape.tolist())
         self.check_width(in_dim, out_dim, width)
-        with protocol_errors(host, "the key exchange"):
-            host_keys = PeerKeys(self.params.ckks, msg.blobs)
-        steps = SecureCollaboratorLayer.key_steps(in_dim, out_dim, self.params)
-        self.keys = OwnKeys(self.params.ckks, steps)
-        self.peers.send(
-            host.node_id, Message(KIND_PUBLIC_KEYS, round_no, 0, blobs=self.keys.public_blobs())
-        )
+        host_keys = self.peer_keys(host, msg)
+        keys = self.make_keys(SecureCollaboratorLayer.key_steps(in_dim, out_dim, self.params))
+        self.send_keys(host, round_no)
         s = self.s
         self.layer = SecureCollaboratorLayer(
             s.feature_key,
@@ -72,7 +49,7 @@ class SecureCollaboratorRole(CollaboratorRole):
             out_dim,
             s.project_layer_lr,
             s.project_layer_momentum,
-            self.keys,
+            keys,
             host_keys,
             self.params,
         )
@@ -85,93 +62,50 @@ class SecureCollaboratorRole(CollaboratorRole):
         with protocol_errors(self.host, "the configuration check"):
             check_feature_width(self.s.feature_key, in_dim, out_dim, width)
 
-    def step(self, kind_in: str, kind_out: str, round_no: int, b: int, fn: Any, what: str) -> None:
-        host = self.host
-        msg = from_link(self.expect(host, kind_in, round_no, b, "this collaborator"))
-        with protocol_errors(host, what):
-            out = fn(msg)
-        self.peers.send(host.node_id, to_link(kind_out, round_no, b, out))
-
     # ---- training -------------------------------------------------------------------------
-    def train_round(self, round_no: int) -> dict[str, Any]:
-        s = self.s
+    def exchange_batch(
+        self, round_no: int, b: int, features: torch.Tensor, what: str
+    ) -> torch.Tensor:
+        """Batch b through the protocol: Enc(X) out, masked shares both ways; ∂L/∂X back."""
         host = self.host
-        s.feature_model.train()
-        what = f"iterate_train_feature in round {round_no}"
-        count = 0
-        for b, item in self.batches(s.iterate_train_feature(s.feature_model, self.train_ids), what):
-            features = check_features(item, what)
-            if features.dim() != 2:
-                raise ConfigError(f"{what} must yield (rows, columns) features in secure mode")
-            layer = self.setup(round_no, int(features.shape[1]))
-            started = time.perf_counter()
-            with protocol_errors(host, f"the forward pass of batch {b}"):
-                enc = layer.encrypt_features(features.detach())
-            self.observer.he("encrypt_features", time.perf_counter() - started)
-            self.peers.send(host.node_id, to_link(KIND_ENC_X, round_no, b, enc))
-            self.step(
-                KIND_FWD_MASKED,
-                KIND_FWD_SHARE,
-                round_no,
-                b,
-                layer.combine_forward,
-                f"the forward pass of batch {b}",
-            )
-            self.step(
-                KIND_BWD_ENC,
-                KIND_BWD_MASKED,
-                round_no,
-                b,
-                layer.backward,
-                f"the backward pass of batch {b}",
-            )
-            msg = from_link(self.expect(host, KIND_BWD_WEIGHT, round_no, b, "this collaborator"))
-            with protocol_errors(host, f"the backward pass of batch {b}"):
-                layer.apply_weight_gradient(msg)
-            msg = from_link(self.expect(host, KIND_BWD_GRAD, round_no, b, "this collaborator"))
-            with protocol_errors(host, f"the backward pass of batch {b}"):
-                grad = layer.finish_backward(msg)
-            self.apply_gradient(features, grad, b)
-            self.observer.batch(features.shape[0], "train")
-            count = b + 1
-        if count == 0:
-            raise ConfigError(
-                "iterate_train_feature yielded no batches; check train_ids/batch_size"
-            )
-        self.send_end(host.node_id, KIND_ENC_X, round_no, count)
-        return {}
+        if features.dim() != 2:
+            raise ConfigError(f"{what} must yield (rows, columns) features in secure mode")
+        layer = self.setup(round_no, int(features.shape[1]))
+        where = f"the forward pass of batch {b}"
+        started = time.perf_counter()
+        with protocol_errors(host, where):
+            enc = layer.encrypt_features(features.detach())
+        self.observer.he("encrypt_features", time.perf_counter() - started)
+        self.reply(host, kinds.KIND_ENC_X, round_no, b, enc)
+        forward = (kinds.KIND_FWD_MASKED, kinds.KIND_FWD_SHARE)
+        self.step(host, forward, round_no, b, layer.combine_forward, where)
+        where = f"the backward pass of batch {b}"
+        backward = (kinds.KIND_BWD_ENC, kinds.KIND_BWD_MASKED)
+        self.step(host, backward, round_no, b, layer.backward, where)
+        msg = self.receive(host, kinds.KIND_BWD_WEIGHT, round_no, b)
+        with protocol_errors(host, where):
+            layer.apply_weight_gradient(msg)
+        msg = self.receive(host, kinds.KIND_BWD_GRAD, round_no, b)
+        with protocol_errors(host, where):
+            return layer.finish_backward(msg)
 
     # ---- evaluation -----------------------------------------------------------------------
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
         host = self.host
-        s.feature_model.eval()
-        try:
-            with torch.no_grad():
-                parts = [
-                    check_features(item, "iterate_test_feature")
-                    for _, item in self.batches(
-                        s.iterate_test_feature(s.feature_model, self.test_ids),
-                        "iterate_test_feature",
-                    )
-                ]
-        finally:
-            s.feature_model.train()
+        with evaluating(s.feature_model):
+            parts = [
+                check_features(item, "iterate_test_feature") for _, item in self.test_batches()
+            ]
         if not parts:
             raise ConfigError("iterate_test_feature yielded no batches; check test_ids/batch_size")
         features = torch.cat(parts)
         layer = self.setup(int(s.current_round), int(features.shape[1]))
         with protocol_errors(host, "the test forward pass"):
             enc = layer.encrypt_features(features, train=False)
-        self.peers.send(host.node_id, to_link(KIND_TEST_ENC_X, 0, 0, enc))
-        self.step(
-            KIND_TEST_FWD_MASKED,
-            KIND_TEST_FWD_SHARE,
-            0,
-            0,
-            layer.combine_forward,
-            "the test forward pass",
-        )
+        self.reply(host, kinds.KIND_TEST_ENC_X, 0, 0, enc)
+        kind_pair = (kinds.KIND_TEST_FWD_MASKED, kinds.KIND_TEST_FWD_SHARE)
+        self.step(host, kind_pair, 0, 0, layer.combine_forward, "the test forward pass")
         return {}
 
     # ---- state ----------------------------------------------------------------------------
