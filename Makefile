@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_ROOT ?= ./data
+# Absolute, so processes started in other working directories (tests, nodes) find it too.
+override DATA_ROOT := $(abspath $(DATA_ROOT))
 ROUNDS ?= 20
 export DATA_ROOT
 
