@@ -3,13 +3,13 @@ read from ``HETERONN_NODE_*`` env vars, an optional TOML file, and explicit argu
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wire.config_file import settings_data
 from wire.tls import TlsSettings
 
 
@@ -55,13 +55,4 @@ class NodeSettings(BaseSettings):
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> NodeSettings:
-        data: dict[str, Any] = {}
-        if config is not None:
-            try:
-                data = tomllib.loads(Path(config).read_text())
-            except FileNotFoundError:
-                raise ValueError(f"config file {config} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"config file {config} is not valid TOML: {exc}") from None
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        return cls(**settings_data(config, overrides))

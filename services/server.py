@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ from services.lifecycle import Lifecycle
 from services.metrics import CoordinatorMetrics
 from services.servicer import CoordinatorServicer
 from services.store import InMemoryTaskStore, SqliteTaskStore, TaskStore
+from wire.config_file import settings_data
 from wire.grpc_factory import start_server
 from wire.metrics import RpcMetrics
 from wire.tls import TlsSettings
@@ -85,16 +85,7 @@ class CoordinatorSettings(BaseSettings):
     def load(cls, config: Path | None = None, **overrides: Any) -> CoordinatorSettings:
         """Settings from a TOML file (its keys are the field names), the environment and
         `overrides` (command-line options); the command line wins, then the file."""
-        data: dict[str, Any] = {}
-        if config is not None:
-            try:
-                data = tomllib.loads(Path(config).read_text())
-            except FileNotFoundError:
-                raise ValueError(f"config file {config} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"config file {config} is not valid TOML: {exc}") from None
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        return cls(**settings_data(config, overrides))
 
     def tls(self) -> TlsSettings:
         return TlsSettings(
