@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 
@@ -77,12 +78,13 @@ class CallerPolicy:
         caller = self.caller(context)
         if not caller.operator:
             allowed = ", ".join(sorted(self.operators)) or "none"
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method}: certificate '{caller.shown}' is not an operator of this coordinator "
-                f"(operators: {allowed}); call with an operator's certificate "
-                f"(heteronn task --tls-cert/--tls-key) or add '{caller.shown}' to "
-                f"{SETTING_HINT}",
+            _deny(
+                context,
+                method,
+                caller,
+                f"is not an operator of this coordinator (operators: {allowed}); call with an "
+                f"operator's certificate (heteronn task --tls-cert/--tls-key) or add "
+                f"'{caller.shown}' to {SETTING_HINT}",
             )
         return caller
 
@@ -90,12 +92,13 @@ class CallerPolicy:
         """Aborts PERMISSION_DENIED unless the caller's certificate names `node_id`."""
         caller = self.caller(context)
         if caller.checked and node_id not in caller.names:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method}: certificate '{caller.shown}' may not act as node '{node_id}'; a node "
-                f"calls the coordinator with its own certificate, whose CN is its node_id "
-                f"(set node_id = '{caller.shown}' or use the certificate issued to "
-                f"'{node_id}')",
+            _deny(
+                context,
+                method,
+                caller,
+                f"may not act as node '{node_id}'; a node calls the coordinator with its own "
+                f"certificate, whose CN is its node_id (set node_id = '{caller.shown}' or use "
+                f"the certificate issued to '{node_id}')",
             )
         return caller
 
@@ -103,13 +106,22 @@ class CallerPolicy:
         """Aborts PERMISSION_DENIED unless the caller is an operator or a participant."""
         caller = self.caller(context)
         if not caller.may_read(task):
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method}: certificate '{caller.shown}' is neither an operator nor a "
-                f"participant of task '{task.task_id}' "
+            _deny(
+                context,
+                method,
+                caller,
+                f"is neither an operator nor a participant of task '{task.task_id}' "
                 f"(participants: {', '.join(task.spec.participants)}); operators are listed in "
                 f"{SETTING_HINT}",
             )
+
+
+def _deny(context: grpc.ServicerContext, method: str, caller: Caller, problem: str) -> NoReturn:
+    """End the call: PERMISSION_DENIED, naming the method and the certificate."""
+    context.abort(
+        grpc.StatusCode.PERMISSION_DENIED, f"{method}: certificate '{caller.shown}' {problem}"
+    )
+    raise AssertionError("unreachable: context.abort raises")
 
 
 def open_policy() -> CallerPolicy:

@@ -19,6 +19,7 @@ from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.server import CoordinatorSettings, start_coordinator
 from tests.harness import ROOT, wait_all
 from tests.netns import Namespace
+from wire.config_file import settings_toml
 from wire.grpc_factory import open_channel
 
 pytestmark = pytest.mark.skipif(
@@ -30,18 +31,17 @@ TIMEOUTS = {"schedule_timeout": 3.0, "calculation_timeout": CALCULATION_TIMEOUT}
 
 
 def _node_config(path: Path, node: str, listen: str, coordinator: str, factory_args: dict) -> Path:
-    lines = [
-        f'node_id = "{node}"',
-        'task_id = "cut"',
-        f'coordinator = "{coordinator}"',
-        f'listen = "{listen}"',
-        f'workdir = "{path.parent}"',
-        "tls_plaintext = true",
-        "torch_threads = 1",
-        "[scheduler_args]",
-        *(f"{key} = {value!r}".replace("'", '"') for key, value in factory_args.items()),
-    ]
-    path.write_text("\n".join(lines) + "\n")
+    settings = {
+        "node_id": node,
+        "task_id": "cut",
+        "coordinator": coordinator,
+        "listen": listen,
+        "workdir": str(path.parent),
+        "tls_plaintext": True,
+        "torch_threads": 1,
+        "scheduler_args": factory_args,
+    }
+    path.write_text(settings_toml(settings))
     return path
 
 

@@ -4,6 +4,7 @@ coordinator share, so both report a bad file the same way."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,3 +23,17 @@ def settings_data(config: Path | None, overrides: dict[str, Any]) -> dict[str, A
             raise ValueError(f"config file {config} is not valid TOML: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     return data
+
+
+def settings_toml(data: dict[str, Any]) -> str:
+    """The file `settings_data` reads, for programs that start services (the demo, tests).
+    Values are str, numbers, bools or lists of them (their JSON spelling is valid TOML);
+    a dict value becomes a table, e.g. a node's `scheduler_args`."""
+    plain = [
+        f"{key} = {json.dumps(value)}" for key, value in data.items() if not isinstance(value, dict)
+    ]
+    for table, values in data.items():
+        if isinstance(values, dict):
+            plain.append(f"[{table}]")
+            plain.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+    return "\n".join(plain) + "\n"

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from examples.mnist_halves import data
 from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from wire.config_file import settings_toml
 
 HOST, COLLABORATOR = "demo-host", "demo-collaborator"
 
@@ -28,20 +29,18 @@ def free_port() -> int:
 
 
 def write_config(path: Path, node_id: str, coordinator: str, port: int, args_: dict) -> None:
-    lines = [
-        f'node_id = "{node_id}"',
-        'task_id = "mnist-halves"',
-        f'coordinator = "{coordinator}"',
-        f'listen = "127.0.0.1:{port}"',
-        f'advertise = "127.0.0.1:{port}"',
-        f'workdir = "{path.parent}"',
-        "tls_plaintext = true",
+    settings = {
+        "node_id": node_id,
+        "task_id": "mnist-halves",
+        "coordinator": coordinator,
+        "listen": f"127.0.0.1:{port}",
+        "workdir": str(path.parent),
+        "tls_plaintext": True,
         # Both parties share this machine: split its cores instead of oversubscribing them.
-        f"torch_threads = {max(1, (os.cpu_count() or 2) // 2)}",
-        "[scheduler_args]",
-        *(f"{k} = {json.dumps(v)}" for k, v in args_.items()),
-    ]
-    path.write_text("\n".join(lines) + "\n")
+        "torch_threads": max(1, (os.cpu_count() or 2) // 2),
+        "scheduler_args": args_,
+    }
+    path.write_text(settings_toml(settings))
 
 
 def main() -> int:
