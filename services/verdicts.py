@@ -33,8 +33,8 @@ def overdue(task: Task, now: float, min_liveness_s: float = 0.0) -> tuple[str, s
         if silent > max(sched, min_liveness_s):
             return "heartbeat_lost", (
                 f"node '{p.node_id}' stopped sending heartbeats {silent:.1f} s ago during "
-                f"{task.phase_label()}; its process probably died. Restart every party with "
-                "recover=True to resume from the last complete round")
+                f"{task.phase_label()}; its process probably died or lost its network. "
+                "Restart every party with recover=True to resume from the last complete round")
     if task.phase in PHASE_ORDER and task.deadline and now > task.deadline:
         waiting = [p.node_id for p in joined if p.node_id not in task.reports]
         verb = "is" if len(waiting) == 1 else "are"

@@ -45,7 +45,10 @@ def _node_config(path: Path, node: str, listen: str, coordinator: str, factory_a
     return path
 
 
-def test_partition_between_parties_ends_the_task_naming_the_peer(tmp_path):
+def _cut_mid_training(tmp_path: Path, keep_coordinator: bool) -> tuple[dict, float]:
+    """Run the task with the collaborator in its own namespace; when it pauses in round 2,
+    drop its traffic (all of it, or all but the coordinator's). Returns each party's result
+    and the seconds from the cut until both had exited."""
     with Namespace() as ns:
         coordinator = start_coordinator(
             CoordinatorSettings(listen=f"{ns.root_ip}:0", db=":memory:")
@@ -104,7 +107,7 @@ def test_partition_between_parties_ends_the_task_naming_the_peer(tmp_path):
                 assert time.monotonic() < deadline, "training never reached round 2"
                 assert all(p.poll() is None for p in procs.values()), "a node exited early"
                 time.sleep(0.05)
-            ns.drop_all_but([coordinator.port])
+            ns.drop_all_but([coordinator.port] if keep_coordinator else [])
             cut_at = time.monotonic()
             (tmp_path / "partitioned").touch()
             results = wait_all(procs, timeout=CALCULATION_TIMEOUT + 60)
@@ -117,7 +120,26 @@ def test_partition_between_parties_ends_the_task_naming_the_peer(tmp_path):
     assert elapsed < CALCULATION_TIMEOUT / 2, (
         f"the partition was noticed only after {elapsed:.0f} s"
     )
+    return results, elapsed
+
+
+def _last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_partition_between_parties_ends_the_task_naming_the_link(tmp_path):
+    results, _ = _cut_mid_training(tmp_path, keep_coordinator=True)
     for name, r in results.items():  # the first report wins, and names the broken link
-        last = r.stderr.strip().splitlines()[-1]
+        last = _last_line(r)
         assert "cannot deliver" in last and "'c1'" in last and "'h'" in last, f"{name}: {last}"
         assert "network" in last, f"{name}: the message does not suggest the network: {last}"
+
+
+def test_party_cut_off_from_everyone_is_declared_lost(tmp_path):
+    """The collaborator loses the coordinator too: the coordinator stops hearing its
+    heartbeats and fails the task for the host; the collaborator fails on its own."""
+    results, _ = _cut_mid_training(tmp_path, keep_coordinator=False)
+    host = _last_line(results["h"])
+    assert "node 'c1' stopped sending heartbeats" in host, host
+    collaborator = _last_line(results["c1"])
+    assert "host 'h'" in collaborator or "coordinator" in collaborator, collaborator
