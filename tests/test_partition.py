@@ -8,41 +8,19 @@ exit non-zero well before calculation_timeout, saying which peer it lost."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.server import CoordinatorSettings, start_coordinator
-from tests.harness import ROOT, wait_all
+from tests import pausing_nodes as task
+from tests.harness import wait_all
 from tests.netns import Namespace
-from wire.config_file import settings_toml
-from wire.grpc_factory import open_channel
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="network namespaces need root (CI runs as root)"
 )
-
-CALCULATION_TIMEOUT = 60.0
-TIMEOUTS = {"schedule_timeout": 3.0, "calculation_timeout": CALCULATION_TIMEOUT}
-
-
-def _node_config(path: Path, node: str, listen: str, coordinator: str, factory_args: dict) -> Path:
-    settings = {
-        "node_id": node,
-        "task_id": "cut",
-        "coordinator": coordinator,
-        "listen": listen,
-        "workdir": str(path.parent),
-        "tls_plaintext": True,
-        "torch_threads": 1,
-        "scheduler_args": factory_args,
-    }
-    path.write_text(settings_toml(settings))
-    return path
 
 
 def _cut_mid_training(tmp_path: Path, keep_coordinator: bool) -> tuple[dict, float]:
@@ -54,70 +32,21 @@ def _cut_mid_training(tmp_path: Path, keep_coordinator: bool) -> tuple[dict, flo
             CoordinatorSettings(listen=f"{ns.root_ip}:0", db=":memory:")
         )
         try:
-            with open_channel(coordinator.address) as channel:
-                coordinator_pb2_grpc.CoordinatorStub(channel).CreateTask(
-                    coordinator_pb2.CreateTaskRequest(
-                        spec=coordinator_pb2.TaskSpec(
-                            task_id="cut",
-                            participants=["h", "c1"],
-                            schedule_timeout_s=TIMEOUTS["schedule_timeout"],
-                            calculation_timeout_s=CALCULATION_TIMEOUT,
-                            mode="plain",
-                        )
-                    ),
-                    timeout=10,
-                )
-            nodes = {
-                "h": ([], ns.root_ip, {"nodes": ["h", "c1"], "batch_size": 32, "rounds": 4}),
-                "c1": (
-                    ns.prefix,
-                    ns.inside_ip,
-                    {"node": "c1", "batch_size": 32, "signal_dir": str(tmp_path)},
-                ),
-            }
-            procs = {}
-            for name, (prefix, ip, args) in nodes.items():
-                config = _node_config(
-                    tmp_path / f"{name}.toml",
-                    name,
-                    f"{ip}:0",
-                    coordinator.address,
-                    {**args, **TIMEOUTS},
-                )
-                role = "host" if name == "h" else "collaborator"
-                command = [
-                    *prefix,
-                    sys.executable,
-                    "-m",
-                    "party_node.cli",
-                    "node",
-                    f"--scheduler=tests.partition_nodes:{role}",
-                    f"--config={config}",
-                ]
-                procs[name] = subprocess.Popen(
-                    command,
-                    cwd=tmp_path,
-                    env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            deadline = time.monotonic() + 120
-            while not (tmp_path / "paused").exists():
-                assert time.monotonic() < deadline, "training never reached round 2"
-                assert all(p.poll() is None for p in procs.values()), "a node exited early"
-                time.sleep(0.05)
+            task.create_task(coordinator.address)
+            listen = {"h": f"{ns.root_ip}:0", "c1": f"{ns.inside_ip}:0"}
+            procs = task.start_nodes(tmp_path, coordinator.address, listen, {"c1": ns.prefix})
+            task.wait_for_pause(tmp_path, procs)
             ns.drop_all_but([coordinator.port] if keep_coordinator else [])
             cut_at = time.monotonic()
-            (tmp_path / "partitioned").touch()
-            results = wait_all(procs, timeout=CALCULATION_TIMEOUT + 60)
+            task.resume(tmp_path)
+            results = wait_all(procs, timeout=task.CALCULATION_TIMEOUT + 60)
             elapsed = time.monotonic() - cut_at
         finally:
             coordinator.drain(timeout=5)
             coordinator.stop()
     for name, r in results.items():
         assert r.code != 0, f"{name} finished despite the partition:\n{r.stderr}"
-    assert elapsed < CALCULATION_TIMEOUT / 2, (
+    assert elapsed < task.CALCULATION_TIMEOUT / 2, (
         f"the partition was noticed only after {elapsed:.0f} s"
     )
     return results, elapsed
