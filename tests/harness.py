@@ -20,11 +20,20 @@ class Result:
     exited_at: float = 0.0  # time.monotonic() when the process ended
 
 
-def spawn(workdir: Path, node: str, nodes: list[str], task: str, *extra: str) -> subprocess.Popen:
+def spawn(
+    workdir: Path,
+    node: str,
+    nodes: list[str],
+    task: str,
+    *extra: str,
+    module: str = "tests.synthetic",
+) -> subprocess.Popen:
+    """One party: `python -m <module> --node ... --nodes ... --task ...` (the host initiates
+    unless `--no-initiator` is among `extra`)."""
     args = [
         sys.executable,
         "-m",
-        "tests.synthetic",
+        module,
         "--node",
         node,
         "--nodes",
@@ -70,9 +79,11 @@ def run_task(
     per_node: dict[str, list[str]] | None = None,
     common: list[str] | None = None,
     timeout: float = 180,
+    module: str = "tests.synthetic",
 ) -> dict[str, Result]:
     per_node = per_node or {}
     procs = {
-        n: spawn(workdir, n, nodes, task, *(common or []), *per_node.get(n, [])) for n in nodes
+        n: spawn(workdir, n, nodes, task, *(common or []), *per_node.get(n, []), module=module)
+        for n in nodes
     }
     return wait_all(procs, timeout)

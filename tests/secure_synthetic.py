@@ -6,12 +6,10 @@ declares a wrong in_dim for the first collaborator (the seed's own mistake)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from party_node import TaskFailed, mock_context
 from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler, SecureHeteroNNHostScheduler
-from tests.synthetic import OUT, Faults, SynthCollaborator, SynthHost
+from tests.synthetic import OUT, Faults, SynthCollaborator, SynthHost, party_arguments, run_party
 
 PROJECT_LR = 0.05
 
@@ -25,21 +23,15 @@ class SecureSynthCollaborator(SynthCollaborator, SecureHeteroNNCollaboratorSched
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--node", required=True)
-    p.add_argument("--nodes", required=True, help="comma-separated; the first is the host")
-    p.add_argument("--task", required=True)
-    p.add_argument("--initiator", action="store_true")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=64)
+    p = party_arguments(rounds=2, batch_size=64, schedule_timeout=20.0)
     p.add_argument("--lr", type=float, default=PROJECT_LR)
     p.add_argument("--bad-in-dim", action="store_true")
-    p.add_argument("--schedule-timeout", type=float, default=20.0)
-    p.add_argument("--faults", default="")
-    p.add_argument("--recover", action="store_true")
     args = p.parse_args(argv)
     nodes = args.nodes.split(",")
-    timeouts = {"schedule_timeout": args.schedule_timeout, "calculation_timeout": 60.0}
+    timeouts = {
+        "schedule_timeout": args.schedule_timeout,
+        "calculation_timeout": args.calculation_timeout,
+    }
     faults = Faults(args.faults)
     if args.node == nodes[0]:
         config = [(n, OUT, OUT) for n in nodes]
@@ -59,15 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = SecureSynthCollaborator(
             args.node, args.batch_size, faults, project_layer_lr=args.lr, **timeouts
         )
-    try:
-        with mock_context(id=args.node, nodes=nodes):
-            scheduler._run(
-                id=args.node, task_id=args.task, is_initiator=args.initiator, recover=args.recover
-            )
-    except TaskFailed as exc:
-        print(f"task failed: {exc.reason}", file=sys.stderr)
-        return 1
-    return 0
+    return run_party(scheduler, args, nodes)
 
 
 if __name__ == "__main__":

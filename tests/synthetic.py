@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,19 +162,39 @@ class SynthCollaborator(SynthParty, HeteroNNCollaboratorScheduler):
             yield feature_model(self.x[rows])
 
 
-def main(argv: list[str] | None = None) -> int:
+def party_arguments(
+    rounds: int, batch_size: int, schedule_timeout: float
+) -> argparse.ArgumentParser:
+    """The command line every synthetic party script takes (defaults differ per script)."""
     p = argparse.ArgumentParser()
     p.add_argument("--node", required=True)
     p.add_argument("--nodes", required=True, help="comma-separated; the first is the host")
     p.add_argument("--task", required=True)
     p.add_argument("--initiator", action="store_true")
     p.add_argument("--recover", action="store_true")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--schedule-timeout", type=float, default=10)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--schedule-timeout", type=float, default=schedule_timeout)
     p.add_argument("--calculation-timeout", type=float, default=60)
     p.add_argument("--faults", default="")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_party(scheduler: Any, args: argparse.Namespace, context_nodes: list[str]) -> int:
+    """The seed's way in (mock_context + _run); exit 1 with the reason when the task fails."""
+    try:
+        with mock_context(id=args.node, nodes=context_nodes):
+            scheduler._run(
+                id=args.node, task_id=args.task, is_initiator=args.initiator, recover=args.recover
+            )
+    except TaskFailed as exc:
+        print(f"task failed: {exc.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = party_arguments(rounds=3, batch_size=32, schedule_timeout=10).parse_args(argv)
     nodes = args.nodes.split(",")
     timeouts = {
         "schedule_timeout": args.schedule_timeout,
@@ -185,16 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         scheduler = SynthCollaborator(args.node, args.batch_size, faults, **timeouts)
     # A node missing from --nodes believes it belongs: the coordinator must refuse it.
-    context_nodes = nodes if args.node in nodes else [*nodes, args.node]
-    try:
-        with mock_context(id=args.node, nodes=context_nodes):
-            scheduler._run(
-                id=args.node, task_id=args.task, is_initiator=args.initiator, recover=args.recover
-            )
-    except TaskFailed as exc:
-        print(f"task failed: {exc.reason}", file=sys.stderr)
-        return 1
-    return 0
+    return run_party(scheduler, args, nodes if args.node in nodes else [*nodes, args.node])
 
 
 if __name__ == "__main__":

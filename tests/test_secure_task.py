@@ -7,40 +7,27 @@ model learns, and configuration mistakes stop every party with an actionable rea
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.harness import ROOT, wait_all
+from tests.harness import run_task
 
 
 def run_secure(
     workdir: Path, nodes: list[str], task: str, *extra: str, host_extra=(), coll_extra=()
 ):
-    procs = {}
-    for node in nodes:
-        args = [
-            sys.executable,
-            "-m",
-            "tests.secure_synthetic",
-            "--node",
-            node,
-            "--nodes",
-            ",".join(nodes),
-            "--task",
-            task,
-            *extra,
-        ]
-        args += [*host_extra, "--initiator"] if node == nodes[0] else list(coll_extra)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        procs[node] = subprocess.Popen(
-            args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-    return wait_all(procs, timeout=240)
+    per_node = {n: list(host_extra if n == nodes[0] else coll_extra) for n in nodes}
+    return run_task(
+        workdir,
+        nodes,
+        task,
+        per_node=per_node,
+        common=list(extra),
+        timeout=240,
+        module="tests.secure_synthetic",
+    )
 
 
 @pytest.mark.parametrize(
