@@ -23,6 +23,7 @@ class Namespace:
         self.name = f"hnn{os.getpid()}"
         self.root_ip, self.inside_ip = f"10.203.{k}.1", f"10.203.{k}.2"
         self._veth = f"hnv{os.getpid()}"
+        self._peer = f"hnp{os.getpid()}"  # our end moves into the namespace
 
     @property
     def prefix(self) -> list[str]:
@@ -31,12 +32,12 @@ class Namespace:
     def __enter__(self) -> Namespace:
         _run("ip", "netns", "add", self.name)
         try:
-            _run("ip", "link", "add", self._veth, "type", "veth", "peer", "name", "eth-hnn")
-            _run("ip", "link", "set", "eth-hnn", "netns", self.name)
+            _run("ip", "link", "add", self._veth, "type", "veth", "peer", "name", self._peer)
+            _run("ip", "link", "set", self._peer, "netns", self.name)
             _run("ip", "addr", "add", f"{self.root_ip}/30", "dev", self._veth)
             _run("ip", "link", "set", self._veth, "up")
-            _run(*self.prefix, "ip", "addr", "add", f"{self.inside_ip}/30", "dev", "eth-hnn")
-            _run(*self.prefix, "ip", "link", "set", "eth-hnn", "up")
+            _run(*self.prefix, "ip", "addr", "add", f"{self.inside_ip}/30", "dev", self._peer)
+            _run(*self.prefix, "ip", "link", "set", self._peer, "up")
             _run(*self.prefix, "ip", "link", "set", "lo", "up")
         except BaseException:
             self.__exit__()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,8 @@ from pathlib import Path
 import grpc
 
 from tests import pausing_nodes as task
-from tests.harness import ROOT, wait_all
+from tests.harness import ROOT, free_port, wait_all
 from wire.health_probe import check
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _coordinator(address: str, db: Path, log: Path) -> subprocess.Popen:
@@ -48,7 +41,7 @@ def _coordinator(address: str, db: Path, log: Path) -> subprocess.Popen:
 
 
 def test_task_survives_a_coordinator_restart(tmp_path):
-    address, db, log = f"127.0.0.1:{_free_port()}", tmp_path / "c.db", tmp_path / "c.log"
+    address, db, log = f"127.0.0.1:{free_port()}", tmp_path / "c.db", tmp_path / "c.log"
     first = _coordinator(address, db, log)
     task.create_task(address)
     listen = {"h": "127.0.0.1:0", "c1": "127.0.0.1:0"}

@@ -4,7 +4,6 @@ closed port: exit 0 when SERVING, 1 with one line on stderr otherwise."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from party_node.cli import main as heteronn
 from services.server import CoordinatorSettings, start_coordinator
+from tests.harness import free_port
 from wire import dev_certs
 
 
@@ -22,12 +22,6 @@ def _no_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("HETERONN_NODE_", "HETERONN_COORDINATOR_", "HETERONN_HEALTH_")):
             monkeypatch.delenv(name)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_health_of_plaintext_coordinator_and_closed_port(capsys):
@@ -42,7 +36,7 @@ def test_health_of_plaintext_coordinator_and_closed_port(capsys):
         assert err.count("\n") == 1 and "NOT_FOUND" in err
     finally:
         running.stop(0)
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     assert heteronn(["health", address, "--timeout", "3"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{address}: UNAVAILABLE") and err.count("\n") == 1
@@ -82,7 +76,7 @@ def test_health_of_mtls_coordinator(tmp_path: Path, capsys):
 
 
 def test_health_command_exit_code_in_a_process():
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HETERONN_")}
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "proto"), *sys.path])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.harness import ROOT, free_port
+
 PROMETHEUS = shutil.which("prometheus")
 
 pytestmark = pytest.mark.skipif(
@@ -44,12 +44,6 @@ while True:
     metrics.observe_batch("scrape-test", rows=32)
     time.sleep(0.2)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, timeout: float = 30.0) -> None:
@@ -83,24 +77,48 @@ def _eventually(prom: str, expr: str, timeout: float = 30.0) -> list[dict]:
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[dict[str, int]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto")])}
-    grpc_port, coord_metrics, node_metrics = _free_port(), _free_port(), _free_port()
+    grpc_port, coord_metrics, node_metrics = free_port(), free_port(), free_port()
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "party_node.cli", "coordinator", f"--listen=127.0.0.1:{grpc_port}",
-         f"--db={tmp_path / 'coordinator.db'}", f"--metrics-port={coord_metrics}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "party_node.cli",
+            "coordinator",
+            f"--listen=127.0.0.1:{grpc_port}",
+            f"--db={tmp_path / 'coordinator.db'}",
+            f"--metrics-port={coord_metrics}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     node = subprocess.Popen(
         [sys.executable, "-c", _INSTRUMENTED, str(node_metrics)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_http(f"http://127.0.0.1:{coord_metrics}/metrics")
         _wait_http(f"http://127.0.0.1:{node_metrics}/metrics")
         created = subprocess.run(
-            [sys.executable, "-m", "party_node.cli", "task", f"--coordinator=127.0.0.1:{grpc_port}",
-             "create", "--task-id=scrape-test", "--participants=host,bank",
-             "--schedule-timeout=600"],
-            env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "party_node.cli",
+                "task",
+                f"--coordinator=127.0.0.1:{grpc_port}",
+                "create",
+                "--task-id=scrape-test",
+                "--participants=host,bank",
+                "--schedule-timeout=600",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert created.returncode == 0, created.stderr
         yield {"coordinator": coord_metrics, "node": node_metrics}
@@ -115,7 +133,7 @@ def processes(tmp_path: Path) -> Iterator[dict[str, int]]:
 
 @pytest.fixture
 def prometheus(tmp_path: Path, processes: dict[str, int]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -127,9 +145,15 @@ def prometheus(tmp_path: Path, processes: dict[str, int]) -> Iterator[str]:
         f"    static_configs: [{{targets: ['127.0.0.1:{processes['node']}']}}]\n"
     )
     proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
