@@ -10,17 +10,13 @@ from party_node.hetero_nn.collaborator import HeteroNNCollaboratorScheduler
 from party_node.hetero_nn.host import HeteroNNHostScheduler
 from party_node.runtime.errors import ConfigError
 from party_node.secure import (
-    SecureConfigError,
-    validate_project_layer_config,
+    validate_host_config,
     validate_project_layer_lr,
 )
 
 
 def _lr_and_momentum(lr: object, momentum: object) -> tuple[float, float]:
-    try:
-        value = validate_project_layer_lr(lr)
-    except SecureConfigError as exc:
-        raise ConfigError(str(exc)) from None
+    value = validate_project_layer_lr(lr)
     if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
         raise ConfigError(f"project_layer_momentum must be in [0, 1), got {momentum!r}")
     return value, float(momentum)
@@ -57,22 +53,8 @@ class SecureHeteroNNHostScheduler(HeteroNNHostScheduler):
             schedule_timeout=schedule_timeout,
             is_feature_trainable=is_feature_trainable,
         )
-        if isinstance(project_layer_config, str | bytes) or not isinstance(
-            project_layer_config, Sequence
-        ):
-            raise ConfigError(
-                "project_layer_config must be a list of (feature_key, in_dim, out_dim) tuples"
-            )
-        keys = [e[0] for e in project_layer_config if isinstance(e, tuple | list) and e]
-        try:  # shapes and types now; the key set once the task's participants are known
-            validate_project_layer_config(project_layer_config, keys)
-        except SecureConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        if feature_key not in keys:
-            raise ConfigError(
-                f"project_layer_config has no entry for the host's own feature_key "
-                f"'{feature_key}'; add ('{feature_key}', in_dim, out_dim)"
-            )
+        # Shapes and types now; the key set once the task's participants are known.
+        validate_host_config(project_layer_config, feature_key)
         self.project_layer_config = [tuple(entry) for entry in project_layer_config]
         self.project_layer_lr, self.project_layer_momentum = _lr_and_momentum(
             project_layer_lr, project_layer_momentum

@@ -26,6 +26,7 @@ from party_node.secure.validation import (
     agreement_value,
     check_agreement,
     check_feature_width,
+    validate_host_config,
     validate_project_layer_config,
     validate_project_layer_lr,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "agreement_value",
     "check_agreement",
     "check_feature_width",
+    "validate_host_config",
     "validate_project_layer_config",
     "validate_project_layer_lr",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from party_node.runtime.errors import ConfigError
 
-class SecureConfigError(ValueError):
-    """The secure task is configured inconsistently; the message says what to change."""
+
+class SecureConfigError(ConfigError):
+    """The secure task is configured inconsistently; the message says what to change.
+    A ConfigError, so the runtime reports it like any other configuration mistake."""
 
 
 class SecureProtocolError(RuntimeError):

@@ -52,6 +52,23 @@ def validate_project_layer_config(
     return shapes
 
 
+def validate_host_config(config: object, feature_key: str) -> dict[str, tuple[int, int]]:
+    """What the host can check before it knows the participants: every entry's shape and
+    types, and an entry for its own feature_key. Returns {feature_key: (in_dim, out_dim)}."""
+    if isinstance(config, str | bytes) or not isinstance(config, Sequence):
+        raise SecureConfigError(
+            "project_layer_config must be a list of (feature_key, in_dim, out_dim) tuples"
+        )
+    keys = [e[0] for e in config if isinstance(e, tuple | list) and e]
+    shapes = validate_project_layer_config(config, keys)
+    if feature_key not in shapes:
+        raise SecureConfigError(
+            f"project_layer_config has no entry for the host's own feature_key "
+            f"'{feature_key}'; add ('{feature_key}', in_dim, out_dim)"
+        )
+    return shapes
+
+
 def check_feature_width(feature_key: str, in_dim: int, out_dim: int, width: int) -> None:
     """The declared in_dim must be the width the party's feature model actually outputs."""
     if width != in_dim:

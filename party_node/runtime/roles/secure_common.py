@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
-from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.errors import TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.secure import (
     KIND_PUBLIC_KEYS,
     OwnKeys,
     PeerKeys,
-    SecureConfigError,
     SecureParams,
     SecureProtocolError,
     agreement_value,
@@ -46,11 +45,9 @@ def agreement(scheduler: object, params: SecureParams) -> dict[str, str]:
 
 @contextmanager
 def protocol_errors(peer: Participant, where: str) -> Iterator[None]:
-    """Protocol violations name the peer and the step; config mistakes stay ConfigErrors."""
+    """Protocol violations name the peer and the step (config mistakes pass as ConfigErrors)."""
     try:
         yield
-    except SecureConfigError as exc:
-        raise ConfigError(str(exc)) from None
     except SecureProtocolError as exc:
         raise TaskFailed(
             f"secure projection with {peer.role} '{peer.node_id}' failed in {where}: {exc}"

@@ -12,15 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.runtime.errors import TaskFailed
 from party_node.runtime.links import Participant
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.roles.host import HostRole
 from party_node.runtime.roles.secure_common import SecureExchange, protocol_errors
 from party_node.secure import (
-    SecureConfigError,
     SecureHostLayer,
     check_feature_width,
+    validate_host_config,
     validate_project_layer_config,
 )
 from party_node.secure import params as kinds
@@ -33,16 +33,8 @@ class SecureHostRole(SecureExchange, HostRole):
         super().build_extra()
         s = self.s
         self.init_secure()
-        config = s.project_layer_config
-        try:  # shapes and types now; the key set once the participants are known
-            shapes = validate_project_layer_config(config, [e[0] for e in config if e])
-        except SecureConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        if s.feature_key not in shapes:
-            raise ConfigError(
-                f"project_layer_config has no entry for the host's own feature_key "
-                f"'{s.feature_key}'; add ('{s.feature_key}', in_dim, out_dim)"
-            )
+        # Shapes and types now; the key set once the participants are known.
+        shapes = validate_host_config(s.project_layer_config, s.feature_key)
         in_dim, out_dim = shapes[s.feature_key]
         # The host's own projection is plaintext: bias-free like the secure ones (the
         # inference model after the concatenation has the bias).
@@ -58,12 +50,9 @@ class SecureHostRole(SecureExchange, HostRole):
 
     def set_participants(self, participants: Any) -> None:
         super().set_participants(participants)
-        try:
-            self.shapes = validate_project_layer_config(
-                self.s.project_layer_config, [p.feature_key for p in self.participants]
-            )
-        except SecureConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        self.shapes = validate_project_layer_config(
+            self.s.project_layer_config, [p.feature_key for p in self.participants]
+        )
 
     # ---- once per task: keys ------------------------------------------------------------
     def setup(self, round_no: int) -> None:
@@ -98,10 +87,7 @@ class SecureHostRole(SecureExchange, HostRole):
 
     def own_projection(self, features: torch.Tensor) -> torch.Tensor:
         in_dim, out_dim = self.shapes[self.s.feature_key]
-        try:
-            check_feature_width(self.s.feature_key, in_dim, out_dim, int(features.shape[1]))
-        except SecureConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        check_feature_width(self.s.feature_key, in_dim, out_dim, int(features.shape[1]))
         return self.projection(features.to(self.projection.weight.dtype))
 
     # ---- training -------------------------------------------------------------------------
