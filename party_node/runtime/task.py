@@ -182,11 +182,12 @@ class TaskRuntime:
             self.peers.connect(cmd.participants)
             role.set_participants(cmd.participants)
             with self.watchdog.local("load_local_ids"):
-                ids = self.scheduler.load_local_ids()
+                ids = _check_ids(self.scheduler.load_local_ids())
             started = time.perf_counter()
-            self.intersection = role.psi(_check_ids(ids))
-            self.observer.psi(time.perf_counter() - started, len(set(ids)), len(self.intersection))
-            self.summary["local_ids"] = len(set(ids))
+            self.intersection = role.psi(ids)
+            local = len(set(ids))
+            self.observer.psi(time.perf_counter() - started, local, len(self.intersection))
+            self.summary["local_ids"] = local
             self.summary["intersection_size"] = len(self.intersection)
             log.info("PSI done: %d common ids", len(self.intersection))
             return Report(phase="PSI", metrics={"intersection_size": len(self.intersection)})

@@ -161,9 +161,8 @@ def run_host_psi(
     intersection, then each collaborator's result indices. Returns the final intersection.
 
     `timeout` bounds the whole run; `cancel` stops it early (PsiCancelled)."""
-    unique = prepare_ids(ids)
     if not stubs:
-        return set(unique)
+        return set(prepare_ids(ids))
     deadline = time.monotonic() + timeout
 
     def remaining() -> float:
@@ -172,7 +171,7 @@ def run_host_psi(
             raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
         return left
 
-    blinding = HostBlinding(unique, pool)
+    blinding = HostBlinding(ids, pool)  # checks and de-duplicates the ids
     hosts = {
         name: HostPsi(blinding, pool, peer=f"collaborator '{name}'", chunk_points=chunk_points)
         for name in stubs
