@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from party_node.log import logger
 from party_node.runtime.errors import ConfigError, TaskFailed
+from wire.config_file import settings_error
 
 
 def load_factory(spec: str) -> Any:
@@ -58,8 +57,7 @@ def node_main(argv: list[str]) -> int:
         settings = NodeSettings.load(args.config, **overrides)
         scheduler = load_factory(args.scheduler)(**settings.scheduler_args)
     except (ConfigError, ValueError, TypeError) as exc:
-        detail = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
-        print(f"heteronn node: configuration error: {detail}", file=sys.stderr)
+        print(f"heteronn node: configuration error: {settings_error(exc)}", file=sys.stderr)
         return 2
     try:
         report = run_node(scheduler, settings)
@@ -68,12 +66,6 @@ def node_main(argv: list[str]) -> int:
         return 1
     logger.info("report: %s", report)
     return 0
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from services.lifecycle import Lifecycle
 from services.metrics import CoordinatorMetrics
 from services.servicer import CoordinatorServicer
 from services.store import InMemoryTaskStore, SqliteTaskStore, TaskStore
-from wire.config_file import settings_data
+from wire.config_file import settings_data, settings_error
 from wire.grpc_factory import start_server
 from wire.metrics import RpcMetrics
 from wire.tls import TlsSettings
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = CoordinatorSettings.load(args.config, **overrides)
         running = start_coordinator(settings)
     except (ValueError, OSError) as err:
-        print(f"heteronn coordinator: {err}", file=sys.stderr)
+        print(f"heteronn coordinator: {settings_error(err)}", file=sys.stderr)
         return 2
     print(f"heteronn coordinator listening on {running.address}", flush=True)
     done = threading.Event()

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from wire.config_file import settings_error
 from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
@@ -98,14 +99,6 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _first_error(err: ValueError) -> str:
-    """The message of a pydantic validation error without its framing."""
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        return "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in errors())
-    return str(err)
-
-
 def _show(message: object) -> None:
     print(
         json.dumps(
@@ -122,7 +115,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     try:
         tls = TlsSettings(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
     except ValueError as err:
-        print(f"heteronn task {args.command}: {_first_error(err)}", file=sys.stderr)
+        print(f"heteronn task {args.command}: {settings_error(err)}", file=sys.stderr)
         return 2
     with open_channel(args.coordinator, tls=tls, server_name=args.server_name) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)

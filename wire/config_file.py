@@ -9,6 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 
 def settings_data(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The file's keys, then `overrides` (command-line options) that were given on top;
@@ -37,3 +39,16 @@ def settings_toml(data: dict[str, Any]) -> str:
             plain.append(f"[{table}]")
             plain.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
     return "\n".join(plain) + "\n"
+
+
+def settings_error(exc: Exception) -> str:
+    """One line for a bad setting: pydantic's errors as `field: problem`, without its framing
+    (error counts, input echoes, documentation links); other errors as they are."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}" if field else message)
+    return "; ".join(parts)
