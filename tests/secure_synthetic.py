@@ -9,7 +9,15 @@ from __future__ import annotations
 import sys
 
 from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler, SecureHeteroNNHostScheduler
-from tests.synthetic import OUT, Faults, SynthCollaborator, SynthHost, party_arguments, run_party
+from tests.synthetic import (
+    OUT,
+    Faults,
+    SynthCollaborator,
+    SynthHost,
+    party_arguments,
+    run_party,
+    scheduler_timeouts,
+)
 
 PROJECT_LR = 0.05
 
@@ -28,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bad-in-dim", action="store_true")
     args = p.parse_args(argv)
     nodes = args.nodes.split(",")
-    timeouts = {
-        "schedule_timeout": args.schedule_timeout,
-        "calculation_timeout": args.calculation_timeout,
-    }
-    faults = Faults(args.faults)
+    timeouts, faults = scheduler_timeouts(args), Faults(args.faults)
     if args.node == nodes[0]:
         config = [(n, OUT, OUT) for n in nodes]
         if args.bad_in_dim:

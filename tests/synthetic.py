@@ -180,6 +180,13 @@ def party_arguments(
     return p
 
 
+def scheduler_timeouts(args: argparse.Namespace) -> dict[str, float]:
+    return {
+        "schedule_timeout": args.schedule_timeout,
+        "calculation_timeout": args.calculation_timeout,
+    }
+
+
 def run_party(scheduler: Any, args: argparse.Namespace, context_nodes: list[str]) -> int:
     """The seed's way in (mock_context + _run); exit 1 with the reason when the task fails."""
     try:
@@ -196,11 +203,7 @@ def run_party(scheduler: Any, args: argparse.Namespace, context_nodes: list[str]
 def main(argv: list[str] | None = None) -> int:
     args = party_arguments(rounds=3, batch_size=32, schedule_timeout=10).parse_args(argv)
     nodes = args.nodes.split(",")
-    timeouts = {
-        "schedule_timeout": args.schedule_timeout,
-        "calculation_timeout": args.calculation_timeout,
-    }
-    faults = Faults(args.faults)
+    timeouts, faults = scheduler_timeouts(args), Faults(args.faults)
     if args.node == nodes[0]:
         scheduler = SynthHost(args.node, nodes, args.batch_size, args.rounds, faults, **timeouts)
     else:
