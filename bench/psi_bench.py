@@ -22,8 +22,8 @@ import grpc
 
 from bench.psi_sets import collaborator_ids, host_ids, intersection_size
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.psi_pool import PsiPool
-from party_node.transport.psi_rpc import CollaboratorPsiSession, run_host_psi, serve_psi
+from party_node.psi.pool import PsiPool
+from party_node.psi.rpc import CollaboratorPsiSession, run_host_psi, serve_psi
 from wire.grpc_factory import open_channel, start_server
 
 ROOT = Path(__file__).resolve().parents[1]

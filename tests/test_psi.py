@@ -11,8 +11,10 @@ import grpc
 import pytest
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node import psi as psi_module
-from party_node.psi import (
+from party_node.psi import protocol as psi_module
+from party_node.psi.group import encode_id, hash_to_group
+from party_node.psi.pool import PsiPool
+from party_node.psi.protocol import (
     CollaboratorPsi,
     HostPsi,
     PsiError,
@@ -20,8 +22,7 @@ from party_node.psi import (
     encode_indices,
     intersect_all,
 )
-from party_node.psi_pool import PsiPool, encode_id, hash_to_group
-from party_node.transport.psi_rpc import (
+from party_node.psi.rpc import (
     CollaboratorPsiSession,
     PsiCancelled,
     PsiRpcError,

@@ -9,12 +9,10 @@ from typing import Any
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2_grpc
-from party_node.psi import PsiError
-from party_node.psi_pool import PsiPool
+from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
 from party_node.runtime.errors import TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
-from party_node.transport.psi_rpc import CollaboratorPsiSession, run_host_psi
 from party_node.transport.serde import message_to_payload
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import open_channel

@@ -8,7 +8,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from party_node.psi_pool import POINT_BYTES
+from party_node.psi.group import POINT_BYTES
 
 BLINDED = "blinded"
 DOUBLE_BLINDED = "double_blinded"

@@ -1,7 +1,7 @@
 """gRPC glue for PSI: PsiFrame <-> PsiMessage, the host's calls to every collaborator, and
 the collaborator-side session that a node's servicer delegates its `Psi` method to.
 
-The protocol itself lives in party_node.psi; this module only moves frames and turns
+The protocol itself lives in party_node.psi.protocol; this module only moves frames and turns
 failures into errors that name the peer."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Protocol
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.psi import (
+from party_node.psi.pool import CHUNK_POINTS, PsiPool
+from party_node.psi.protocol import (
     BLINDED,
     DOUBLE_BLINDED,
     PEER_BLINDED,
@@ -29,7 +30,6 @@ from party_node.psi import (
     intersect_all,
     prepare_ids,
 )
-from party_node.psi_pool import CHUNK_POINTS, PsiPool
 
 PsiMessage = party_node_pb2.PsiMessage
 HeaderFactory = Callable[[], common_pb2.Header]

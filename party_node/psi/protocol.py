@@ -20,7 +20,7 @@ from concurrent import futures
 
 import numpy as np
 
-from party_node.psi_frames import (
+from party_node.psi.frames import (
     BLINDED,
     CHUNK_INDICES,
     DOUBLE_BLINDED,
@@ -37,15 +37,8 @@ from party_node.psi_frames import (
     frames_of,
     split_points,
 )
-from party_node.psi_pool import (
-    CHUNK_POINTS,
-    POINT_BYTES,
-    UNIT_POINTS,
-    PsiPool,
-    blind,
-    hash_and_blind,
-    new_key,
-)
+from party_node.psi.group import POINT_BYTES, blind, hash_and_blind, new_key
+from party_node.psi.pool import CHUNK_POINTS, UNIT_POINTS, PsiPool
 
 __all__ = [
     "BLINDED",
