@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from party_node.log import logger
-from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, TaskFailed
 from wire.config_file import settings_error
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from party_node.runtime.errors import TaskFailed
+from party_node.errors import TaskFailed
 from party_node.settings import NodeSettings
 
 

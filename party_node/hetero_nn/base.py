@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn, optim
 
-from party_node.runtime.errors import ConfigError
+from party_node.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter

@@ -9,7 +9,7 @@ import torch
 from torch import nn, optim
 
 from party_node.hetero_nn.base import HeteroNNScheduler
-from party_node.runtime.errors import ConfigError
+from party_node.errors import ConfigError
 
 
 class HeteroNNHostScheduler(HeteroNNScheduler):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from party_node.runtime.errors import ConfigError
+from party_node.errors import ConfigError
 
 
 class SecureConfigError(ConfigError):

@@ -13,7 +13,7 @@ import time
 import grpc
 
 from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
-from party_node.runtime.errors import TaskFailed
+from party_node.errors import TaskFailed
 from party_node.runtime.links import AbortSignal, Command, JoinInfo, Participant, Report
 from party_node.transport.serde import (
     command_from_proto,

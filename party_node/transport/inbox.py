@@ -8,7 +8,7 @@ import threading
 import time
 from collections import defaultdict
 
-from party_node.runtime.errors import TaskFailed
+from party_node.errors import TaskFailed
 from party_node.runtime.links import AbortSignal, Message
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.watchdog import Watchdog

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from party_node.runtime.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
 from party_node.runtime.roles.base import Role, check_features, evaluating

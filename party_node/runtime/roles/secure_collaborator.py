@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from party_node.runtime.errors import ConfigError
+from party_node.errors import ConfigError
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.roles.base import check_features, evaluating
 from party_node.runtime.roles.collaborator import CollaboratorRole

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from party_node.runtime.errors import TaskFailed
+from party_node.errors import TaskFailed
 from party_node.runtime.links import Message, Participant
 from party_node.secure import (
     KIND_PUBLIC_KEYS,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from party_node.runtime.errors import TaskFailed
+from party_node.errors import TaskFailed
 from party_node.runtime.links import Participant
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.roles.host import HostRole
