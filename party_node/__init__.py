@@ -4,8 +4,8 @@ User-facing names (seed-compatible): ``logger`` and ``mock_context`` here, the s
 ``party_node.hetero_nn``.
 """
 
+from party_node.errors import TaskFailed
 from party_node.log import logger
 from party_node.mock import mock_context
-from party_node.errors import TaskFailed
 
 __all__ = ["TaskFailed", "logger", "mock_context"]

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from party_node.log import logger
 from party_node.errors import ConfigError, TaskFailed
+from party_node.log import logger
 from wire.config_file import settings_error
 
 

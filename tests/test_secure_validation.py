@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler, SecureHeteroNNHostScheduler
 from party_node.errors import ConfigError
+from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler, SecureHeteroNNHostScheduler
 from party_node.secure import (
     CkksParams,
     PeerKeys,

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn, optim
 
-from party_node.hetero_nn.base import HeteroNNScheduler
 from party_node.errors import ConfigError
+from party_node.hetero_nn.base import HeteroNNScheduler
 
 
 class HeteroNNHostScheduler(HeteroNNScheduler):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from party_node.errors import ConfigError
 from party_node.hetero_nn.collaborator import HeteroNNCollaboratorScheduler
 from party_node.hetero_nn.host import HeteroNNHostScheduler
-from party_node.errors import ConfigError
 from party_node.secure import (
     validate_host_config,
     validate_project_layer_lr,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from party_node.runtime.checkpoint import CheckpointStore
 from party_node.errors import ConfigError, TaskFailed
+from party_node.runtime.checkpoint import CheckpointStore
 from party_node.runtime.links import (
     AbortSignal,
     Command,

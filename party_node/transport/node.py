@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
-from party_node.mock import current_mock
 from party_node.errors import ConfigError, TaskFailed
+from party_node.mock import current_mock
 from party_node.runtime.links import AbortSignal
 from party_node.runtime.outputs import atomic_write_bytes
 from party_node.runtime.task import RunSettings, TaskRuntime
