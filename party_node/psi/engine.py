@@ -1,0 +1,404 @@
+"""SecretFlow's PSI (`spu` 0.9.5: RR22, or ECDH on Curve25519) as this party's PSI engine,
+run as a worker process in its own interpreter (`spu_worker.py`). No transport here: the
+gRPC handshake that tells each party the other's link end lives in `spu_rpc.py`.
+
+Ids never reach the engine: each becomes a 128-bit key, SHA-256 of a domain tag and its UTF-8
+bytes (a collision would need a SHA-256 collision), written with its row number to a CSV
+file that only the worker reads. The engine's output names rows, which map back to ids.
+
+The engine's link is mutual TLS with a fresh self-signed certificate per run for each end;
+each worker trusts exactly the certificate the other party sent over our authenticated
+Psi RPC, so only that party can complete the link's handshake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from party_node.psi.frames import PsiError
+
+#: Which of spu's protocols a run uses; both parties must name the same one.
+PROTOCOLS = ("rr22", "ecdh")
+DOMAIN_TAG = b"heteronn/v2/psi/id-key/SHA-256/"
+KEY_HEX = 32
+#: Ids per bucket of spu's bucketed PSI: bounds the engine's memory, and is the unit of work
+#: that a resumed run does not redo.
+BUCKET_SIZE = 1 << 20
+_WORKER = Path(__file__).with_name("spu_worker.py")
+_POLL_S = 0.1
+#: How long a worker may take to exit after its PSI has been cancelled.
+_KILL_GRACE_S = 5.0
+
+
+class Cancellation(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class EngineUnavailable(PsiError):
+    """The PSI engine's interpreter is missing; the message says how to install it."""
+
+
+def engine_python() -> Path:
+    """The interpreter of the PSI engine's venv: HETERONN_PSI_ENGINE_PYTHON, else the
+    project's `.venv-psi` (created by `make install`)."""
+    configured = os.environ.get("HETERONN_PSI_ENGINE_PYTHON")
+    if configured:
+        path = Path(configured)
+    else:
+        path = Path(__file__).resolve().parents[2] / ".venv-psi" / "bin" / "python"
+    if not path.exists():
+        raise EngineUnavailable(
+            f"the PSI engine's interpreter {path} does not exist: run `make install` (it "
+            "creates .venv-psi with spu), or set HETERONN_PSI_ENGINE_PYTHON to a Python 3.10-3.11 "
+            "with spu==0.9.5, or set psi_engine = 'ecdh' on every party"
+        )
+    return path
+
+
+def id_key(item: str) -> str:
+    """The engine's key for an id: 128 bits of SHA-256, hex (CSV-safe whatever the id)."""
+    digest = hashlib.sha256(DOMAIN_TAG + item.encode("utf-8", "surrogatepass")).digest()
+    return digest[:16].hex()
+
+
+def write_input(ids: Iterable[str], path: Path) -> int:
+    """Write `key,row` for every id to `path`, streaming; a repeated id keeps only its first
+    row (found by sorting the 16-byte keys, so no set of the ids is ever built). Returns the
+    number of rows, duplicates included (row numbers index the caller's sequence)."""
+    sha256 = hashlib.sha256
+    tag = DOMAIN_TAG
+    digests = bytearray()
+    count = 0
+    with open(path, "w", encoding="ascii", newline="\n", buffering=1 << 20) as out:
+        out.write("k,row\n")
+        lines: list[str] = []
+        for item in ids:
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"ids[{count}] is {type(item).__name__}, not str: PSI ids must be strings"
+                )
+            digest = sha256(tag + item.encode("utf-8", "surrogatepass")).digest()[:16]
+            digests += digest
+            lines.append(f"{digest.hex()},{count}\n")
+            count += 1
+            if len(lines) >= 65536:
+                out.write("".join(lines))
+                lines.clear()
+        out.write("".join(lines))
+    repeated = _repeated_rows(np.frombuffer(digests, dtype=">u8").reshape(-1, 2))
+    del digests
+    if repeated.size:
+        _drop_rows(path, repeated)
+    return count
+
+
+def _repeated_rows(keys: np.ndarray) -> np.ndarray:
+    """Rows whose key an earlier row already has (sorted)."""
+    if len(keys) < 2:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: equal keys stay in row order
+    ordered = keys[order]
+    same = (ordered[1:] == ordered[:-1]).all(axis=1)
+    return np.sort(order[1:][same])
+
+
+def _drop_rows(path: Path, rows: np.ndarray) -> None:
+    drop = set(rows.tolist())
+    kept = path.with_suffix(".dedup")
+    with open(path, encoding="ascii") as src, open(kept, "w", encoding="ascii") as out:
+        out.write(src.readline())
+        for row, line in enumerate(src):
+            if row not in drop:
+                out.write(line)
+    kept.replace(path)
+
+
+def read_rows(path: Path, limit: int) -> np.ndarray:
+    """Row numbers from the engine's output CSV (`key,row` lines after a header), checked
+    against `limit`; int64, sorted, distinct."""
+    parts: list[np.ndarray] = []
+    with open(path, "rb") as handle:
+        handle.readline()  # header
+        while True:
+            lines = handle.readlines(1 << 22)
+            if not lines:
+                break
+            parts.append(np.array([int(line[KEY_HEX + 1 :]) for line in lines], dtype=np.int64))
+    rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    if rows.size and (rows[0] < 0 or rows[-1] >= limit):
+        raise PsiError(f"the PSI engine returned row {int(rows[-1])} of {limit} input rows")
+    return rows
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    """One party's end of the engine link, as told to the other party."""
+
+    address: str
+    certificate: bytes
+
+
+class EphemeralIdentity:
+    """A fresh P-256 key and self-signed certificate for one engine run, in `folder`."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"heteronn-psi {name}")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        self.key_file = folder / "link.key"
+        self.cert_file = folder / "link.crt"
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        self.certificate = cert.public_bytes(serialization.Encoding.PEM)
+        self.cert_file.write_bytes(self.certificate)
+
+    def discard(self) -> None:
+        self.key_file.unlink(missing_ok=True)
+
+
+def check_certificate(pem: bytes, peer: str) -> bytes:
+    """The peer's link certificate must parse as one PEM certificate (bounded size)."""
+    if len(pem) > 16384:
+        raise PsiError(f"{peer} sent a {len(pem)}-byte link certificate; at most 16384 expected")
+    try:
+        x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise PsiError(f"{peer} sent a link certificate that does not parse: {exc}") from None
+    return pem
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one engine run needs besides the ids."""
+
+    protocol: str
+    rank: int  # 0: the host's end, 1: the collaborator's
+    link_id: str
+    me: str
+    peer: str
+    listen: str  # where this worker listens, e.g. 0.0.0.0:PORT
+    peer_end: LinkEnd
+    receiver_rank: int = 0
+    broadcast: bool = True
+    bucket_size: int = BUCKET_SIZE
+    timeout: float = 3600.0
+    connect_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class EngineInput:
+    """A party's ids as the engine reads them: `key,row` CSV lines, written once per PSI
+    (shared by the runs with every collaborator) and kept for a resumed run."""
+
+    path: Path
+    count: int
+
+    @classmethod
+    def write(cls, folder: Path, ids: Iterable[str], recover: bool = False) -> EngineInput:
+        """Write the input; a recovered PSI reuses what the interrupted one wrote (the
+        task's ids must not change between attempts; the split digest catches it if they do)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path, marker = folder / "input.csv", folder / "input.count"
+        if recover and marker.exists() and path.exists():
+            return cls(path, int(marker.read_text()))
+        marker.unlink(missing_ok=True)
+        count = write_input(ids, path)
+        marker.write_text(str(count))
+        return cls(path, count)
+
+
+class EngineRun:
+    """One engine run with one peer in `folder`: worker process, checkpoint, output rows.
+
+    The folder survives a crash: a run started again on the same folder hands spu its
+    checkpoint, and spu continues after the last bucket both ends finished."""
+
+    def __init__(self, folder: Path, source: EngineInput, name: str, recover: bool) -> None:
+        if not recover:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.python = engine_python()
+        self.folder = folder
+        self.input = source
+        self.output = folder / "output.csv"
+        self.checkpoint = folder / "checkpoint"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._identity = EphemeralIdentity(folder, name)
+        self._log = folder / "worker.log"
+
+    @property
+    def certificate(self) -> bytes:
+        return self._identity.certificate
+
+    def start(self, spec: RunSpec) -> None:
+        peer_cert = self.folder / "peer.crt"
+        peer_cert.write_bytes(spec.peer_end.certificate)
+        self.checkpoint.mkdir(exist_ok=True)
+        self.output.unlink(missing_ok=True)
+        parties = [[spec.me, spec.listen], [spec.peer, spec.peer_end.address]]
+        if spec.rank == 1:
+            parties.reverse()
+        config = {
+            "rank": spec.rank,
+            "parties": parties,
+            "link_id": spec.link_id,
+            "protocol": spec.protocol,
+            "input": str(self.input.path.resolve()),
+            "output": str(self.output.resolve()),
+            "receiver_rank": spec.receiver_rank,
+            "broadcast": spec.broadcast,
+            "bucket_size": spec.bucket_size,
+            "checkpoint": str(self.checkpoint.resolve()),
+            "tls": {
+                "cert": str(self._identity.cert_file.resolve()),
+                "key": str(self._identity.key_file.resolve()),
+                "peer_cert": str(peer_cert.resolve()),
+            },
+            "connect_timeout_ms": int(spec.connect_timeout * 1000),
+            "recv_timeout_ms": int(spec.timeout * 1000),
+        }
+        config_file = self.folder / "worker.json"
+        config_file.write_text(json.dumps(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        with open(self._log, "wb") as log:
+            self._process = subprocess.Popen(
+                [str(self.python), "-I", str(_WORKER), str(config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                cwd=self.folder,
+            )
+
+    def wait(
+        self,
+        timeout: float,
+        cancel: Cancellation | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> dict:
+        """Block until the worker ends; its JSON result, or PsiError naming its failure.
+        `check()` runs while waiting and may raise to stop the worker (the peer failed)."""
+        process = self._process
+        assert process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        try:
+            while process.poll() is None:
+                if check is not None:
+                    check()
+                if cancel is not None and cancel.is_set():
+                    raise PsiError("PSI cancelled: the task is stopping")
+                if time.monotonic() > deadline:
+                    raise PsiError(f"the PSI engine did not finish within {timeout:g} s")
+                time.sleep(_POLL_S)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            self._identity.discard()
+        assert process.stdout is not None
+        lines = process.stdout.read().decode(errors="replace").strip().splitlines()
+        try:
+            result = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            result = {}
+        if process.returncode != 0 or "error" in result:
+            reason = result.get("error") or (
+                f"exit status {process.returncode}; its log ends: {self._log_tail()}"
+            )
+            raise PsiError(f"the PSI engine (spu) failed: {reason}")
+        return result
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def rows(self) -> np.ndarray:
+        return read_rows(self.output, self.input.count)
+
+    def stop(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(_KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self._log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no output"
+        lines = [line for line in lines if "perfetto" not in line]
+        errors = [line for line in lines if line.startswith(("E", "F", "RuntimeError"))]
+        return " | ".join((errors or lines)[-3:])[:2000] or "no output"
+
+    def close(self) -> None:
+        self.stop()
+        self._identity.discard()
+
+
+def ids_of_rows(ids: Sequence[str], rows: np.ndarray) -> set[str]:
+    return {ids[int(row)] for row in rows}
+
+
+__all__ = [
+    "BUCKET_SIZE",
+    "PROTOCOLS",
+    "EngineInput",
+    "EngineRun",
+    "EngineUnavailable",
+    "EphemeralIdentity",
+    "LinkEnd",
+    "RunSpec",
+    "check_certificate",
+    "engine_python",
+    "free_port",
+    "id_key",
+    "ids_of_rows",
+    "read_rows",
+    "write_input",
+]
