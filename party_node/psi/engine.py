@@ -2,9 +2,9 @@
 run as a worker process in its own interpreter (`spu_worker.py`). No transport here: the
 gRPC handshake that tells each party the other's link end lives in `spu_rpc.py`.
 
-Ids never reach the engine: each becomes a 128-bit key, SHA-256 of a domain tag and its UTF-8
-bytes (a collision would need a SHA-256 collision), written with its row number to a CSV
-file that only the worker reads. The engine's output names rows, which map back to ids.
+Each id reaches the worker (a process of this party) as the hex of its UTF-8 bytes, beside
+its row number, in a CSV file only the worker reads; the engine's output names rows, which
+map back to ids. The hex key is injective, so the result is exact.
 
 The engine's link is mutual TLS with a fresh self-signed certificate per run for each end;
 each worker trusts exactly the certificate the other party sent over our authenticated
@@ -21,7 +21,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +38,6 @@ from party_node.psi.frames import PsiError
 #: Which of spu's protocols a run uses; both parties must name the same one.
 PROTOCOLS = ("rr22", "ecdh")
 DOMAIN_TAG = b"heteronn/v2/psi/id-key/SHA-256/"
-KEY_HEX = 32
 #: Ids per bucket of spu's bucketed PSI: bounds the engine's memory, and is the unit of work
 #: that a resumed run does not redo.
 BUCKET_SIZE = 1 << 20
@@ -73,54 +73,76 @@ def engine_python() -> Path:
 
 
 def id_key(item: str) -> str:
-    """The engine's key for an id: 128 bits of SHA-256, hex (CSV-safe whatever the id)."""
+    """An id's 128-bit result key: the host names the final ids to a collaborator by these
+    (hex of SHA-256 with a domain tag; a false match would need a SHA-256 collision)."""
     digest = hashlib.sha256(DOMAIN_TAG + item.encode("utf-8", "surrogatepass")).digest()
     return digest[:16].hex()
 
 
-def write_input(ids: Iterable[str], path: Path) -> int:
-    """Write `key,row` for every id to `path`, streaming; a repeated id keeps only its first
-    row (found by sorting the 16-byte keys, so no set of the ids is ever built). Returns the
-    number of rows, duplicates included (row numbers index the caller's sequence)."""
-    sha256 = hashlib.sha256
-    tag = DOMAIN_TAG
-    digests = bytearray()
+def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in ids:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def write_input(ids: Sequence[str], path: Path) -> int:
+    """Write `key,row` for every id to `path`, streaming: the key is "x" and the hex of the
+    id's UTF-8 bytes (injective, so the engine's matching is exact, and CSV-safe whatever
+    the id). A repeated id keeps only its first row, found by sorting 64-bit hashes, so no
+    set of the ids is ever built. Returns the row count (row numbers index `ids`)."""
+    hashes = array("q")
     count = 0
     with open(path, "w", encoding="ascii", newline="\n", buffering=1 << 20) as out:
         out.write("k,row\n")
-        lines: list[str] = []
-        for item in ids:
-            if not isinstance(item, str):
+        for chunk in _chunks(ids, 1 << 16):
+            try:
+                keys = [item.encode("utf-8", "surrogatepass").hex() for item in chunk]
+            except AttributeError:
+                bad = next(i for i, item in enumerate(chunk) if not isinstance(item, str))
                 raise TypeError(
-                    f"ids[{count}] is {type(item).__name__}, not str: PSI ids must be strings"
-                )
-            digest = sha256(tag + item.encode("utf-8", "surrogatepass")).digest()[:16]
-            digests += digest
-            lines.append(f"{digest.hex()},{count}\n")
-            count += 1
-            if len(lines) >= 65536:
-                out.write("".join(lines))
-                lines.clear()
-        out.write("".join(lines))
-    repeated = _repeated_rows(np.frombuffer(digests, dtype=">u8").reshape(-1, 2))
-    del digests
-    if repeated.size:
+                    f"ids[{count + bad}] is {type(chunk[bad]).__name__}, not str: "
+                    "PSI ids must be strings"
+                ) from None
+            out.write("".join([f"x{key},{row}\n" for row, key in enumerate(keys, count)]))
+            hashes.extend(map(hash, chunk))
+            count += len(chunk)
+    repeated = _repeated_rows(np.frombuffer(hashes, dtype=np.int64), ids)
+    if repeated:
         _drop_rows(path, repeated)
     return count
 
 
-def _repeated_rows(keys: np.ndarray) -> np.ndarray:
-    """Rows whose key an earlier row already has (sorted)."""
-    if len(keys) < 2:
-        return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: equal keys stay in row order
-    ordered = keys[order]
-    same = (ordered[1:] == ordered[:-1]).all(axis=1)
-    return np.sort(order[1:][same])
+def _repeated_rows(hashes: np.ndarray, ids: Sequence[str]) -> set[int]:
+    """Rows whose id an earlier row already has: equal hashes are candidates, equal ids
+    decide."""
+    order = np.argsort(hashes, kind="stable")  # equal hashes stay in row order
+    ordered = hashes[order]
+    starts = np.flatnonzero(ordered[1:] == ordered[:-1])
+    repeated: set[int] = set()
+    seen_groups: set[int] = set()
+    for start in starts.tolist():
+        value = int(ordered[start])
+        if value in seen_groups:
+            continue
+        seen_groups.add(value)
+        end = start
+        while end + 1 < len(ordered) and ordered[end + 1] == value:
+            end += 1
+        first: dict[str, int] = {}
+        for row in order[start : end + 1].tolist():
+            if ids[row] in first:
+                repeated.add(row)
+            else:
+                first[ids[row]] = row
+    return repeated
 
 
-def _drop_rows(path: Path, rows: np.ndarray) -> None:
-    drop = set(rows.tolist())
+def _drop_rows(path: Path, drop: set[int]) -> None:
     kept = path.with_suffix(".dedup")
     with open(path, encoding="ascii") as src, open(kept, "w", encoding="ascii") as out:
         out.write(src.readline())
@@ -140,7 +162,7 @@ def read_rows(path: Path, limit: int) -> np.ndarray:
             lines = handle.readlines(1 << 22)
             if not lines:
                 break
-            parts.append(np.array([int(line[KEY_HEX + 1 :]) for line in lines], dtype=np.int64))
+            parts.append(np.array([int(line[line.rindex(b",") + 1 :]) for line in lines]))
     rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     if rows.size and (rows[0] < 0 or rows[-1] >= limit):
         raise PsiError(f"the PSI engine returned row {int(rows[-1])} of {limit} input rows")
@@ -267,6 +289,8 @@ class EngineRun:
         self._process: subprocess.Popen[bytes] | None = None
         self._identity = EphemeralIdentity(folder, name)
         self._log = folder / "worker.log"
+        self._spu_log = folder / "spu.log"
+        self._linked = folder / "linked"
 
     @property
     def certificate(self) -> bytes:
@@ -276,7 +300,8 @@ class EngineRun:
         peer_cert = self.folder / "peer.crt"
         peer_cert.write_bytes(spec.peer_end.certificate)
         self.checkpoint.mkdir(exist_ok=True)
-        self.output.unlink(missing_ok=True)
+        for stale in (self.output, self._linked, self._spu_log):
+            stale.unlink(missing_ok=True)
         parties = [[spec.me, spec.listen], [spec.peer, spec.peer_end.address]]
         if spec.rank == 1:
             parties.reverse()
@@ -327,6 +352,7 @@ class EngineRun:
             while process.poll() is None:
                 if check is not None:
                     check()
+                self._check_handshake()
                 if cancel is not None and cancel.is_set():
                     raise PsiError("PSI cancelled: the task is stopping")
                 if time.monotonic() > deadline:
@@ -349,6 +375,24 @@ class EngineRun:
             )
             raise PsiError(f"the PSI engine (spu) failed: {reason}")
         return result
+
+    def _check_handshake(self) -> None:
+        """Until the link is up, a failed TLS handshake means the other end is not the party
+        whose certificate came over the Psi RPC (or a third party tried to connect): fail
+        now, naming it, rather than retrying until the connect timeout."""
+        if self._linked.exists():
+            return
+        try:
+            text = self._spu_log.read_text(errors="replace")
+        except OSError:
+            return
+        failed = [line for line in text.splitlines() if "SSL_do_handshake" in line]
+        if failed:
+            reason = failed[-1].split("Fail to SSL_do_handshake:")[-1].strip()
+            raise PsiError(
+                f"the PSI engine's TLS link was refused ({reason}): the other end did not "
+                "present the certificate its party sent over the Psi RPC"
+            )
 
     @property
     def running(self) -> bool:

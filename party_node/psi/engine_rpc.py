@@ -187,6 +187,7 @@ def _host_run(
     offer = PsiMessage(
         header=header,
         step=PsiMessage.STEP_LINK_OFFER,
+        total=run.input.count,
         link=PsiLink(
             engine=options.engine,
             address=advertise,
@@ -223,22 +224,26 @@ def _host_run(
             check_header(accept.header)
         link = _check_link(accept, PsiMessage.STEP_LINK_ACCEPT, options.engine, peer)
         address = _check_address(link.address, peer, peer_host)
-        run.start(
-            RunSpec(
-                protocol=ENGINES[options.engine],
-                rank=0,
-                link_id=link_id,
-                me=header.sender,
-                peer=name,
-                listen=listen,
-                peer_end=LinkEnd(address, link.certificate),
-                receiver_rank=0,
-                broadcast=broadcast,
-                bucket_size=options.bucket_size,
-                timeout=remaining(),
-                connect_timeout=options.connect_timeout,
+        if not 0 <= accept.total <= MAX_IDS:
+            raise PsiError(f"{peer} announced {accept.total} ids, out of range")
+        empty = accept.total == 0 or run.input.count == 0  # spu needs ids on both ends
+        if not empty:
+            run.start(
+                RunSpec(
+                    protocol=ENGINES[options.engine],
+                    rank=0,
+                    link_id=link_id,
+                    me=header.sender,
+                    peer=name,
+                    listen=listen,
+                    peer_end=LinkEnd(address, link.certificate),
+                    receiver_rank=0,
+                    broadcast=broadcast,
+                    bucket_size=options.bucket_size,
+                    timeout=remaining(),
+                    connect_timeout=options.connect_timeout,
+                )
             )
-        )
         done = futures.Future()
         threading.Thread(
             target=_next_into, args=(replies, done), name="psi-engine-done", daemon=True
@@ -251,7 +256,8 @@ def _host_run(
                     raise _rpc_error(peer, "engine run", exc)
                 raise exc
 
-        run.wait(remaining(), cancel, peer_failed)
+        if not empty:
+            run.wait(remaining(), cancel, peer_failed)
         try:
             message = done.result(min(_DONE_WAIT_S, remaining()))
         except futures.TimeoutError:
@@ -260,7 +266,7 @@ def _host_run(
             raise _rpc_error(peer, "engine run", exc) from None
         if message is None or message.step != PsiMessage.STEP_ENGINE_DONE:
             raise PsiError(f"{peer} ended the engine run without ENGINE_DONE")
-        return run.rows()
+        return np.zeros(0, dtype=np.int64) if empty else run.rows()
     except BaseException:
         call.cancel()
         raise
@@ -403,26 +409,31 @@ class EngineCollaboratorSession:
             yield PsiMessage(
                 header=self._header(),
                 step=PsiMessage.STEP_LINK_ACCEPT,
+                total=source.count,
                 link=PsiLink(
                     engine=self.options.engine, address=advertise, certificate=run.certificate
                 ),
             )
-            run.start(
-                RunSpec(
-                    protocol=ENGINES[self.options.engine],
-                    rank=1,
-                    link_id=link.link_id,
-                    me=self._node_id,
-                    peer=offer.header.sender,
-                    listen=listen,
-                    peer_end=LinkEnd(address, link.certificate),
-                    receiver_rank=0,
-                    broadcast=link.broadcast,
-                    bucket_size=link.bucket_size,
-                    timeout=self._timeout,
-                    connect_timeout=self.options.connect_timeout,
+            if not 0 <= offer.total <= MAX_IDS:
+                raise PsiError(f"the {self.peer} announced {offer.total} ids, out of range")
+            empty = offer.total == 0 or source.count == 0  # no engine run: nothing in common
+            if not empty:
+                run.start(
+                    RunSpec(
+                        protocol=ENGINES[self.options.engine],
+                        rank=1,
+                        link_id=link.link_id,
+                        me=self._node_id,
+                        peer=offer.header.sender,
+                        listen=listen,
+                        peer_end=LinkEnd(address, link.certificate),
+                        receiver_rank=0,
+                        broadcast=link.broadcast,
+                        bucket_size=link.bucket_size,
+                        timeout=self._timeout,
+                        connect_timeout=self.options.connect_timeout,
+                    )
                 )
-            )
 
             def stopped() -> None:
                 if self._stop.is_set():
@@ -430,9 +441,9 @@ class EngineCollaboratorSession:
                 if context is not None and not context.is_active():
                     raise PsiError(f"the {self.peer} cancelled the PSI call")
 
-            result = run.wait(self._timeout, check=stopped)
+            result = {"intersection": 0} if empty else run.wait(self._timeout, check=stopped)
             if link.broadcast:
-                rows = run.rows()
+                rows = [] if empty else run.rows()
                 with self._lock:
                     self._result = {self._ids[int(row)] for row in rows}
                     self._state = "done"

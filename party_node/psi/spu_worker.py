@@ -12,6 +12,7 @@ checkpoint dir ("" for none), tls {cert, key, peer_cert} or null, timeouts in ms
 optionally key_column (default "k").
 The link is mutual TLS: each end presents its own certificate and trusts only the peer's.
 Prints one JSON line: {"intersection": n, "seconds": s} or {"error": "..."} (exit 1).
+Writes `linked` in its working directory once both ends' link is up; spu logs to spu.log.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def run(config: dict) -> dict:
             opts.verify.verify_depth = 1
     started = time.perf_counter()
     lctx = libspu.link.create_brpc(desc, int(config["rank"]))
+    with open("linked", "w") as marker:  # in the run's folder: the link is up
+        marker.write("1")
 
     protocols = {"rr22": libpsi.PsiProtocol.PROTOCOL_RR22, "ecdh": libpsi.PsiProtocol.PROTOCOL_ECDH}
     protocol_conf = libpsi.PsiProtocolConfig(
