@@ -289,6 +289,7 @@ class EngineRun:
         self._process: subprocess.Popen[bytes] | None = None
         self._identity = EphemeralIdentity(folder, name)
         self._log = folder / "worker.log"
+        self._out = folder / "worker.out"
         self._spu_log = folder / "spu.log"
         self._linked = folder / "linked"
 
@@ -327,11 +328,12 @@ class EngineRun:
         config_file = self.folder / "worker.json"
         config_file.write_text(json.dumps(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        with open(self._log, "wb") as log:
+        # To files, not pipes: spu logs a lot, and a full pipe would stall the worker.
+        with open(self._out, "wb") as out, open(self._log, "wb") as log:
             self._process = subprocess.Popen(
                 [str(self.python), "-I", str(_WORKER), str(config_file)],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdout=out,
                 stderr=log,
                 env=env,
                 cwd=self.folder,
@@ -363,18 +365,27 @@ class EngineRun:
             raise
         finally:
             self._identity.discard()
-        assert process.stdout is not None
-        lines = process.stdout.read().decode(errors="replace").strip().splitlines()
-        try:
-            result = json.loads(lines[-1]) if lines else {}
-        except ValueError:
-            result = {}
+        result = self._result()
         if process.returncode != 0 or "error" in result:
             reason = result.get("error") or (
-                f"exit status {process.returncode}; its log ends: {self._log_tail()}"
+                f"exit status {process.returncode}: {self._log_tail()}"
             )
             raise PsiError(f"the PSI engine (spu) failed: {reason}")
         return result
+
+    def _result(self) -> dict:
+        """The worker's JSON line: the last stdout line that parses as a JSON object."""
+        try:
+            lines = self._out.read_bytes().decode(errors="replace").splitlines()
+        except OSError:
+            return {}
+        for line in reversed(lines):
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    continue
+        return {}
 
     def _check_handshake(self) -> None:
         """Until the link is up, a failed TLS handshake means the other end is not the party
@@ -412,13 +423,15 @@ class EngineRun:
                 process.wait()
 
     def _log_tail(self) -> str:
-        try:
-            lines = self._log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no output"
-        lines = [line for line in lines if "perfetto" not in line]
-        errors = [line for line in lines if line.startswith(("E", "F", "RuntimeError"))]
-        return " | ".join((errors or lines)[-3:])[:2000] or "no output"
+        """The worker's last error lines (spu reports some failures only in its log)."""
+        found: list[str] = []
+        for path in (self._log, self._out, self._spu_log):
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            found += [line for line in lines if "[error]" in line or "Error" in line]
+        return " | ".join(line.strip()[:300] for line in found[-2:]) or "no error message"
 
     def close(self) -> None:
         self.stop()

@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 import types
 
@@ -38,7 +39,22 @@ def _spu_modules() -> tuple[types.ModuleType, types.ModuleType]:
     return libspu, libpsi
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the node that started it dies (killed, crashed): an orphaned
+    worker would hold its port and keep its peer waiting. Polled, because the kernel's
+    parent-death signal follows the starting thread, not the process."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run(config: dict) -> dict:
+    _exit_with_parent()
     libspu, libpsi = _spu_modules()
     log = libspu.logging
     options = log.LogOptions()
