@@ -38,7 +38,7 @@ def peak_rss_mb() -> float:
     return round((own + child) / 1024, 1)
 
 
-class _Collaborator(party_node_pb2_grpc.PartyNodeServicer):
+class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
     """Creates its session when the host first calls, so its work starts with the clock."""
 
     def __init__(self, make_session):
@@ -70,8 +70,8 @@ def collaborator(n: int, engine: str, folder: Path) -> None:
     servicer = _Collaborator(make_session)
 
     def register(server: grpc.Server) -> list[str]:
-        party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
-        return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name]
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
+        return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name]
 
     server = start_server("127.0.0.1:0", register)
     print(f"PORT {server.port}", flush=True)
@@ -89,7 +89,7 @@ def collaborator(n: int, engine: str, folder: Path) -> None:
 def host(n: int, engine: str, port: int, folder: Path) -> None:
     ids = host_ids(n)
     channel = open_channel(f"127.0.0.1:{port}")
-    stubs = {"collab": party_node_pb2_grpc.PartyNodeStub(channel)}
+    stubs = {"collab": party_node_pb2_grpc.PartyNodeServiceStub(channel)}
     started = time.perf_counter()
     if engine == "ecdh":
         with PsiPool() as pool:

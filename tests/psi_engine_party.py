@@ -16,7 +16,7 @@ def ids(start: int, n: int) -> list[str]:
     return [f"c-{i}" for i in range(start, start + n)]
 
 
-class Servicer(party_node_pb2_grpc.PartyNodeServicer):
+class Servicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     def __init__(self, session: EngineCollaboratorSession):
         self.session = session
 
@@ -38,8 +38,8 @@ def main() -> None:
     )
 
     def register(server):
-        party_node_pb2_grpc.add_PartyNodeServicer_to_server(Servicer(session), server)
-        return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name]
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(Servicer(session), server)
+        return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name]
 
     server = start_server("127.0.0.1:0", register)
     print(f"PORT {server.port}", flush=True)

@@ -23,7 +23,7 @@ from party_node.psi.engine_rpc import (
 from party_node.psi.frames import PsiError
 from wire.grpc_factory import open_channel, start_server
 
-SERVICE = party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name
+SERVICE = party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name
 TIMEOUT = 60.0
 
 
@@ -31,7 +31,7 @@ def header(sender: str):
     return lambda: common_pb2.Header(task_id="t", sender=sender, kind="psi")
 
 
-class Servicer(party_node_pb2_grpc.PartyNodeServicer):
+class Servicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     def __init__(self, sessions: dict[str, EngineCollaboratorSession]):
         self.sessions = sessions
 
@@ -78,7 +78,7 @@ def run_engine_psi(
     }
 
     def register(server):
-        party_node_pb2_grpc.add_PartyNodeServicer_to_server(Servicer(sessions), server)
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(Servicer(sessions), server)
         return [SERVICE]
 
     server = start_server("127.0.0.1:0", register)
@@ -88,7 +88,7 @@ def run_engine_psi(
         for name in sessions:
             channel = grpc.intercept_channel(open_channel(f"127.0.0.1:{server.port}"), _Route(name))
             channels.append(channel)
-            stubs[name] = party_node_pb2_grpc.PartyNodeStub(channel)
+            stubs[name] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
         final = run_host_engine_psi(
             stubs,
             host_ids,

@@ -50,7 +50,7 @@ def start_collaborator(folder: Path, recover: bool) -> tuple[subprocess.Popen, i
 
 def run_host(folder: Path, port: int, recover: bool) -> set[str]:
     with open_channel(f"127.0.0.1:{port}") as channel:
-        stub = party_node_pb2_grpc.PartyNodeStub(channel)
+        stub = party_node_pb2_grpc.PartyNodeServiceStub(channel)
         options = EngineOptions(
             engine="spu-rr22", folder=folder, recover=recover, bucket_size=BUCKET
         )

@@ -39,8 +39,11 @@ from party_node.psi.rpc import (
     _rpc_error,
 )
 
-PsiMessage = party_node_pb2.PsiMessage
+PsiRequest = party_node_pb2.PsiRequest
+PsiResponse = party_node_pb2.PsiResponse
 PsiLink = party_node_pb2.PsiLink
+PsiStep = party_node_pb2.PsiStep
+PsiMessage = PsiRequest | PsiResponse
 ENGINES = {"spu-rr22": "rr22", "spu-ecdh": "ecdh"}
 KEY_BYTES = 16
 #: About 1 MB of keys per RESULT_KEYS chunk.
@@ -89,8 +92,8 @@ def _check_address(address: str, peer: str, expected_host: str | None) -> str:
 def _check_link(message: PsiMessage, step: int, engine: str, peer: str) -> PsiLink:
     if message.step != step:
         raise PsiError(
-            f"{peer} sent PSI step {PsiMessage.Step.Name(message.step)} where "
-            f"{PsiMessage.Step.Name(step)} was expected (both parties must run the same "
+            f"{peer} sent PSI step {PsiStep.Name(message.step)} where "
+            f"{PsiStep.Name(step)} was expected (both parties must run the same "
             "PSI engine; set psi_engine the same on every party)"
         )
     link = message.link
@@ -112,7 +115,7 @@ def _folder_name(peer: str) -> str:
 
 
 def run_host_engine_psi(
-    stubs: Mapping[str, party_node_pb2_grpc.PartyNodeStub],
+    stubs: Mapping[str, party_node_pb2_grpc.PartyNodeServiceStub],
     ids: Sequence[str],
     header_factory: HeaderFactory,
     options: EngineOptions,
@@ -171,7 +174,7 @@ def run_host_engine_psi(
 def _host_run(
     run: EngineRun,
     name: str,
-    stub: party_node_pb2_grpc.PartyNodeStub,
+    stub: party_node_pb2_grpc.PartyNodeServiceStub,
     header_factory: HeaderFactory,
     options: EngineOptions,
     broadcast: bool,
@@ -184,9 +187,9 @@ def _host_run(
     header = header_factory()
     listen, advertise = options.bind()
     link_id = _link_id(header.task_id, name)
-    offer = PsiMessage(
+    offer = PsiRequest(
         header=header,
-        step=PsiMessage.STEP_LINK_OFFER,
+        step=party_node_pb2.PSI_STEP_LINK_OFFER,
         total=run.input.count,
         link=PsiLink(
             engine=options.engine,
@@ -222,7 +225,7 @@ def _host_run(
             raise PsiError(f"{peer} ended the PSI call without accepting the engine link")
         if check_header is not None:
             check_header(accept.header)
-        link = _check_link(accept, PsiMessage.STEP_LINK_ACCEPT, options.engine, peer)
+        link = _check_link(accept, party_node_pb2.PSI_STEP_LINK_ACCEPT, options.engine, peer)
         address = _check_address(link.address, peer, peer_host)
         if not 0 <= accept.total <= MAX_IDS:
             raise PsiError(f"{peer} announced {accept.total} ids, out of range")
@@ -264,7 +267,7 @@ def _host_run(
             raise PsiError(f"{peer} did not report the end of its engine run") from None
         except grpc.RpcError as exc:
             raise _rpc_error(peer, "engine run", exc) from None
-        if message is None or message.step != PsiMessage.STEP_ENGINE_DONE:
+        if message is None or message.step != party_node_pb2.PSI_STEP_ENGINE_DONE:
             raise PsiError(f"{peer} ended the engine run without ENGINE_DONE")
         return np.zeros(0, dtype=np.int64) if empty else run.rows()
     except BaseException:
@@ -272,7 +275,7 @@ def _host_run(
         raise
 
 
-def _next_into(replies: Iterator[PsiMessage], done: futures.Future) -> None:
+def _next_into(replies: Iterator[PsiResponse], done: futures.Future) -> None:
     try:
         done.set_result(next(replies, None))
     except BaseException as exc:
@@ -280,7 +283,7 @@ def _next_into(replies: Iterator[PsiMessage], done: futures.Future) -> None:
 
 
 def _deliver_keys(
-    stub: party_node_pb2_grpc.PartyNodeStub,
+    stub: party_node_pb2_grpc.PartyNodeServiceStub,
     name: str,
     keys: bytes,
     header_factory: HeaderFactory,
@@ -289,12 +292,12 @@ def _deliver_keys(
     count = len(keys) // KEY_BYTES
     cut = CHUNK_KEYS * KEY_BYTES
 
-    def messages() -> Iterator[PsiMessage]:
+    def messages() -> Iterator[PsiRequest]:
         starts = range(0, max(len(keys), 1), cut)
         for index, start in enumerate(starts):
-            yield PsiMessage(
+            yield PsiRequest(
                 header=header_factory(),
-                step=PsiMessage.STEP_RESULT_KEYS,
+                step=party_node_pb2.PSI_STEP_RESULT_KEYS,
                 data=keys[start : start + cut],
                 total=count if index == 0 else 0,
                 last=start + cut >= len(keys),
@@ -380,20 +383,22 @@ class EngineCollaboratorSession:
             raise PsiError(f"the {self.peer} opened a PSI call and sent nothing")
         if self._check is not None:
             self._check(first.header)
-        if first.step == PsiMessage.STEP_LINK_OFFER:
+        if first.step == party_node_pb2.PSI_STEP_LINK_OFFER:
             yield from self._run(first, context)
-        elif first.step == PsiMessage.STEP_RESULT_KEYS:
+        elif first.step == party_node_pb2.PSI_STEP_RESULT_KEYS:
             self._accept_keys(first, messages)
         else:
             raise PsiError(
-                f"the {self.peer} opened a PSI call with step {PsiMessage.Step.Name(first.step)}; "
+                f"the {self.peer} opened a PSI call with step {PsiStep.Name(first.step)}; "
                 f"this party runs PSI engine {self.options.engine!r} (set psi_engine the same "
                 "on every party)"
             )
 
     def _run(self, offer: PsiMessage, context: grpc.ServicerContext | None) -> Iterator[PsiMessage]:
         self._advance("waiting", "running", "a second PSI engine run for this task")
-        link = _check_link(offer, PsiMessage.STEP_LINK_OFFER, self.options.engine, self.peer)
+        link = _check_link(
+            offer, party_node_pb2.PSI_STEP_LINK_OFFER, self.options.engine, self.peer
+        )
         address = _check_address(link.address, f"the {self.peer}", self._peer_host)
         if not 0 < link.bucket_size <= MAX_IDS:
             raise PsiError(f"the {self.peer} asked for engine buckets of {link.bucket_size} ids")
@@ -406,9 +411,9 @@ class EngineCollaboratorSession:
         )
         try:
             listen, advertise = self.options.bind()
-            yield PsiMessage(
+            yield PsiResponse(
                 header=self._header(),
-                step=PsiMessage.STEP_LINK_ACCEPT,
+                step=party_node_pb2.PSI_STEP_LINK_ACCEPT,
                 total=source.count,
                 link=PsiLink(
                     engine=self.options.engine, address=advertise, certificate=run.certificate
@@ -453,7 +458,9 @@ class EngineCollaboratorSession:
         finally:
             run.close()
         total = result.get("intersection", 0) if link.broadcast else 0
-        yield PsiMessage(header=self._header(), step=PsiMessage.STEP_ENGINE_DONE, total=total)
+        yield PsiResponse(
+            header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_DONE, total=total
+        )
 
     def _accept_keys(self, first: PsiMessage, messages: Iterator[PsiMessage]) -> None:
         self._advance("exchanged", "accepting", "the PSI result before finishing the engine run")
@@ -466,7 +473,7 @@ class EngineCollaboratorSession:
         wanted: set[bytes] = set()
         message = first
         while True:
-            if message.step != PsiMessage.STEP_RESULT_KEYS or len(message.data) % KEY_BYTES:
+            if message.step != party_node_pb2.PSI_STEP_RESULT_KEYS or len(message.data) % KEY_BYTES:
                 raise PsiError(f"the {self.peer} sent a malformed RESULT_KEYS chunk")
             data = message.data
             wanted.update(data[i : i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES))
