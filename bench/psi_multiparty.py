@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from bench.psi_sets import IdRange
-from party_node.psi.engine import EngineInput, EngineRun, LinkEnd, RunSpec, free_port
+from party_node.psi.engine import EngineRun, LinkEnd, RunSpec, free_port
+from party_node.psi.engine_files import EngineInput
 from party_node.psi.multiparty import MultipartyCollaborator, MultipartyHost, shared_key
 from party_node.psi.pool import PsiPool
 from party_node.psi.protocol import CollaboratorPsi, HostPsi

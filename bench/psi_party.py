@@ -19,7 +19,8 @@ import grpc
 
 from bench.psi_sets import collaborator_ids, host_ids
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.psi.engine_rpc import EngineCollaboratorSession, EngineOptions, run_host_engine_psi
+from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
+from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.psi.pool import PsiPool
 from party_node.psi.rpc import CollaboratorPsiSession, run_host_psi
 from wire.grpc_factory import open_channel, start_server

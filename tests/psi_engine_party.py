@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.psi.engine_rpc import EngineCollaboratorSession, EngineOptions
+from party_node.psi.engine_rpc import EngineOptions
+from party_node.psi.engine_session import EngineCollaboratorSession
 from wire.grpc_factory import start_server
 
 

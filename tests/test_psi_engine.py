@@ -14,12 +14,10 @@ import grpc
 import pytest
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.psi.engine import EngineInput, EngineRun, LinkEnd, RunSpec, free_port
-from party_node.psi.engine_rpc import (
-    EngineCollaboratorSession,
-    EngineOptions,
-    run_host_engine_psi,
-)
+from party_node.psi.engine import EngineRun, LinkEnd, RunSpec, free_port
+from party_node.psi.engine_files import EngineInput
+from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
+from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.psi.frames import PsiError
 from wire.grpc_factory import open_channel, start_server
 

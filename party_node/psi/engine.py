@@ -1,10 +1,7 @@
 """SecretFlow's PSI (`spu` 0.9.5: RR22, or ECDH on Curve25519) as this party's PSI engine,
 run as a worker process in its own interpreter (`spu_worker.py`). No transport here: the
-gRPC handshake that tells each party the other's link end lives in `spu_rpc.py`.
-
-Each id reaches the worker (a process of this party) as the hex of its UTF-8 bytes, beside
-its row number, in a CSV file only the worker reads; the engine's output names rows, which
-map back to ids. The hex key is injective, so the result is exact.
+gRPC handshake that tells each party the other's link end lives in `engine_rpc.py`, the
+input and output files in `engine_files.py`.
 
 The engine's link is mutual TLS with a fresh self-signed certificate per run for each end;
 each worker trusts exactly the certificate the other party sent over our authenticated
@@ -14,15 +11,13 @@ Psi RPC, so only that party can complete the link's handshake.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,11 +28,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from party_node.psi.engine_files import EngineInput, read_rows
 from party_node.psi.frames import PsiError
 
 #: Which of spu's protocols a run uses; both parties must name the same one.
 PROTOCOLS = ("rr22", "ecdh")
-DOMAIN_TAG = b"heteronn/v2/psi/id-key/SHA-256/"
 #: Ids per bucket of spu's bucketed PSI: bounds the engine's memory, and is the unit of work
 #: that a resumed run does not redo.
 BUCKET_SIZE = 1 << 20
@@ -70,103 +65,6 @@ def engine_python() -> Path:
             "with spu==0.9.5, or set psi_engine = 'ecdh' on every party"
         )
     return path
-
-
-def id_key(item: str) -> str:
-    """An id's 128-bit result key: the host names the final ids to a collaborator by these
-    (hex of SHA-256 with a domain tag; a false match would need a SHA-256 collision)."""
-    digest = hashlib.sha256(DOMAIN_TAG + item.encode("utf-8", "surrogatepass")).digest()
-    return digest[:16].hex()
-
-
-def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in ids:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def write_input(ids: Sequence[str], path: Path) -> int:
-    """Write `key,row` for every id to `path`, streaming: the key is "x" and the hex of the
-    id's UTF-8 bytes (injective, so the engine's matching is exact, and CSV-safe whatever
-    the id). A repeated id keeps only its first row, found by sorting 64-bit hashes, so no
-    set of the ids is ever built. Returns the row count (row numbers index `ids`)."""
-    hashes = array("q")
-    count = 0
-    with open(path, "w", encoding="ascii", newline="\n", buffering=1 << 20) as out:
-        out.write("k,row\n")
-        for chunk in _chunks(ids, 1 << 16):
-            try:
-                keys = [item.encode("utf-8", "surrogatepass").hex() for item in chunk]
-            except AttributeError:
-                bad = next(i for i, item in enumerate(chunk) if not isinstance(item, str))
-                raise TypeError(
-                    f"ids[{count + bad}] is {type(chunk[bad]).__name__}, not str: "
-                    "PSI ids must be strings"
-                ) from None
-            out.write("".join([f"x{key},{row}\n" for row, key in enumerate(keys, count)]))
-            hashes.extend(map(hash, chunk))
-            count += len(chunk)
-    repeated = _repeated_rows(np.frombuffer(hashes, dtype=np.int64), ids)
-    if repeated:
-        _drop_rows(path, repeated)
-    return count
-
-
-def _repeated_rows(hashes: np.ndarray, ids: Sequence[str]) -> set[int]:
-    """Rows whose id an earlier row already has: equal hashes are candidates, equal ids
-    decide."""
-    order = np.argsort(hashes, kind="stable")  # equal hashes stay in row order
-    ordered = hashes[order]
-    starts = np.flatnonzero(ordered[1:] == ordered[:-1])
-    repeated: set[int] = set()
-    seen_groups: set[int] = set()
-    for start in starts.tolist():
-        value = int(ordered[start])
-        if value in seen_groups:
-            continue
-        seen_groups.add(value)
-        end = start
-        while end + 1 < len(ordered) and ordered[end + 1] == value:
-            end += 1
-        first: dict[str, int] = {}
-        for row in order[start : end + 1].tolist():
-            if ids[row] in first:
-                repeated.add(row)
-            else:
-                first[ids[row]] = row
-    return repeated
-
-
-def _drop_rows(path: Path, drop: set[int]) -> None:
-    kept = path.with_suffix(".dedup")
-    with open(path, encoding="ascii") as src, open(kept, "w", encoding="ascii") as out:
-        out.write(src.readline())
-        for row, line in enumerate(src):
-            if row not in drop:
-                out.write(line)
-    kept.replace(path)
-
-
-def read_rows(path: Path, limit: int) -> np.ndarray:
-    """Row numbers from the engine's output CSV (`key,row` lines after a header), checked
-    against `limit`; int64, sorted, distinct."""
-    parts: list[np.ndarray] = []
-    with open(path, "rb") as handle:
-        handle.readline()  # header
-        while True:
-            lines = handle.readlines(1 << 22)
-            if not lines:
-                break
-            parts.append(np.array([int(line[line.rindex(b",") + 1 :]) for line in lines]))
-    rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-    if rows.size and (rows[0] < 0 or rows[-1] >= limit):
-        raise PsiError(f"the PSI engine returned row {int(rows[-1])} of {limit} input rows")
-    return rows
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -247,28 +145,6 @@ class RunSpec:
     bucket_size: int = BUCKET_SIZE
     timeout: float = 3600.0
     connect_timeout: float = 60.0
-
-
-@dataclass(frozen=True)
-class EngineInput:
-    """A party's ids as the engine reads them: `key,row` CSV lines, written once per PSI
-    (shared by the runs with every collaborator) and kept for a resumed run."""
-
-    path: Path
-    count: int
-
-    @classmethod
-    def write(cls, folder: Path, ids: Iterable[str], recover: bool = False) -> EngineInput:
-        """Write the input; a recovered PSI reuses what the interrupted one wrote (the
-        task's ids must not change between attempts; the split digest catches it if they do)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        path, marker = folder / "input.csv", folder / "input.count"
-        if recover and marker.exists() and path.exists():
-            return cls(path, int(marker.read_text()))
-        marker.unlink(missing_ok=True)
-        count = write_input(ids, path)
-        marker.write_text(str(count))
-        return cls(path, count)
 
 
 class EngineRun:
@@ -436,26 +312,3 @@ class EngineRun:
     def close(self) -> None:
         self.stop()
         self._identity.discard()
-
-
-def ids_of_rows(ids: Sequence[str], rows: np.ndarray) -> set[str]:
-    return {ids[int(row)] for row in rows}
-
-
-__all__ = [
-    "BUCKET_SIZE",
-    "PROTOCOLS",
-    "EngineInput",
-    "EngineRun",
-    "EngineUnavailable",
-    "EphemeralIdentity",
-    "LinkEnd",
-    "RunSpec",
-    "check_certificate",
-    "engine_python",
-    "free_port",
-    "id_key",
-    "ids_of_rows",
-    "read_rows",
-    "write_input",
-]

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from party_node.psi.engine import id_key
+from party_node.psi.engine_files import id_key
 from party_node.psi.frames import PsiError
 from party_node.psi.protocol import _random_permutation, prepare_ids
 from party_node.psi.x25519 import POINT_BYTES, blind, hash_to_points, new_key, split

@@ -11,7 +11,8 @@ import grpc
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import TaskFailed
 from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
-from party_node.psi.engine_rpc import EngineCollaboratorSession, EngineOptions, run_host_engine_psi
+from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
+from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
