@@ -54,11 +54,12 @@ def run_ours(n: int, engine: str) -> dict:
             [*party, "host", str(n), engine, line[1]],
             cwd=ROOT,
             env=_env(),
-            check=True,
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
         )
+        if host.returncode != 0:
+            raise SystemExit(f"heteronn's host failed:\n{host.stderr[-3000:]}")
         collab_report = json.loads(collab.stdout.readline())
         seconds = time.perf_counter() - started
         collab.wait(60)

@@ -11,7 +11,6 @@ import json
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,45 +39,34 @@ def peak_rss_mb() -> float:
 
 
 class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
-    """Creates its session when the host first calls, so its work starts with the clock."""
-
-    def __init__(self, make_session):
-        self._make = make_session
-        self._lock = threading.Lock()
-        self.session = None
-        self.called = threading.Event()
+    def __init__(self, session):
+        self.session = session
 
     def Psi(self, request_iterator, context):
-        with self._lock:
-            if self.session is None:
-                self.session = self._make()
-        self.called.set()
         return self.session.handle(request_iterator, context)
 
 
 def collaborator(n: int, engine: str, folder: Path) -> None:
+    """Its PSI phase starts with the process (as a node's does when the coordinator says
+    PSI): the input is written while the host starts."""
     ids = collaborator_ids(n)
     pool = PsiPool() if engine == "ecdh" else None
-
-    def make_session():
-        if pool is not None:
-            return CollaboratorPsiSession(list(ids), pool, _header("collab"))
+    if pool is not None:
+        session = CollaboratorPsiSession(list(ids), pool, _header("collab"))
+    else:
         options = EngineOptions(engine=engine, folder=folder)
-        return EngineCollaboratorSession(
+        session = EngineCollaboratorSession(
             ids, options, _header("collab"), node_id="collab", timeout=TIMEOUT_S
         )
 
-    servicer = _Collaborator(make_session)
-
     def register(server: grpc.Server) -> list[str]:
-        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(_Collaborator(session), server)
         return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name]
 
     server = start_server("127.0.0.1:0", register)
     print(f"PORT {server.port}", flush=True)
-    servicer.called.wait(TIMEOUT_S)
     started = time.perf_counter()
-    result = servicer.session.wait_result(TIMEOUT_S)
+    result = session.wait_result(TIMEOUT_S)
     seconds = time.perf_counter() - started
     server.stop(1.0)
     if pool is not None:

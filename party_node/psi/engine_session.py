@@ -163,17 +163,19 @@ class EngineCollaboratorSession(SessionState):
                     raise PsiError(f"the {self.peer} cancelled the PSI call")
 
             result = {"intersection": 0} if empty else run.wait(self._timeout, check=stopped)
+            if not link.broadcast:  # before ENGINE_DONE: the host sends the keys right after
+                self._advance("running", "exchanged", "")
+            # ENGINE_DONE as soon as the worker ends; reading the rows (seconds at 10M ids)
+            # must not hold up the host, which bounds its wait for this message.
+            total = result.get("intersection", 0) if link.broadcast else 0
+            yield PsiResponse(
+                header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_DONE, total=total
+            )
             if link.broadcast:
                 rows = [] if empty else run.rows()
                 self._done({self._ids[int(row)] for row in rows})
-            else:
-                self._advance("running", "exchanged", "")
         finally:
             run.close()
-        total = result.get("intersection", 0) if link.broadcast else 0
-        yield PsiResponse(
-            header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_DONE, total=total
-        )
 
     def _accept_keys(self, first: PsiMessage, messages: Iterator[PsiMessage]) -> None:
         self._advance("exchanged", "accepting", "the PSI result before finishing the engine run")
