@@ -267,7 +267,14 @@ def _host_run(
             raise _rpc_error(peer, "engine run", exc) from None
         if message is None or message.step != party_node_pb2.PSI_STEP_ENGINE_DONE:
             raise PsiError(f"{peer} ended the engine run without ENGINE_DONE")
-        return np.zeros(0, dtype=np.int64) if empty else run.rows()
+        rows = np.zeros(0, dtype=np.int64) if empty else run.rows()
+        # The collaborator maps its own rows after ENGINE_DONE: read the call to its end.
+        try:
+            for _ in replies:
+                raise PsiError(f"{peer} sent data after ENGINE_DONE")
+        except grpc.RpcError as exc:
+            raise _rpc_error(peer, "engine run", exc) from None
+        return rows
     except BaseException:
         call.cancel()
         raise
