@@ -42,7 +42,7 @@ def _pool() -> PsiPool:
     return PsiPool(int(workers) if workers else None, kind=kind)  # type: ignore[arg-type]
 
 
-class _Collaborator(party_node_pb2_grpc.PartyNodeServicer):
+class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
     """Creates its session when the host first calls, so its work starts with the clock."""
 
     def __init__(self, ids: list[str], pool: PsiPool):
@@ -66,8 +66,8 @@ def run_collaborator(n: int) -> None:
         servicer = _Collaborator(ids, pool)
 
         def register(server: grpc.Server) -> list[str]:
-            party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
-            return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name]
+            party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
+            return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name]
 
         server = start_server("127.0.0.1:0", register)
         print(f"PORT {server.port}", flush=True)
@@ -103,7 +103,7 @@ def run_ours(n: int) -> float:
             raise SystemExit(f"collaborator did not start: {line}")
         ids = host_ids(n)
         channel = open_channel(f"127.0.0.1:{line[1]}")
-        stub = party_node_pb2_grpc.PartyNodeStub(channel)
+        stub = party_node_pb2_grpc.PartyNodeServiceStub(channel)
         with _pool() as pool:
             start = time.perf_counter()
             final = run_host_psi({"collab": stub}, ids, _header("host"), pool, TIMEOUT_S)

@@ -49,8 +49,8 @@ def node_main(argv: list[str]) -> int:
         help="run without TLS (trusted networks and local demos only)",
     )
     args = parser.parse_args(argv)
+    from party_node.app import run_node
     from party_node.settings import NodeSettings
-    from party_node.transport.node import run_node
 
     try:
         overrides = {k: v for k, v in vars(args).items() if k not in ("scheduler", "config")}

@@ -23,7 +23,7 @@ def run_local(
     """Train `host` with `collaborators` to the end. Node ids are the feature keys; outputs
     go to ``<workdir>/<feature_key>/<task_id>/``. Returns each node's report; raises
     TaskFailed with the first failure's reason."""
-    from party_node.transport.node import run_node, start_embedded_coordinator
+    from party_node.app import run_node, start_embedded_coordinator
 
     parties = [host, *collaborators]
     nodes = [p.feature_key for p in parties]

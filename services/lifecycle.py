@@ -120,7 +120,7 @@ class Lifecycle:
 
     def join(self, task_id: str, node: Participant) -> Task:
         """`node` carries role, feature_key, address, checkpoint_round, own timeouts and
-        agreement as the JoinRequest gave them."""
+        agreement as the JoinTaskRequest gave them."""
         with self._lock:
             task = self._get(task_id)
             nid = node.node_id

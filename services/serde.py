@@ -36,7 +36,7 @@ def participant_to_proto(p: Participant) -> coordinator_pb2.ParticipantInfo:
     return participant_info(p, int(p.role), joined=p.joined)
 
 
-def join_from_proto(msg: coordinator_pb2.JoinRequest) -> Participant:
+def join_from_proto(msg: coordinator_pb2.JoinTaskRequest) -> Participant:
     """The joining node as a Participant (not yet marked joined)."""
     n = msg.node
     return Participant(
@@ -60,7 +60,7 @@ def task_to_proto(task: Task) -> coordinator_pb2.TaskInfo:
     )
 
 
-def report_from_proto(msg: coordinator_pb2.PhaseReport) -> Report:
+def report_from_proto(msg: coordinator_pb2.ReportPhaseRequest) -> Report:
     return Report(
         task_id=msg.task_id,
         node_id=msg.node_id,

@@ -31,7 +31,7 @@ from wire.metrics import RpcMetrics
 from wire.tls import TlsSettings
 
 log = logging.getLogger("heteronn.coordinator")
-SERVICE_NAME = "heteronn.v1.Coordinator"
+SERVICE_NAME = "heteronn.v1.CoordinatorService"
 
 
 class CoordinatorSettings(BaseSettings):
@@ -115,7 +115,7 @@ class RunningCoordinator:
         self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub, settings.policy())
 
         def register(server: grpc.Server) -> list[str]:
-            coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+            coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
             return [SERVICE_NAME]
 
         rpc_metrics = RpcMetrics(self.registry, "coordinator", "coordinator")

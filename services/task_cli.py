@@ -1,6 +1,7 @@
 """`heteronn task create|get|list|cancel --coordinator ADDR ...`: operate tasks by hand.
 
-Prints each TaskInfo as JSON; a gRPC error prints its status and message and exits 1.
+Prints each TaskInfo as JSON (`list`: every page, as one {"tasks": [...]}); a gRPC error
+prints its status and message and exits 1.
 Under mutual TLS, create and cancel need an operator's certificate (a name in the
 coordinator's `operators` setting); `--tls-*` options default to HETERONN_TASK_TLS_CA_FILE,
 HETERONN_TASK_TLS_CERT_FILE and HETERONN_TASK_TLS_KEY_FILE so an operator sets them once.
@@ -18,9 +19,9 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from heteronn.v1.coordinator_pb2 import ListTasksResponse
+from services.client import CoordinatorClient, task_spec
 from wire.config_file import settings_error
-from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
 _COMMANDS = ("create", "get", "list", "cancel")
@@ -117,27 +118,26 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except ValueError as err:
         print(f"heteronn task {args.command}: {settings_error(err)}", file=sys.stderr)
         return 2
-    with open_channel(args.coordinator, tls=tls, server_name=args.server_name) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        t = args.timeout
+    with CoordinatorClient(
+        args.coordinator, tls, server_name=args.server_name, timeout=args.timeout
+    ) as client:
         try:
             if args.command == "create":
-                spec = coordinator_pb2.TaskSpec(
-                    task_id=args.task_id,
-                    participants=[p.strip() for p in args.participants.split(",") if p.strip()],
+                spec = task_spec(
+                    args.task_id,
+                    [p.strip() for p in args.participants.split(",") if p.strip()],
                     schedule_timeout_s=args.schedule_timeout,
                     calculation_timeout_s=args.calculation_timeout,
                     recover=args.recover,
                     mode=args.mode,
                 )
-                _show(stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=t))
+                _show(client.create_task(spec))
             elif args.command == "get":
-                _show(stub.GetTask(coordinator_pb2.GetTaskRequest(task_id=args.task_id), timeout=t))
+                _show(client.get_task(args.task_id))
             elif args.command == "list":
-                _show(stub.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=t))
+                _show(ListTasksResponse(tasks=client.list_tasks()))
             else:
-                req = coordinator_pb2.CancelTaskRequest(task_id=args.task_id, reason=args.reason)
-                _show(stub.CancelTask(req, timeout=t))
+                _show(client.cancel_task(args.task_id, args.reason))
         except grpc.RpcError as err:
             print(
                 f"heteronn task {args.command}: {err.code().name}: {err.details()}", file=sys.stderr

@@ -1,33 +1,30 @@
-"""Fake party nodes for coordinator tests: real gRPC clients that join, heartbeat, watch
-and report the way a party node does, with the node's work left out."""
+"""Fake party nodes for coordinator tests: real gRPC clients (the typed CoordinatorClient)
+that join, heartbeat, watch and report the way a party node does, with the node's work left
+out."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
-from heteronn.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from wire.grpc_factory import open_channel
+from heteronn.v1 import common_pb2, coordinator_pb2
+from services.client import CoordinatorClient, WatchStream, task_spec
 
 P = coordinator_pb2
-TERMINAL = (P.PHASE_FINISHED, P.PHASE_FAILED)
+#: Phase numbers (heteronn.v1.Phase).
+Ph = common_pb2
+TERMINAL = (Ph.PHASE_FINISHED, Ph.PHASE_FAILED)
 
 
 def spec(
     task_id: str, nodes: list[str], sched: float = 2.0, calc: float = 5.0, recover: bool = False
-) -> coordinator_pb2.CreateTaskRequest:
-    return P.CreateTaskRequest(
-        spec=P.TaskSpec(
-            task_id=task_id,
-            participants=nodes,
-            schedule_timeout_s=sched,
-            calculation_timeout_s=calc,
-            recover=recover,
-            mode="plain",
-        )
+) -> coordinator_pb2.TaskSpec:
+    return task_spec(
+        task_id, nodes, schedule_timeout_s=sched, calculation_timeout_s=calc, recover=recover
     )
 
 
@@ -36,15 +33,15 @@ class FakeNode:
 
     def __init__(self, address: str, task_id: str, node_id: str, host: bool = False):
         self.task_id, self.node_id, self.host = task_id, node_id, host
-        self.channel = open_channel(address)
-        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self.client = CoordinatorClient(address, timeout=5)
+        self.stub = self.client.stub
         self.commands: queue.Queue[coordinator_pb2.PhaseCommand | None] = queue.Queue()
         self.received: list[coordinator_pb2.PhaseCommand] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._watch_call: grpc.Future | None = None
+        self._watch_call: WatchStream | None = None
 
-    def join(self, checkpoint_round: int = 0, **kw: object) -> coordinator_pb2.JoinResponse:
+    def join(self, checkpoint_round: int = 0, **kw: Any) -> coordinator_pb2.TaskInfo:
         node = P.ParticipantInfo(
             node_id=self.node_id,
             role=common_pb2.ROLE_HOST if self.host else common_pb2.ROLE_COLLABORATOR,
@@ -52,7 +49,7 @@ class FakeNode:
             address=f"127.0.0.1:{7000 + len(self.node_id)}",
             checkpoint_round=checkpoint_round,
         )
-        return self.stub.JoinTask(P.JoinRequest(task_id=self.task_id, node=node, **kw), timeout=5)
+        return self.client.join(self.task_id, node, **kw)
 
     def _spawn(self, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, daemon=True)
@@ -60,7 +57,7 @@ class FakeNode:
         self._threads.append(t)
 
     def watch(self) -> None:
-        call = self.stub.WatchTask(P.WatchRequest(task_id=self.task_id, node_id=self.node_id))
+        call = self.client.watch(self.task_id, self.node_id)
         self._watch_call = call
 
         def run() -> None:
@@ -78,20 +75,17 @@ class FakeNode:
         def run() -> None:
             while not self._stop.wait(interval):
                 try:
-                    self.stub.Heartbeat(
-                        P.HeartbeatRequest(task_id=self.task_id, node_id=self.node_id), timeout=2
-                    )
+                    self.client.heartbeat(self.task_id, self.node_id, timeout=2)
                 except grpc.RpcError:
                     return
 
         self._spawn(run)
 
     def report(self, phase: int, round_: int = 0, **kw: object) -> None:
-        self.stub.ReportPhase(
-            P.PhaseReport(
+        self.client.report(
+            P.ReportPhaseRequest(
                 task_id=self.task_id, node_id=self.node_id, phase=phase, round=round_, **kw
-            ),
-            timeout=5,
+            )
         )
 
     def next_command(self, timeout: float = 10.0) -> coordinator_pb2.PhaseCommand | None:
@@ -100,7 +94,7 @@ class FakeNode:
     def wait_phase(self, phase: int, timeout: float = 10.0) -> coordinator_pb2.PhaseCommand:
         while True:
             cmd = self.next_command(timeout)
-            assert cmd is not None, f"{self.node_id}: stream ended before {P.Phase.Name(phase)}"
+            assert cmd is not None, f"{self.node_id}: stream ended before {Ph.Phase.Name(phase)}"
             if cmd.phase == phase:
                 return cmd
 
@@ -111,7 +105,7 @@ class FakeNode:
         self._stop.set()
         if self._watch_call is not None:
             self._watch_call.cancel()
-        self.channel.close()
+        self.client.close()
         for t in self._threads:
             t.join(timeout=5)
 
@@ -121,14 +115,14 @@ def respond(
 ) -> None:
     """Answer each command the way a healthy node would until the stream ends."""
     while (cmd := node.next_command()) is not None:
-        if cmd.phase == P.PHASE_PSI:
-            node.report(P.PHASE_PSI)
-        elif cmd.phase == P.PHASE_SPLIT:
-            node.report(P.PHASE_SPLIT, train_size=split[0], test_size=split[1], split_digest="d")
-        elif cmd.phase == P.PHASE_TRAIN:
+        if cmd.phase == Ph.PHASE_PSI:
+            node.report(Ph.PHASE_PSI)
+        elif cmd.phase == Ph.PHASE_SPLIT:
+            node.report(Ph.PHASE_SPLIT, train_size=split[0], test_size=split[1], split_digest="d")
+        elif cmd.phase == Ph.PHASE_TRAIN:
             r = cmd.round
             extra = dict(finished=r >= finish_round, test_requested=r in test_rounds)
-            node.report(P.PHASE_TRAIN, r, checkpoint_round=r, **(extra if node.host else {}))
-        elif cmd.phase == P.PHASE_TEST:
+            node.report(Ph.PHASE_TRAIN, r, checkpoint_round=r, **(extra if node.host else {}))
+        elif cmd.phase == Ph.PHASE_TEST:
             metrics = {"accuracy": 0.5 + cmd.round / 100} if node.host else {}
-            node.report(P.PHASE_TEST, cmd.round, metrics=metrics)
+            node.report(Ph.PHASE_TEST, cmd.round, metrics=metrics)

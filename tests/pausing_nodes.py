@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.client import CoordinatorClient, task_spec
 from tests.harness import ROOT
 from tests.synthetic import Faults, SynthCollaborator, SynthHost
 from wire.config_file import settings_toml
-from wire.grpc_factory import open_channel
 
 PAUSE_ROUND, PAUSE_BATCH = 2, 1
 
@@ -59,18 +58,14 @@ TIMEOUTS = {"schedule_timeout": 3.0, "calculation_timeout": CALCULATION_TIMEOUT}
 
 
 def create_task(coordinator: str) -> None:
-    with open_channel(coordinator) as channel:
-        coordinator_pb2_grpc.CoordinatorStub(channel).CreateTask(
-            coordinator_pb2.CreateTaskRequest(
-                spec=coordinator_pb2.TaskSpec(
-                    task_id=TASK_ID,
-                    participants=["h", "c1"],
-                    schedule_timeout_s=TIMEOUTS["schedule_timeout"],
-                    calculation_timeout_s=CALCULATION_TIMEOUT,
-                    mode="plain",
-                )
-            ),
-            timeout=10,
+    with CoordinatorClient(coordinator) as client:
+        client.create_task(
+            task_spec(
+                TASK_ID,
+                ["h", "c1"],
+                schedule_timeout_s=TIMEOUTS["schedule_timeout"],
+                calculation_timeout_s=CALCULATION_TIMEOUT,
+            )
         )
 
 

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import task_cli
 from services.server import CoordinatorSettings, RunningCoordinator, start_coordinator
-from tests.coordinator_fakes import TERMINAL, FakeNode, P, respond, spec
+from tests.coordinator_fakes import TERMINAL, FakeNode, P, Ph, respond, spec
 
 NODES = ["h", "c1", "c2"]
 
@@ -87,14 +87,14 @@ def _run(nodes: list[FakeNode], finish_round: int, test_rounds: set[int]) -> Non
 
 
 def _names(cmds: list[P.PhaseCommand]) -> list[tuple[str, int]]:
-    return [(P.Phase.Name(c.phase), c.round) for c in cmds]
+    return [(Ph.Phase.Name(c.phase), c.round) for c in cmds]
 
 
 @pytest.mark.parametrize("coord", [True], indirect=True)
 def test_happy_path_three_nodes(coord: RunningCoordinator, make_nodes, capsys) -> None:
     nodes = make_nodes("t")
-    info = nodes[0].stub.CreateTask(spec("t", NODES), timeout=5)
-    assert info.phase == P.PHASE_WAITING_FOR_NODES
+    info = nodes[0].client.create_task(spec("t", NODES))
+    assert info.phase == Ph.PHASE_WAITING_FOR_NODES
     _start_all(nodes)
     _run(nodes, finish_round=2, test_rounds={1, 2})
     expected = [
@@ -108,18 +108,18 @@ def test_happy_path_three_nodes(coord: RunningCoordinator, make_nodes, capsys) -
     ]
     for node in nodes:
         assert _names(node.received)[-7:] == expected
-    psi = next(c for c in nodes[1].received if c.phase == P.PHASE_PSI)
+    psi = next(c for c in nodes[1].received if c.phase == Ph.PHASE_PSI)
     assert {p.node_id: p.address for p in psi.participants} == {
         "h": "127.0.0.1:7001",
         "c1": "127.0.0.1:7002",
         "c2": "127.0.0.1:7002",
     }
-    task = nodes[0].stub.GetTask(P.GetTaskRequest(task_id="t"), timeout=5)
-    assert task.phase == P.PHASE_FINISHED and dict(task.metrics) == {"accuracy": 0.52}
+    task = nodes[0].client.get_task("t")
+    assert task.phase == Ph.PHASE_FINISHED and dict(task.metrics) == {"accuracy": 0.52}
     assert [p.checkpoint_round for p in task.participants] == [2, 2, 2]
 
-    health = health_pb2_grpc.HealthStub(nodes[0].channel)
-    status = health.Check(health_pb2.HealthCheckRequest(service="heteronn.v1.Coordinator"))
+    health = health_pb2_grpc.HealthStub(nodes[0].client._channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="heteronn.v1.CoordinatorService"))
     assert status.status == health_pb2.HealthCheckResponse.SERVING
     text = urllib.request.urlopen(f"http://127.0.0.1:{coord.metrics_port}/metrics").read().decode()
     assert 'heteronn_task_phase{phase="FINISHED",task_id="t"} 1.0' in text
@@ -136,47 +136,47 @@ def test_join_errors(coord: RunningCoordinator, make_nodes) -> None:
         eve.join()
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert f"task 't' is not known to the coordinator at {coord.address}" in err.value.details()
-    eve.stub.CreateTask(spec("t", NODES), timeout=5)
+    eve.client.create_task(spec("t", NODES))
     with pytest.raises(grpc.RpcError) as err:
         eve.join()
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "node 'eve' is not a participant of task 't'" in err.value.details()
     assert "'h', 'c1', 'c2'" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
-        eve.stub.CreateTask(spec("t", ["h", "x"]), timeout=5)
+        eve.client.create_task(spec("t", ["h", "x"]))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 def test_join_timeout_fails_every_watcher(coord: RunningCoordinator, make_nodes) -> None:
     nodes = make_nodes("t")
-    nodes[0].stub.CreateTask(spec("t", NODES, sched=0.5), timeout=5)
+    nodes[0].client.create_task(spec("t", NODES, sched=0.5))
     _start_all(nodes[:2])
     for node in nodes[:2]:
         cmd = _final(node)
-        assert cmd.phase == P.PHASE_FAILED
+        assert cmd.phase == Ph.PHASE_FAILED
         assert cmd.reason.startswith("participant(s) 'c2' did not join task t within 0.5 s")
 
 
 def test_heartbeat_loss(coord: RunningCoordinator, make_nodes) -> None:
     nodes = make_nodes("t")
-    nodes[0].stub.CreateTask(spec("t", NODES, sched=0.6), timeout=5)
+    nodes[0].client.create_task(spec("t", NODES, sched=0.6))
     _start_all(nodes)
-    nodes[2].wait_phase(P.PHASE_PSI)
+    nodes[2].wait_phase(Ph.PHASE_PSI)
     nodes[2].stop_heartbeats()  # c2's process "dies"
     cmd = _final(nodes[0])
     assert cmd.reason.startswith("node 'c2' stopped sending heartbeats")
     assert "during PSI; its process probably died or lost its network" in cmd.reason
     with pytest.raises(grpc.RpcError) as err:
-        nodes[0].report(P.PHASE_PSI)
+        nodes[0].report(Ph.PHASE_PSI)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_phase_timeout(coord: RunningCoordinator, make_nodes) -> None:
     nodes = make_nodes("t")
-    nodes[0].stub.CreateTask(spec("t", NODES, calc=0.5), timeout=5)
+    nodes[0].client.create_task(spec("t", NODES, calc=0.5))
     _start_all(nodes)
-    nodes[0].report(P.PHASE_PSI)
-    nodes[2].report(P.PHASE_PSI)
+    nodes[0].report(Ph.PHASE_PSI)
+    nodes[2].report(Ph.PHASE_PSI)
     cmd = _final(nodes[1])
     assert cmd.reason == (
         "phase PSI exceeded calculation_timeout=0.5 s waiting for 'c1'; "
@@ -186,12 +186,12 @@ def test_phase_timeout(coord: RunningCoordinator, make_nodes) -> None:
 
 def test_split_mismatch(coord: RunningCoordinator, make_nodes) -> None:
     nodes = make_nodes("t", ["h", "c1"])
-    nodes[0].stub.CreateTask(spec("t", ["h", "c1"]), timeout=5)
+    nodes[0].client.create_task(spec("t", ["h", "c1"]))
     _start_all(nodes)
     for node in nodes:
-        node.report(P.PHASE_PSI)
-    nodes[0].report(P.PHASE_SPLIT, train_size=10000, test_size=2000, split_digest="a")
-    nodes[1].report(P.PHASE_SPLIT, train_size=9990, test_size=2010, split_digest="b")
+        node.report(Ph.PHASE_PSI)
+    nodes[0].report(Ph.PHASE_SPLIT, train_size=10000, test_size=2000, split_digest="a")
+    nodes[1].report(Ph.PHASE_SPLIT, train_size=9990, test_size=2010, split_digest="b")
     assert _final(nodes[1]).reason == (
         "split_dataset gave different splits on different parties: host 'h' 10000 train / 2000 "
         "test, 'c1' 9990 / 2010; split_dataset must be deterministic and identical on every party"
@@ -200,10 +200,10 @@ def test_split_mismatch(coord: RunningCoordinator, make_nodes) -> None:
 
 def test_error_report_reaches_every_watcher(coord: RunningCoordinator, make_nodes) -> None:
     nodes = make_nodes("t")
-    nodes[0].stub.CreateTask(spec("t", NODES), timeout=5)
+    nodes[0].client.create_task(spec("t", NODES))
     _start_all(nodes)
-    nodes[1].wait_phase(P.PHASE_PSI)
-    nodes[1].report(P.PHASE_PSI, error="train_a_batch raised KeyError('x')")
+    nodes[1].wait_phase(Ph.PHASE_PSI)
+    nodes[1].report(Ph.PHASE_PSI, error="train_a_batch raised KeyError('x')")
     reason = "node 'c1' (phase PSI): train_a_batch raised KeyError('x')"
     assert [_final(n).reason for n in nodes] == [reason] * 3
     (late,) = make_nodes("t", ["c2"])
@@ -217,10 +217,10 @@ def test_error_report_reaches_every_watcher(coord: RunningCoordinator, make_node
 
 def test_watch_stream_is_released_when_the_client_goes(coord, make_nodes) -> None:
     (node,) = make_nodes("t", ["h"])
-    node.stub.CreateTask(spec("t", ["h", "c"], sched=30), timeout=5)
+    node.client.create_task(spec("t", ["h", "c"], sched=30))
     node.join()
     node.watch()
-    assert node.wait_phase(P.PHASE_WAITING_FOR_NODES)
+    assert node.wait_phase(Ph.PHASE_WAITING_FOR_NODES)
     assert coord.servicer.active_watchers == 1
     node.close()  # cancels the stream: the server thread must return, not wait forever
     deadline = time.monotonic() + 5
@@ -245,13 +245,13 @@ def test_restart_on_same_db_keeps_driving(tmp_path: Path, make_nodes) -> None:
     db = tmp_path / "restart.db"
     first = _start(db)
     nodes = make_nodes("t", ["h", "c1"], address=first.address)
-    nodes[0].stub.CreateTask(spec("t", ["h", "c1"], sched=1.0), timeout=5)
+    nodes[0].client.create_task(spec("t", ["h", "c1"], sched=1.0))
     _start_all(nodes)
     for node in nodes:
-        node.report(P.PHASE_PSI)
+        node.report(Ph.PHASE_PSI)
     for node in nodes:
-        node.report(P.PHASE_SPLIT, train_size=5, test_size=1, split_digest="d")
-    nodes[0].wait_phase(P.PHASE_TRAIN)
+        node.report(Ph.PHASE_SPLIT, train_size=5, test_size=1, split_digest="d")
+    nodes[0].wait_phase(Ph.PHASE_TRAIN)
     first.stop(0)
     for node in nodes:
         node.close()
@@ -259,10 +259,9 @@ def test_restart_on_same_db_keeps_driving(tmp_path: Path, make_nodes) -> None:
     second = _start(db)
     try:
         nodes = make_nodes("t", ["h", "c1"], address=second.address)
-        task = nodes[0].stub.GetTask(P.GetTaskRequest(task_id="t"), timeout=5)
-        assert (task.phase, task.round) == (P.PHASE_TRAIN, 1)
-        listed = nodes[0].stub.ListTasks(P.ListTasksRequest(), timeout=5)
-        assert [t.spec.task_id for t in listed.tasks] == ["t"]
+        task = nodes[0].client.get_task("t")
+        assert (task.phase, task.round) == (Ph.PHASE_TRAIN, 1)
+        assert [t.spec.task_id for t in nodes[0].client.list_tasks()] == ["t"]
         for node in nodes:
             node.join()  # reconnecting nodes repeat their join: accepted
             node.heartbeat()
@@ -278,13 +277,12 @@ def test_restart_on_same_db_keeps_driving(tmp_path: Path, make_nodes) -> None:
 
 def test_recover_after_failure_resumes_at_min_checkpoint(coord, make_nodes) -> None:
     nodes = make_nodes("t")
-    stub = nodes[0].stub
-    stub.CreateTask(spec("t", NODES), timeout=5)
+    nodes[0].client.create_task(spec("t", NODES))
     _start_all(nodes)
     for node in nodes:
-        node.wait_phase(P.PHASE_PSI)
-    nodes[2].report(P.PHASE_PSI, error="node 'c2' crashed")
-    assert _final(nodes[0]).phase == P.PHASE_FAILED
+        node.wait_phase(Ph.PHASE_PSI)
+    nodes[2].report(Ph.PHASE_PSI, error="node 'c2' crashed")
+    assert _final(nodes[0]).phase == Ph.PHASE_FAILED
     with pytest.raises(grpc.RpcError) as err:
         nodes[0].join()
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -294,17 +292,17 @@ def test_recover_after_failure_resumes_at_min_checkpoint(coord, make_nodes) -> N
 
     nodes = make_nodes("t")
     for node in nodes:  # every party restarts with recover=True; creating twice is harmless
-        node.stub.CreateTask(spec("t", NODES, recover=True), timeout=5)
+        node.client.create_task(spec("t", NODES, recover=True))
     for node, ckpt in zip(nodes, [4, 3, 5], strict=True):
         node.join(checkpoint_round=ckpt)
         node.heartbeat()
         node.watch()
-    assert [n.wait_phase(P.PHASE_PSI).resume_round for n in nodes] == [3, 3, 3]
+    assert [n.wait_phase(Ph.PHASE_PSI).resume_round for n in nodes] == [3, 3, 3]
     for node in nodes:
-        node.report(P.PHASE_PSI)
+        node.report(Ph.PHASE_PSI)
     for node in nodes:
-        node.report(P.PHASE_SPLIT, train_size=5, test_size=1, split_digest="d")
-    assert nodes[0].wait_phase(P.PHASE_TRAIN).round == 4
+        node.report(Ph.PHASE_SPLIT, train_size=5, test_size=1, split_digest="d")
+    assert nodes[0].wait_phase(Ph.PHASE_TRAIN).round == 4
 
 
 def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
@@ -322,7 +320,7 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
         assert line.startswith("heteronn coordinator listening on 127.0.0.1:"), line
         node = FakeNode(line.split()[-1], "t", "h", host=True)
         try:
-            node.stub.CreateTask(spec("t", ["h", "c"]), timeout=5)
+            node.client.create_task(spec("t", ["h", "c"]))
             node.join()
         finally:
             node.close()

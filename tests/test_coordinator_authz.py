@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from heteronn.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from heteronn.v1 import common_pb2, coordinator_pb2
 from services import task_cli
+from services.client import CoordinatorClient, task_spec
 from services.server import CoordinatorSettings, RunningCoordinator, start_coordinator
 from wire import dev_certs
-from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
 P = coordinator_pb2
@@ -73,9 +73,8 @@ def _create(task_id: str = "t") -> list[str]:
     return ["create", "--task-id", task_id, "--participants", "h,c1"]
 
 
-def _stub(certs: Path, coordinator: RunningCoordinator, name: str) -> tuple:
-    channel = open_channel(coordinator.address, _tls(certs, name), server_name="coordinator")
-    return channel, coordinator_pb2_grpc.CoordinatorStub(channel)
+def _client(certs: Path, coordinator: RunningCoordinator, name: str) -> CoordinatorClient:
+    return CoordinatorClient(coordinator.address, _tls(certs, name), timeout=5)
 
 
 def test_node_certificate_cannot_create_or_cancel(certs, coordinator, capsys):
@@ -123,33 +122,19 @@ def test_operators_setting_and_tls_files_from_environment(certs, coordinator, ca
 
 
 def test_node_cannot_act_as_another_node(certs, coordinator):
-    with open_channel(
-        coordinator.address, _tls(certs, "operator"), server_name="coordinator"
-    ) as ch:
-        coordinator_pb2_grpc.CoordinatorStub(ch).CreateTask(
-            P.CreateTaskRequest(
-                spec=P.TaskSpec(
-                    task_id="t",
-                    participants=["h", "c1"],
-                    schedule_timeout_s=30,
-                    calculation_timeout_s=30,
-                )
-            ),
-            timeout=5,
-        )
-    channel, h = _stub(certs, coordinator, "h")
+    with _client(certs, coordinator, "operator") as operator:
+        operator.create_task(task_spec("t", ["h", "c1"], schedule_timeout_s=30))
+    h = _client(certs, coordinator, "h")
     as_c1 = P.ParticipantInfo(
         node_id="c1", role=common_pb2.ROLE_COLLABORATOR, feature_key="k", address="127.0.0.1:1"
     )
     calls = {
-        "JoinTask": lambda: h.JoinTask(P.JoinRequest(task_id="t", node=as_c1), timeout=5),
-        "ReportPhase": lambda: h.ReportPhase(
-            P.PhaseReport(task_id="t", node_id="c1", error="forged failure"), timeout=5
+        "JoinTask": lambda: h.join("t", as_c1),
+        "ReportPhase": lambda: h.report(
+            P.ReportPhaseRequest(task_id="t", node_id="c1", error="forged failure")
         ),
-        "Heartbeat": lambda: h.Heartbeat(P.HeartbeatRequest(task_id="t", node_id="c1"), timeout=5),
-        "WatchTask": lambda: next(
-            iter(h.WatchTask(P.WatchRequest(task_id="t", node_id="c1"), timeout=5))
-        ),
+        "Heartbeat": lambda: h.heartbeat("t", "c1"),
+        "WatchTask": lambda: next(iter(h.watch("t", "c1"))),
     }
     try:
         for method, call in calls.items():
@@ -163,51 +148,40 @@ def test_node_cannot_act_as_another_node(certs, coordinator):
         as_h = P.ParticipantInfo(
             node_id="h", role=common_pb2.ROLE_HOST, feature_key="kh", address="127.0.0.1:2"
         )
-        assert h.JoinTask(P.JoinRequest(task_id="t", node=as_h), timeout=5).task.spec.task_id == "t"
-        h.Heartbeat(P.HeartbeatRequest(task_id="t", node_id="h"), timeout=5)
-        first = next(iter(h.WatchTask(P.WatchRequest(task_id="t", node_id="h"), timeout=5)))
-        assert first.phase == P.PHASE_WAITING_FOR_NODES
+        assert h.join("t", as_h).spec.task_id == "t"
+        h.heartbeat("t", "h")
+        watch = h.watch("t", "h")
+        assert next(iter(watch)).phase == common_pb2.PHASE_WAITING_FOR_NODES
+        watch.cancel()
     finally:
-        channel.close()
+        h.close()
 
 
 def test_reads_are_for_operators_and_participants(certs, coordinator):
-    op_channel, op = _stub(certs, coordinator, "operator")
-    mal_channel, mallory = _stub(certs, coordinator, "mallory")
-    h_channel, h = _stub(certs, coordinator, "h")
+    op = _client(certs, coordinator, "operator")
+    mallory = _client(certs, coordinator, "mallory")
+    h = _client(certs, coordinator, "h")
     try:
         for task_id, nodes in (("ours", ["h", "c1"]), ("theirs", ["c1", "mallory"])):
-            op.CreateTask(
-                P.CreateTaskRequest(
-                    spec=P.TaskSpec(
-                        task_id=task_id,
-                        participants=nodes,
-                        schedule_timeout_s=30,
-                        calculation_timeout_s=30,
-                    )
-                ),
-                timeout=5,
-            )
-        listed = {t.spec.task_id for t in op.ListTasks(P.ListTasksRequest(), timeout=5).tasks}
-        assert listed == {"ours", "theirs"}
-        assert [t.spec.task_id for t in h.ListTasks(P.ListTasksRequest(), timeout=5).tasks] == [
-            "ours"
-        ]
-        assert h.GetTask(P.GetTaskRequest(task_id="ours"), timeout=5).spec.task_id == "ours"
+            op.create_task(task_spec(task_id, nodes, schedule_timeout_s=30))
+        assert {t.spec.task_id for t in op.list_tasks()} == {"ours", "theirs"}
+        assert [t.spec.task_id for t in h.list_tasks()] == ["ours"]
+        assert h.get_task("ours").spec.task_id == "ours"
         with pytest.raises(grpc.RpcError) as error:
-            mallory.GetTask(P.GetTaskRequest(task_id="ours"), timeout=5)
+            mallory.get_task("ours")
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "'mallory' is neither an operator nor a participant of task 'ours'" in (
             error.value.details()
         )
         with pytest.raises(grpc.RpcError) as error:  # an anonymous watch is a read too
-            next(iter(mallory.WatchTask(P.WatchRequest(task_id="ours"), timeout=5)))
+            next(iter(mallory.watch("ours")))
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        watched = next(iter(op.WatchTask(P.WatchRequest(task_id="ours"), timeout=5)))
-        assert watched.task_id == "ours"
+        watch = op.watch("ours")
+        assert next(iter(watch)).task_id == "ours"
+        watch.cancel()
     finally:
-        for channel in (op_channel, mal_channel, h_channel):
-            channel.close()
+        for client in (op, mallory, h):
+            client.close()
 
 
 def test_plaintext_coordinator_checks_no_names():

@@ -10,9 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.client import CoordinatorClient
 from services.server import CoordinatorSettings, start_coordinator
-from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -94,13 +93,11 @@ def test_mutual_tls(certs: Path, tmp_path: Path) -> None:
         node_tls = TlsSettings(
             ca_file=certs / "ca.pem", cert_file=certs / "node.pem", key_file=certs / "node.key"
         )
-        with open_channel(running.address, node_tls, server_name="coordinator") as channel:
-            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-            assert stub.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=5).tasks == []
-        with open_channel(running.address) as plain:
-            stub = coordinator_pb2_grpc.CoordinatorStub(plain)
+        with CoordinatorClient(running.address, node_tls) as client:
+            assert client.list_tasks() == []
+        with CoordinatorClient(running.address, timeout=2) as plain:
             with pytest.raises(grpc.RpcError) as err:
-                stub.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=2)
+                plain.list_tasks()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         running.stop(0)

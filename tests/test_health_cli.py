@@ -29,7 +29,8 @@ def test_health_of_plaintext_coordinator_and_closed_port(capsys):
     try:
         assert heteronn(["health", running.address]) == 0
         assert capsys.readouterr().out.strip() == f"{running.address}: SERVING"
-        assert heteronn(["health", running.address, "--service", "heteronn.v1.Coordinator"]) == 0
+        service = "heteronn.v1.CoordinatorService"
+        assert heteronn(["health", running.address, "--service", service]) == 0
         capsys.readouterr()
         assert heteronn(["health", running.address, "--service", "no.such.Service"]) == 1
         err = capsys.readouterr().err

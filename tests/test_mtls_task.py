@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import threading
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from party_node.app import run_node
 from party_node.settings import NodeSettings
-from party_node.transport.node import run_node
+from services.client import CoordinatorClient, task_spec
 from services.server import CoordinatorSettings, start_coordinator
 from tests import synthetic as syn
 from wire import dev_certs
-from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
 
@@ -36,16 +35,9 @@ def test_task_over_mutual_tls(tmp_path):
         client_tls = TlsSettings(
             ca_file=ca, cert_file=certs / "operator.crt", key_file=certs / "operator.key"
         )
-        with open_channel(coordinator.address, client_tls, server_name="coordinator") as ch:
-            spec = coordinator_pb2.TaskSpec(
-                task_id="tls",
-                participants=["h", "c1"],
-                schedule_timeout_s=20,
-                calculation_timeout_s=60,
-                mode="plain",
-            )
-            coordinator_pb2_grpc.CoordinatorStub(ch).CreateTask(
-                coordinator_pb2.CreateTaskRequest(spec=spec), timeout=10
+        with CoordinatorClient(coordinator.address, client_tls) as client:
+            client.create_task(
+                task_spec("tls", ["h", "c1"], schedule_timeout_s=20, calculation_timeout_s=60)
             )
         host = syn.SynthHost("h", ["h", "c1"], 32, 1, syn.Faults(""))
         collab = syn.SynthCollaborator("c1", 32, syn.Faults(""))

@@ -33,7 +33,7 @@ from party_node.psi.rpc import (
 )
 from wire.grpc_factory import open_channel, start_server
 
-SERVICE = party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name
+SERVICE = party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name
 UNICODE_IDS = ["école", "e\u0301cole", "東京", "🧬🔬", "👩‍👩‍👧", "", " ", "a\u0000b", "\ud800", "Ω"]
 
 
@@ -201,7 +201,7 @@ def test_frames_round_trip_through_proto() -> None:
         assert message.header.task_id == "t"
         assert frame_from_proto(message) == frame
     with pytest.raises(PsiError, match="no valid step"):
-        frame_from_proto(party_node_pb2.PsiMessage(data=b"x"))
+        frame_from_proto(party_node_pb2.PsiRequest(data=b"x"))
 
 
 def test_pool_runs_urgent_work_before_background_work() -> None:
@@ -227,12 +227,12 @@ def test_other_pools_give_the_same_result(workers: int, kind) -> None:
 # --- over real gRPC ------------------------------------------------------------------------
 
 
-class PsiOnlyServicer(party_node_pb2_grpc.PartyNodeServicer):
+class PsiOnlyServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     """A collaborator node that implements only Psi, and records what crosses the wire."""
 
     def __init__(self, session: CollaboratorPsiSession):
         self.session = session
-        self.wire: list[party_node_pb2.PsiMessage] = []
+        self.wire: list[party_node_pb2.PsiRequest | party_node_pb2.PsiResponse] = []
 
     def Psi(self, request_iterator, context):
         def recorded(messages):
@@ -263,7 +263,7 @@ def collaborators(pool: PsiPool):
         servicer = PsiOnlyServicer(session)
 
         def register(server: grpc.Server) -> list[str]:
-            party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
+            party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
             return [SERVICE]
 
         server = start_server("127.0.0.1:0", register)
@@ -277,8 +277,8 @@ def collaborators(pool: PsiPool):
         server.stop(0)
 
 
-def _stub(address: str) -> party_node_pb2_grpc.PartyNodeStub:
-    return party_node_pb2_grpc.PartyNodeStub(open_channel(address))
+def _stub(address: str) -> party_node_pb2_grpc.PartyNodeServiceStub:
+    return party_node_pb2_grpc.PartyNodeServiceStub(open_channel(address))
 
 
 def test_grpc_two_collaborators(pool: PsiPool, collaborators) -> None:
@@ -291,7 +291,8 @@ def test_grpc_two_collaborators(pool: PsiPool, collaborators) -> None:
     final = run_host_psi(stubs, host_ids, _header("host"), pool, timeout=30, chunk_points=16)
     want = expected(host_ids, c_ids)
     assert final == want and "dup" in final
-    blinded = [[m.data for m in s.wire if m.step == m.STEP_BLINDED] for _, _, s in nodes]
+    step = party_node_pb2.PSI_STEP_BLINDED
+    blinded = [[m.data for m in s.wire if m.step == step] for _, _, s in nodes]
     assert blinded[0] == blinded[1]  # the host blinds its set once for all collaborators
     for _, session, servicer in nodes:
         assert session.wait_result(timeout=5) == want
@@ -329,7 +330,7 @@ def test_grpc_unreachable_collaborator_names_it(pool: PsiPool) -> None:
     assert "check that its node is running" in str(err.value)
 
 
-class NotYetServicer(party_node_pb2_grpc.PartyNodeServicer):
+class NotYetServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     """A node whose PSI session opens only after a few calls (it is still joining)."""
 
     def __init__(self, session: CollaboratorPsiSession, refusals: int):
@@ -347,7 +348,7 @@ def test_grpc_host_waits_for_a_collaborator_that_is_not_ready(pool: PsiPool) -> 
     servicer = NotYetServicer(session, refusals=2)
 
     def register(server: grpc.Server) -> list[str]:
-        party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
         return [SERVICE]
 
     server = start_server("127.0.0.1:0", register)
@@ -370,7 +371,7 @@ def test_collaborator_wait_is_bounded_and_cancellable(pool: PsiPool) -> None:
         session.wait_result(timeout=30, cancel=cancel)
 
 
-class SilentServicer(party_node_pb2_grpc.PartyNodeServicer):
+class SilentServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     """A collaborator that takes the call and never answers (hung peer)."""
 
     def __init__(self) -> None:
@@ -385,7 +386,7 @@ def test_host_psi_stops_on_cancel(pool: PsiPool) -> None:
     servicer = SilentServicer()
 
     def register(server: grpc.Server) -> list[str]:
-        party_node_pb2_grpc.add_PartyNodeServicer_to_server(servicer, server)
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
         return [SERVICE]
 
     server = start_server("127.0.0.1:0", register)

@@ -1,38 +1,30 @@
-"""Large messages travel as a stream of ~1 MB chunks of one serialized Payload."""
+"""Large messages travel as a stream of ~1 MB chunks of one serialized Payload.
+
+The first chunk also carries the Payload's header and its total size, so a receiver decides
+whether to accept the message (task, sender, kind, size) before it reads the body.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from heteronn.v1 import common_pb2
 
 CHUNK_BYTES = 1 << 20
-#: Refuse to reassemble more than this; protects a node from a runaway peer.
-MAX_PAYLOAD_BYTES = 1 << 31
+
+C = TypeVar("C")
 
 
 def payload_to_chunks(
-    payload: common_pb2.Payload, chunk_bytes: int = CHUNK_BYTES
-) -> Iterator[common_pb2.PayloadChunk]:
+    payload: common_pb2.Payload, chunk_type: type[C], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[C]:
+    """`chunk_type` (FeatureExchangeRequest or GradientReturnRequest) messages carrying
+    `payload`: header and total size in the first, then the body in order."""
     data = payload.SerializeToString()
-    if not data:
-        yield common_pb2.PayloadChunk(data=b"", last=True)
-        return
-    for start in range(0, len(data), chunk_bytes):
+    ctor: Any = chunk_type
+    header = {"header": payload.header, "total_bytes": len(data)}
+    for start in range(0, max(len(data), 1), chunk_bytes):
         end = start + chunk_bytes
-        yield common_pb2.PayloadChunk(data=data[start:end], last=end >= len(data))
-
-
-def payload_from_chunks(chunks: Iterable[common_pb2.PayloadChunk]) -> common_pb2.Payload:
-    parts: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        parts.append(chunk.data)
-        size += len(chunk.data)
-        if size > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"payload larger than {MAX_PAYLOAD_BYTES} bytes refused")
-        if chunk.last:
-            payload = common_pb2.Payload()
-            payload.ParseFromString(b"".join(parts))
-            return payload
-    raise ValueError("payload stream ended before its last chunk (sender stopped mid-message)")
+        yield ctor(data=data[start:end], last=end >= len(data), **header)
+        header = {}

@@ -27,6 +27,12 @@ def peer_identities(context: grpc.ServicerContext) -> tuple[str, list[str]]:
     return cn, sans
 
 
+def tls_identities(context: grpc.ServicerContext) -> set[str]:
+    """Every name in the caller's verified certificate (empty without mutual TLS)."""
+    cn, sans = peer_identities(context)
+    return {name for name in (cn, *sans) if name}
+
+
 class PeerAuthInterceptor(grpc.ServerInterceptor):
     """Aborts PERMISSION_DENIED unless the peer certificate's CN (or a SAN) is in `allowed()`.
 

@@ -12,11 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 from tqdm import tqdm
 
 from examples.mnist_halves import data
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
+from services.client import CoordinatorClient, phase_name, task_spec
 from wire.config_file import settings_toml
 
 HOST, COLLABORATOR = "demo-host", "demo-collaborator"
@@ -49,6 +48,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "./data"))
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed every party's process (reproducible runs)"
+    )
     args = parser.parse_args()
     try:  # before any process starts: a missing dataset is the user's first likely mistake
         data.mnist(args.data_root, True)
@@ -76,7 +78,9 @@ def main() -> int:
         create_task(coordinator, args.mode)
         secure = args.mode == "secure"
         suffix = "_secure" if secure else ""
-        common = {"data_root": str(Path(args.data_root).resolve())}
+        common: dict = {"data_root": str(Path(args.data_root).resolve())}
+        if args.seed is not None:
+            common["seed"] = args.seed
         write_config(
             out / "host.toml",
             HOST,
@@ -116,27 +120,24 @@ def main() -> int:
 
 def create_task(coordinator: str, mode: str) -> None:
     """What an operator's service does: wait for the coordinator, then CreateTask."""
-    channel = grpc.insecure_channel(coordinator)
-    grpc.channel_ready_future(channel).result(timeout=120)
-    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-    spec = coordinator_pb2.TaskSpec(
-        task_id="mnist-halves",
-        participants=[HOST, COLLABORATOR],
-        schedule_timeout_s=60,
-        calculation_timeout_s=1800,
-        mode=mode,
-    )
-    stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=30)
-    channel.close()
+    with CoordinatorClient(coordinator) as client:
+        client.wait_ready(timeout=120)
+        spec = task_spec(
+            "mnist-halves",
+            [HOST, COLLABORATOR],
+            schedule_timeout_s=60,
+            calculation_timeout_s=1800,
+            mode=mode,
+        )
+        client.create_task(spec, timeout=30)
 
 
 def watch(coordinator: str, procs: list[subprocess.Popen], rounds: int, out: Path) -> int:
-    stub = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(coordinator))
+    client = CoordinatorClient(coordinator)
     bar = tqdm(total=rounds, desc="rounds", unit="round")
-    phase_name = coordinator_pb2.Phase.Name
     while True:
-        info = stub.GetTask(coordinator_pb2.GetTaskRequest(task_id="mnist-halves"), timeout=10)
-        phase = phase_name(info.phase).removeprefix("PHASE_")
+        info = client.get_task("mnist-halves")
+        phase = phase_name(info.phase)
         done = info.round - (1 if phase == "TRAIN" else 0)
         bar.n = max(bar.n, min(done, rounds))
         acc = info.metrics.get("accuracy")
@@ -147,6 +148,7 @@ def watch(coordinator: str, procs: list[subprocess.Popen], rounds: int, out: Pat
             time.sleep(2)  # let the coordinator record why
         time.sleep(0.5)
     bar.close()
+    client.close()
     codes = [p.wait(timeout=60) for p in procs[1:]]
     if phase == "FAILED":
         print(f"task failed: {info.reason} (logs in {out})", file=sys.stderr)

@@ -118,15 +118,15 @@ class HeteroNNScheduler(ABC):
         self, id: str, task_id: str, is_initiator: bool = False, recover: bool = False
     ) -> None:
         """Run as node `id` of `task_id` inside ``mock_context`` (the seed's local simulation)."""
-        from party_node.transport.node import run_mock
+        from party_node.app import run_mock
 
         run_mock(self, node_id=id, task_id=task_id, is_initiator=is_initiator, recover=recover)
 
     def launch_task(self, task_id: str, recover: bool = False, **settings: Any) -> None:
         """Join a real deployment; settings come from ``HETERONN_NODE_*`` env vars, a config
         file named by ``HETERONN_NODE_CONFIG``, or keyword arguments (coordinator, node_id, ...)."""
+        from party_node.app import run_node
         from party_node.settings import NodeSettings
-        from party_node.transport.node import run_node
 
         node_settings = NodeSettings(task_id=task_id, recover=recover, **settings)
         run_node(self, node_settings)

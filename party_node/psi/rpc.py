@@ -1,5 +1,6 @@
-"""gRPC glue for PSI: PsiFrame <-> PsiMessage, the host's calls to every collaborator, and
-the collaborator-side session that a node's servicer delegates its `Psi` method to.
+"""gRPC glue for PSI: PsiFrame <-> PsiRequest/PsiResponse, the host's calls to every
+collaborator, and the collaborator-side session that a node's servicer delegates its `Psi`
+method to.
 
 The protocol itself lives in party_node.psi.protocol; this module only moves frames and turns
 failures into errors that name the peer."""
@@ -31,15 +32,16 @@ from party_node.psi.protocol import (
     prepare_ids,
 )
 
-PsiMessage = party_node_pb2.PsiMessage
+#: A PSI chunk on the wire: PsiRequest (host to collaborator) or PsiResponse (back).
+PsiMessage = party_node_pb2.PsiRequest | party_node_pb2.PsiResponse
 HeaderFactory = Callable[[], common_pb2.Header]
 HeaderCheck = Callable[[common_pb2.Header], None]
 
 _TO_PROTO = {
-    BLINDED: PsiMessage.STEP_BLINDED,
-    DOUBLE_BLINDED: PsiMessage.STEP_DOUBLE_BLINDED,
-    PEER_BLINDED: PsiMessage.STEP_PEER_BLINDED,
-    RESULT_INDICES: PsiMessage.STEP_RESULT_INDICES,
+    BLINDED: party_node_pb2.PSI_STEP_BLINDED,
+    DOUBLE_BLINDED: party_node_pb2.PSI_STEP_DOUBLE_BLINDED,
+    PEER_BLINDED: party_node_pb2.PSI_STEP_PEER_BLINDED,
+    RESULT_INDICES: party_node_pb2.PSI_STEP_RESULT_INDICES,
 }
 _FROM_PROTO = {value: key for key, value in _TO_PROTO.items()}
 #: How often blocking waits look at the cancel signal.
@@ -68,8 +70,13 @@ class PsiRpcError(PsiError):
         self.code = code
 
 
-def frame_to_proto(frame: PsiFrame, header: common_pb2.Header) -> PsiMessage:
-    return PsiMessage(
+def frame_to_proto(
+    frame: PsiFrame,
+    header: common_pb2.Header,
+    kind: type[PsiMessage] = party_node_pb2.PsiRequest,
+) -> PsiMessage:
+    """A frame as a PsiRequest (host side, the default) or a PsiResponse (collaborator)."""
+    return kind(
         header=header,
         step=_TO_PROTO[frame.step],
         data=frame.data,
@@ -147,7 +154,7 @@ def _run_all(
 
 
 def run_host_psi(
-    stubs: Mapping[str, party_node_pb2_grpc.PartyNodeStub],
+    stubs: Mapping[str, party_node_pb2_grpc.PartyNodeServiceStub],
     ids: Sequence[str],
     header_factory: HeaderFactory,
     pool: PsiPool,
@@ -291,7 +298,7 @@ class CollaboratorPsiSession:
                 if frame.step == PEER_BLINDED and frame.last:
                     # Before the host can see the last chunk and send the result.
                     self._advance("exchanging", "exchanged", "")
-                yield frame_to_proto(frame, self._header())
+                yield frame_to_proto(frame, self._header(), party_node_pb2.PsiResponse)
         elif first.step == RESULT_INDICES:
             self._advance("exchanged", "accepting", "the PSI result before finishing the exchange")
             result = self._psi.accept_result(stream)

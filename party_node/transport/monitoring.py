@@ -1,17 +1,21 @@
-"""The runtime's TaskObserver backed by Prometheus (wire.metrics), bound to one task."""
+"""The runtime's TaskObserver for a node: Prometheus (wire.metrics) and the node state that
+GetStatus answers from, bound to one task."""
 
 from __future__ import annotations
 
 from party_node.runtime.links import TaskObserver
+from party_node.transport.node_state import NodeState
 from wire.metrics import Metrics
 
 
-class PrometheusObserver(TaskObserver):
-    def __init__(self, metrics: Metrics, task_id: str):
+class NodeObserver(TaskObserver):
+    def __init__(self, metrics: Metrics, task_id: str, state: NodeState):
         self.metrics = metrics
         self.task_id = task_id
+        self.state = state
 
     def phase(self, phase: str, round_no: int) -> None:
+        self.state.phase, self.state.round = phase, round_no
         self.metrics.set_phase(self.task_id, phase, round_no)
 
     def batch(self, rows: int, stage: str) -> None:

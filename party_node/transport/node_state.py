@@ -1,5 +1,6 @@
-"""What a node's servicer needs to know about its task: who may talk to it, where incoming
-messages go. Filled by the runtime's links once the node has joined."""
+"""What a node's servicer needs to know about its task: its own role, who may talk to it,
+where incoming messages go, and what it is doing now. Filled by the runtime's links once the
+node has joined."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from party_node.transport.inbox import Inbox
 class NodeState:
     node_id: str
     task_id: str
+    #: "host" or "collaborator": decides which RPCs this node consumes.
+    role: str
     abort: AbortSignal
     inbox: Inbox = field(init=False)
     participants: dict[str, Participant] = field(default_factory=dict)
-    phase: str = "STARTING"
+    #: The runtime's phase ("PSI", "TRAIN", ...; empty before it has joined) and round.
+    phase: str = ""
     round: int = 0
     _ready: threading.Event = field(default_factory=threading.Event)
     psi_session: Any = None

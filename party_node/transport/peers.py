@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from heteronn.v1 import common_pb2, party_node_pb2_grpc
+from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import TaskFailed
 from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
 from party_node.runtime.links import Message, Participant
@@ -34,7 +34,7 @@ class GrpcPeers:
         self.tls = tls
         self.send_timeout = send_timeout
         self._channels: dict[str, grpc.Channel] = {}
-        self.stubs: dict[str, party_node_pb2_grpc.PartyNodeStub] = {}
+        self.stubs: dict[str, party_node_pb2_grpc.PartyNodeServiceStub] = {}
         self.participants: dict[str, Participant] = {}
 
     def connect(self, participants: Sequence[Participant]) -> None:
@@ -47,7 +47,7 @@ class GrpcPeers:
                 raise TaskFailed(f"the coordinator has no address for {p.role} '{p.node_id}'")
             channel = open_channel(p.address, self.tls, self.interceptors, server_name=p.node_id)
             self._channels[p.node_id] = channel
-            self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeStub(channel)
+            self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
 
     def describe(self, peer: str) -> str:
         p = self.participants.get(peer)
@@ -58,10 +58,13 @@ class GrpcPeers:
             raise TaskFailed(self.state.abort.reason)
         payload = message_to_payload(message, self.state.task_id, self.state.node_id)
         stub = self.stubs[peer]
-        method = stub.GradientReturn if self.role == "host" else stub.FeatureExchange
+        if self.role == "host":
+            method, chunk_type = stub.GradientReturn, party_node_pb2.GradientReturnRequest
+        else:
+            method, chunk_type = stub.FeatureExchange, party_node_pb2.FeatureExchangeRequest
         try:
             # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
-            method(payload_to_chunks(payload), timeout=self.send_timeout)
+            method(payload_to_chunks(payload, chunk_type), timeout=self.send_timeout)
         except grpc.RpcError as exc:
             if self.state.abort.is_set():
                 raise TaskFailed(self.state.abort.reason) from None

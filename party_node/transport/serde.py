@@ -4,7 +4,8 @@ The only place (with the servicer and clients) that touches `_pb2` types."""
 from __future__ import annotations
 
 from heteronn.v1 import common_pb2, coordinator_pb2
-from party_node.runtime.links import Command, JoinInfo, Message, Participant, Report
+from party_node.runtime.links import Command, Message, Participant, Report
+from services.client import phase_name
 from wire.coordinator_records import participant_fields, participant_info, report_fields
 from wire.tensor_codec import tensor_from_proto, tensor_to_proto
 
@@ -45,22 +46,9 @@ def participant_from_proto(p: coordinator_pb2.ParticipantInfo) -> Participant:
     return Participant(role=_ROLE_FROM_PB.get(p.role, ""), **participant_fields(p))
 
 
-def join_to_proto(task_id: str, info: JoinInfo) -> coordinator_pb2.JoinRequest:
-    node = Participant(
-        info.node_id, info.role, info.feature_key, info.address, info.checkpoint_round
-    )
-    return coordinator_pb2.JoinRequest(
-        task_id=task_id,
-        node=participant_to_proto(node),
-        schedule_timeout_s=info.schedule_timeout,
-        calculation_timeout_s=info.calculation_timeout,
-        agreement=info.agreement,
-    )
-
-
 def command_from_proto(cmd: coordinator_pb2.PhaseCommand) -> Command:
     return Command(
-        phase=coordinator_pb2.Phase.Name(cmd.phase).removeprefix("PHASE_"),
+        phase=phase_name(cmd.phase),
         round=cmd.round,
         reason=cmd.reason,
         participants=tuple(participant_from_proto(p) for p in cmd.participants),
@@ -69,10 +57,10 @@ def command_from_proto(cmd: coordinator_pb2.PhaseCommand) -> Command:
     )
 
 
-def report_to_proto(task_id: str, node_id: str, r: Report) -> coordinator_pb2.PhaseReport:
-    return coordinator_pb2.PhaseReport(
+def report_to_proto(task_id: str, node_id: str, r: Report) -> coordinator_pb2.ReportPhaseRequest:
+    return coordinator_pb2.ReportPhaseRequest(
         task_id=task_id,
         node_id=node_id,
-        phase=coordinator_pb2.Phase.Value(f"PHASE_{r.phase}"),
+        phase=common_pb2.Phase.Value(f"PHASE_{r.phase}"),
         **report_fields(r),
     )

@@ -1,116 +1,97 @@
-"""The PartyNode gRPC servicer: checks who is talking and what they sent, then hands the
-decoded message to the runtime's inbox. It knows nothing about models."""
+"""The PartyNodeService gRPC servicer: translates each RPC into calls on the pure handler
+(`transport.handler`) and the handler's `NodeError`s into status codes. No decisions here
+beyond reading the stream; it knows nothing about models."""
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.runtime.links import AbortSignal
-from party_node.transport.node_state import NodeState
-from party_node.transport.serde import message_from_payload
-from wire.chunking import payload_from_chunks
-from wire.tensor_codec import TensorDecodeError
+from party_node.errors import BadMessage
+from party_node.transport.handler import Opening, PeerMessageHandler
+from wire.peer_auth import tls_identities
+from wire.status_error import abort_with, status_call
 
 log = logging.getLogger("heteronn")
+T = TypeVar("T")
 
-#: How long an early message waits for this node to finish joining.
-_READY_WAIT_S = 10.0
-#: How long the host's PSI call may wait for this node's load_local_ids().
-_PSI_WAIT_S = 600.0
+SERVICE_NAME = party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name
 
 
-def _wait(event: threading.Event, abort: AbortSignal, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not event.wait(0.2):
-        if abort.is_set() or time.monotonic() > deadline:
-            return False
-    return True
+def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+    return status_call(context, fn, log)
 
 
-def _tls_identities(context: grpc.ServicerContext) -> set[str]:
-    """Names in the caller's verified certificate (empty without mutual TLS)."""
-    auth = context.auth_context()
-    names = auth.get("x509_subject_alternative_name", []) + auth.get("x509_common_name", [])
-    return {n.decode() if isinstance(n, bytes) else n for n in names}
+def _read_body(first: object, rest: Iterator[object], total: int) -> bytes:
+    """The Payload bytes of a data call: the first chunk's data and the rest, never more than
+    the `total` announced (checked by the handler against this node's limit)."""
+    parts = [first.data]  # type: ignore[attr-defined]
+    size = len(parts[0])
+    last = first.last  # type: ignore[attr-defined]
+    for chunk in rest:
+        if last:
+            raise BadMessage("the sender went on after the chunk marked last")
+        size += len(chunk.data)
+        if size > total:
+            raise BadMessage(f"the sender sent more than the {total} bytes it announced")
+        parts.append(chunk.data)
+        last = chunk.last
+    if not last:
+        raise BadMessage("the stream ended before its last chunk (the sender stopped mid-message)")
+    return b"".join(parts)
 
 
-class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServicer):
-    def __init__(self, state: NodeState):
-        self.state = state
+class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
+    def __init__(self, handler: PeerMessageHandler) -> None:
+        self.handler = handler
 
-    def _accept(
-        self,
-        chunks: Iterator[common_pb2.PayloadChunk],
-        context: grpc.ServicerContext,
-        sender_role: str,
-        rpc: str,
-    ) -> common_pb2.Ack:
-        st = self.state
-        try:
-            payload = payload_from_chunks(chunks)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: {exc}")
-        h = payload.header
-        if h.task_id != st.task_id:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"node '{st.node_id}' runs task '{st.task_id}', not '{h.task_id}'",
-            )
-        if not st.wait_ready(_READY_WAIT_S):
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"node '{st.node_id}' has not joined yet")
-        peer = st.participants.get(h.sender)
-        if peer is None:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"'{h.sender}' is not a participant of task '{st.task_id}'",
-            )
-        identities = _tls_identities(context)
-        if identities and h.sender not in identities:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the TLS certificate of this caller names {sorted(identities)}, but the message "
-                f"claims to come from '{h.sender}'",
-            )
-        if peer.role != sender_role:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{rpc} is for messages from a {sender_role}; '{h.sender}' is the {peer.role}",
-            )
-        try:
-            message = message_from_payload(payload)
-        except TensorDecodeError as exc:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{peer.role} '{h.sender}' sent a bad tensor in {h.kind} (round {h.round} "
-                f"batch {h.batch}): {exc}",
-            )
-        st.inbox.put(h.sender, message)
-        return common_pb2.Ack()
+    def _deliver(self, rpc: str, chunks: Iterator[object], context: grpc.ServicerContext) -> None:
+        first = next(chunks, None)
+        if first is None:
+            abort_with(context, BadMessage(f"{rpc}: the call carried no chunk"))
+        opening = Opening(
+            rpc=rpc,
+            header=first.header,  # type: ignore[attr-defined]
+            total_bytes=first.total_bytes,  # type: ignore[attr-defined]
+            identities=frozenset(tls_identities(context)),
+        )
+        peer = _call(context, lambda: self.handler.open(opening))
+        body = _call(context, lambda: _read_body(first, chunks, opening.total_bytes))
+        _call(context, lambda: self.handler.accept(opening, peer, body))
 
     def FeatureExchange(self, request_iterator, context):
-        return self._accept(request_iterator, context, "collaborator", "FeatureExchange")
+        self._deliver("FeatureExchange", iter(request_iterator), context)
+        return party_node_pb2.FeatureExchangeResponse()
 
     def GradientReturn(self, request_iterator, context):
-        return self._accept(request_iterator, context, "host", "GradientReturn")
+        self._deliver("GradientReturn", iter(request_iterator), context)
+        return party_node_pb2.GradientReturnResponse()
 
     def Psi(self, request_iterator, context):
-        st = self.state
-        # The host may call before this node has loaded its ids; wait for that (bounded).
-        if not (st.wait_ready(_READY_WAIT_S) and _wait(st.psi_ready, st.abort, _PSI_WAIT_S)):
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"node '{st.node_id}' is not ready for PSI")
-        yield from st.psi_session.handle(request_iterator, context)
+        messages = iter(request_iterator)
+        first = next(messages, None)
+        if first is None:
+            abort_with(context, BadMessage("Psi: the call carried no message"))
+        identities = frozenset(tls_identities(context))
+
+        def caller_gone() -> bool:
+            return not context.is_active()
+
+        session = _call(
+            context, lambda: self.handler.open_psi(first.header, identities, caller_gone)
+        )
+        yield from session.handle(itertools.chain([first], messages), context)
 
     def GetStatus(self, request, context):
-        st = self.state
-        return party_node_pb2.NodeStatus(
-            node_id=st.node_id, task_id=st.task_id, phase=st.phase, round=st.round
+        st = self.handler.state
+        return party_node_pb2.GetStatusResponse(
+            node_id=st.node_id,
+            task_id=st.task_id,
+            phase=common_pb2.Phase.Value(f"PHASE_{st.phase}") if st.phase else 0,
+            round=st.round,
         )
-
-
-SERVICE_NAME = party_node_pb2.DESCRIPTOR.services_by_name["PartyNode"].full_name

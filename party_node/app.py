@@ -1,5 +1,7 @@
-"""Composition root of a party node: start the PartyNode server, connect to the coordinator,
-run the task runtime, shut down. `run_mock` adds the seed's local simulation around it."""
+"""The one composition root of a party node: every way to run one (the seed's `_run` under
+`mock_context`, `launch_task`, `simulate.run_local`, `heteronn node`) comes here to wire the
+runtime to the world: node state, the peer-message handler and its servicer, the gRPC server,
+the coordinator link, peer clients, metrics. Nothing else builds these."""
 
 from __future__ import annotations
 
@@ -13,19 +15,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from party_node.errors import ConfigError, TaskFailed
 from party_node.mock import current_mock
 from party_node.runtime.links import AbortSignal
 from party_node.runtime.outputs import atomic_write_bytes
 from party_node.runtime.task import RunSettings, TaskRuntime
 from party_node.settings import NodeSettings
-from party_node.transport.coordinator_client import CoordinatorLink
-from party_node.transport.monitoring import PrometheusObserver
+from party_node.transport.control_link import CoordinatorLink
+from party_node.transport.handler import PeerMessageHandler
+from party_node.transport.monitoring import NodeObserver
 from party_node.transport.node_state import NodeState
 from party_node.transport.peers import GrpcPeers
 from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
-from wire.grpc_factory import open_channel, start_server
+from services.client import CoordinatorClient, task_spec
+from wire.grpc_factory import start_server
 from wire.metrics import Metrics, serve_metrics
 from wire.peer_auth import PeerAuthInterceptor
 
@@ -41,12 +44,15 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
 
         torch.set_num_threads(settings.torch_threads)
     abort = AbortSignal()
-    state = NodeState(node_id=settings.node_id, task_id=settings.task_id, abort=abort)
+    state = NodeState(
+        node_id=settings.node_id, task_id=settings.task_id, role=scheduler._role, abort=abort
+    )
     tls = settings.tls if settings.tls.enabled else None
     metrics = Metrics(CollectorRegistry(), settings.node_id, scheduler._role)
+    servicer = PartyNodeServicer(PeerMessageHandler(state))
 
     def register(server: Any) -> list[str]:
-        party_node_pb2_grpc.add_PartyNodeServicer_to_server(PartyNodeServicer(state), server)
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
     interceptors: list[Any] = [metrics.server_interceptor()]
@@ -72,7 +78,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         advertise=advertise,
         recover=settings.recover,
     )
-    observer = PrometheusObserver(metrics, settings.task_id)
+    observer = NodeObserver(metrics, settings.task_id, state)
     try:
         return TaskRuntime(scheduler, control, peers, run, abort, observer).run()
     finally:
@@ -133,17 +139,16 @@ def start_embedded_coordinator(
     from services.server import CoordinatorSettings, start_coordinator
 
     coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=db))
-    spec = coordinator_pb2.TaskSpec(
-        task_id=task_id,
-        participants=list(nodes),
+    spec = task_spec(
+        task_id,
+        nodes,
         schedule_timeout_s=scheduler.schedule_timeout,
         calculation_timeout_s=scheduler.calculation_timeout,
         recover=recover,
         mode="secure" if getattr(scheduler, "_secure", False) else "plain",
     )
-    with open_channel(coordinator.address) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        stub.CreateTask(coordinator_pb2.CreateTaskRequest(spec=spec), timeout=10)
+    with CoordinatorClient(coordinator.address) as client:
+        client.create_task(spec)
     return coordinator
 
 

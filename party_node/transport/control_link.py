@@ -1,6 +1,6 @@
-"""The runtime's ControlLink over gRPC: join (retrying while the coordinator or the task is
-not there yet), a watch thread that queues phase commands and raises the abort signal on a
-failure broadcast, and a heartbeat thread."""
+"""The runtime's ControlLink over gRPC, on the typed coordinator client: join (retrying while
+the coordinator or the task is not there yet), a watch thread that queues phase commands and
+raises the abort signal on a failure broadcast, and a heartbeat thread."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ import time
 
 import grpc
 
-from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from party_node.errors import TaskFailed
 from party_node.runtime.links import AbortSignal, Command, JoinInfo, Participant, Report
 from party_node.transport.serde import (
     command_from_proto,
-    join_to_proto,
     participant_from_proto,
+    participant_to_proto,
     report_to_proto,
 )
-from wire.grpc_factory import open_channel
+from services.client import CoordinatorClient, WatchStream
 from wire.tls import TlsSettings
 
 log = logging.getLogger("heteronn")
@@ -37,22 +36,31 @@ class CoordinatorLink:
         self.task_id = task_id
         self.node_id = node_id
         self.abort = abort
-        self._channel = open_channel(address, tls, server_name="coordinator")
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._client = CoordinatorClient(address, tls)
         self._commands: queue.Queue[Command] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._patience = 30.0
-        self._watch_call: grpc.Future | None = None
+        self._watch_call: WatchStream | None = None
 
     # ---- join -----------------------------------------------------------------------------------
     def join(self, info: JoinInfo) -> tuple[Participant, ...]:
         self._patience = info.schedule_timeout
         deadline = time.monotonic() + info.schedule_timeout
-        request = join_to_proto(self.task_id, info)
+        node = participant_to_proto(
+            Participant(
+                info.node_id, info.role, info.feature_key, info.address, info.checkpoint_round
+            )
+        )
         while True:
             try:
-                response = self._stub.JoinTask(request, timeout=10)
+                task = self._client.join(
+                    self.task_id,
+                    node,
+                    schedule_timeout_s=info.schedule_timeout,
+                    calculation_timeout_s=info.calculation_timeout,
+                    agreement=info.agreement,
+                )
                 break
             except grpc.RpcError as exc:
                 if exc.code() in _RETRYABLE and time.monotonic() < deadline:
@@ -71,15 +79,14 @@ class CoordinatorLink:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        return tuple(participant_from_proto(p) for p in response.task.participants)
+        return tuple(participant_from_proto(p) for p in task.participants)
 
     # ---- commands -------------------------------------------------------------------------------
     def _watch(self) -> None:
-        request = coordinator_pb2.WatchRequest(task_id=self.task_id, node_id=self.node_id)
         last_contact = time.monotonic()
         while not self._stop.is_set():
             try:
-                self._watch_call = self._stub.WatchTask(request)
+                self._watch_call = self._client.watch(self.task_id, self.node_id)
                 for pb in self._watch_call:
                     last_contact = time.monotonic()
                     cmd = command_from_proto(pb)
@@ -103,11 +110,10 @@ class CoordinatorLink:
             self._stop.wait(0.5)
 
     def _heartbeat(self) -> None:
-        request = coordinator_pb2.HeartbeatRequest(task_id=self.task_id, node_id=self.node_id)
         while not self._stop.wait(HEARTBEAT_S):
             # Errors are ignored: the watch thread decides when the coordinator is gone.
             with contextlib.suppress(grpc.RpcError):
-                self._stub.Heartbeat(request, timeout=5)
+                self._client.heartbeat(self.task_id, self.node_id, timeout=5)
 
     def next_command(self, timeout: float) -> Command:
         try:
@@ -122,7 +128,7 @@ class CoordinatorLink:
         request = report_to_proto(self.task_id, self.node_id, report)
         for attempt in range(5):
             try:
-                self._stub.ReportPhase(request, timeout=10)
+                self._client.report(request)
                 return
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -140,4 +146,4 @@ class CoordinatorLink:
         self._stop.set()
         if self._watch_call is not None:
             self._watch_call.cancel()
-        self._channel.close()
+        self._client.close()

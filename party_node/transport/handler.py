@@ -1,0 +1,175 @@
+"""What a node decides about a peer's message, with no gRPC in sight: may this caller send
+this kind of message to this node now, is the body what the header announced, and where
+does the decoded message go. The servicer translates RPCs into calls here and `NodeError`s
+back into status codes; the checks live here so they can be tested without a server.
+
+Order matters: everything that needs only the first chunk (role, task, sender, identity,
+size) is decided before one more byte of the body is read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from heteronn.v1 import common_pb2
+from party_node.errors import (
+    BadMessage,
+    NotAllowed,
+    NotConsumed,
+    NotReady,
+    TooLarge,
+    WrongTask,
+)
+from party_node.runtime.links import Participant
+from party_node.transport.node_state import NodeState
+from party_node.transport.serde import message_from_payload
+from wire.tensor_codec import TensorDecodeError
+
+#: Which role consumes each data RPC, and which role sends it.
+CONSUMER = {"FeatureExchange": "host", "GradientReturn": "collaborator"}
+SENDER = {"FeatureExchange": "collaborator", "GradientReturn": "host"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what peers may send this node (node settings set them)."""
+
+    #: Largest serialized Payload accepted in one FeatureExchange/GradientReturn call.
+    max_payload_bytes: int = 256 << 20
+    #: How long a message from a peer waits for this node to finish joining.
+    ready_wait_s: float = 10.0
+    #: How long the host's Psi call waits for this collaborator's load_local_ids().
+    psi_wait_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Opening:
+    """The first chunk of a data RPC, as the handler needs it."""
+
+    rpc: str
+    header: common_pb2.Header
+    total_bytes: int
+    #: Names in the caller's verified certificate (empty without mutual TLS).
+    identities: frozenset[str]
+
+
+class PeerMessageHandler:
+    """Admits peers' data messages into the node's inbox."""
+
+    def __init__(self, state: NodeState, limits: Limits | None = None) -> None:
+        self.state = state
+        self.limits = limits or Limits()
+
+    # ---- before the body ----------------------------------------------------------------------
+    def open(self, opening: Opening) -> Participant:
+        """Check everything the first chunk says; returns the sending participant."""
+        st, rpc, h = self.state, opening.rpc, opening.header
+        consumer = CONSUMER[rpc]
+        if st.role != consumer:
+            raise NotConsumed(
+                f"node '{st.node_id}' is a {st.role}; {rpc} carries messages to the "
+                f"{consumer} — send them to the {consumer}'s address"
+            )
+        if h.task_id != st.task_id:
+            raise WrongTask(f"node '{st.node_id}' runs task '{st.task_id}', not '{h.task_id}'")
+        if not st.wait_ready(self.limits.ready_wait_s):
+            raise NotReady(f"node '{st.node_id}' has not joined task '{st.task_id}' yet; retry")
+        peer = check_sender(st, h.sender, opening.identities, SENDER[rpc], rpc)
+        if opening.total_bytes <= 0:
+            raise BadMessage(
+                f"{rpc} from '{h.sender}' announced total_bytes={opening.total_bytes}; the first "
+                "chunk must carry the serialized Payload's size"
+            )
+        if opening.total_bytes > self.limits.max_payload_bytes:
+            raise TooLarge(
+                f"{peer.role} '{h.sender}' announced {opening.total_bytes} bytes for {h.kind}; "
+                f"this node accepts at most {self.limits.max_payload_bytes} per message "
+                "(node setting max_payload_bytes)"
+            )
+        return peer
+
+    def open_psi(
+        self, header: common_pb2.Header, identities: frozenset[str], caller_gone: Callable[[], bool]
+    ) -> Any:
+        """Check the first PSI chunk: only this task's host may run PSI, and only against a
+        collaborator. Returns the collaborator's PSI session once it is open."""
+        st = self.state
+        if st.role != "collaborator":
+            raise NotConsumed(
+                f"node '{st.node_id}' is the host; the host runs PSI against its collaborators "
+                "and accepts no Psi call"
+            )
+        if header.task_id != st.task_id:
+            raise WrongTask(f"node '{st.node_id}' runs task '{st.task_id}', not '{header.task_id}'")
+        if not st.wait_ready(self.limits.ready_wait_s):
+            raise NotReady(f"node '{st.node_id}' has not joined task '{st.task_id}' yet; retry")
+        check_sender(st, header.sender, identities, "host", "Psi")
+
+        def stop() -> bool:
+            return st.abort.is_set() or caller_gone()
+
+        if not wait_for(st.psi_ready, stop, self.limits.psi_wait_s):
+            raise NotReady(f"node '{st.node_id}' is not ready for PSI yet; retry")
+        return st.psi_session
+
+    # ---- the body -----------------------------------------------------------------------------
+    def accept(self, opening: Opening, peer: Participant, body: bytes) -> None:
+        """Parse and check the body the header announced; queue the message for the runtime."""
+        h = opening.header
+        if len(body) != opening.total_bytes:
+            raise BadMessage(
+                f"{peer.role} '{h.sender}' announced {opening.total_bytes} bytes for {h.kind} "
+                f"but sent {len(body)}"
+            )
+        payload = common_pb2.Payload()
+        try:
+            payload.ParseFromString(body)
+        except Exception:  # protobuf's DecodeError, and its C implementation's RuntimeError
+            raise BadMessage(
+                f"{peer.role} '{h.sender}' sent {h.kind} that is not a valid Payload"
+            ) from None
+        if payload.header != h:
+            raise BadMessage(
+                f"{peer.role} '{h.sender}' sent a Payload whose header differs from its first "
+                "chunk's header"
+            )
+        try:
+            message = message_from_payload(payload)
+        except TensorDecodeError as exc:
+            raise BadMessage(
+                f"{peer.role} '{h.sender}' sent a bad tensor in {h.kind} (round {h.round} "
+                f"batch {h.batch}): {exc}"
+            ) from None
+        self.state.inbox.put(h.sender, message)
+
+
+def check_sender(
+    state: NodeState, sender: str, identities: Iterable[str], role: str, what: str
+) -> Participant:
+    """The participant `sender`, if it is one, has `role`, and (under mutual TLS) is the
+    caller; NotAllowed otherwise."""
+    peer = state.participants.get(sender)
+    if peer is None:
+        raise NotAllowed(f"'{sender}' is not a participant of task '{state.task_id}'")
+    names = set(identities)
+    if names and sender not in names:
+        raise NotAllowed(
+            f"the TLS certificate of this caller names {sorted(names)}, but the message "
+            f"claims to come from '{sender}'"
+        )
+    if peer.role != role:
+        raise NotAllowed(f"{what} is for messages from a {role}; '{sender}' is the {peer.role}")
+    return peer
+
+
+def wait_for(ready: threading.Event, stop: Callable[[], bool], timeout: float) -> bool:
+    """Wait for `ready`, giving up when `stop()` says so or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.2):
+        if stop() or time.monotonic() > deadline:
+            return False
+    return True
