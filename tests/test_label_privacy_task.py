@@ -104,3 +104,29 @@ def test_a_defence_that_differs_between_parties_fails_the_join(tmp_path: Path) -
     ]
     stderr = results["h"].stderr + results["c1"].stderr
     assert any(e in stderr for e in expected), stderr
+
+
+def test_secure_mode_defends_delta_before_the_encrypted_backward(tmp_path: Path) -> None:
+    """In secure mode the host perturbs δ = ∂L/∂z before the CKKS backward; the collaborator's
+    ∂L/∂X = δ'·Wᵀ then carries the defended δ'."""
+    scores = {}
+    for task, defence in (("open", "null"), ("shut", RR0)):
+        procs = {
+            n: spawn(
+                tmp_path,
+                n,
+                NODES,
+                task,
+                "--defence",
+                defence,
+                "--rounds",
+                "3",
+                module="tests.secure_synthetic",
+            )
+            for n in NODES
+        }
+        results = wait_all(procs, timeout=240)
+        assert all(r.code == 0 for r in results.values()), results
+        leak = report(tmp_path, task)["label_leak"]
+        scores[task] = mean(e["cluster_accuracy"] - e["cluster_chance"] for e in leak)
+    assert scores["open"] > 0.15 and scores["shut"] < 0.1, scores

@@ -66,22 +66,35 @@ class GaussianNoise:
 
 
 class GradientRR:
-    """Randomised response on the class-mean part of each row's gradient (see module doc)."""
+    """Randomised response on the class-mean part of each row's gradient (see module doc),
+    over the classes present in the batch. The answered mean is amplified by c^-debias, where
+    c = (K'q − 1)/(K' − 1) is how much of the label signal survives in expectation: debias 1
+    makes the gradient unbiased (more variance), 0 keeps it bounded (signal shrunk by c)."""
 
-    def __init__(self, epsilon: float, classes: int) -> None:
-        self.epsilon, self.classes = epsilon, classes
+    def __init__(self, epsilon: float, classes: int, debias: float = 0.0) -> None:
+        self.epsilon, self.classes, self.debias = epsilon, classes, debias
 
     def __call__(
         self, grad: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         g = _rows(grad)
         y = labels.flatten().long()
-        counts = torch.bincount(y, minlength=self.classes).to(g.dtype)
-        means = torch.zeros(self.classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
-        means = means / counts.clamp(min=1).unsqueeze(1)
-        answer = randomised_response(y, self.epsilon, self.classes, generator)
-        answer = torch.where(counts[answer] > 0, answer, y)  # classes absent from this batch
-        return (g - means[y] + means[answer]).reshape(grad.shape)
+        counts = torch.bincount(y, minlength=self.classes)
+        present = (counts > 0).nonzero().flatten()
+        k = len(present)
+        if k < 2:  # one class in the batch: its mean says nothing the batch does not
+            return grad
+        sums = torch.zeros(self.classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
+        means = sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1)
+        center = means[present].mean(0)
+        index = torch.full((self.classes,), -1, dtype=torch.long)
+        index[present] = torch.arange(k)
+        answer = present[randomised_response(index[y], self.epsilon, k, generator)]
+        q = keep_probability(self.epsilon, k)
+        c = (k * q - 1) / (k - 1)
+        scale = c**-self.debias if self.debias and c > 0 else 1.0
+        out = g - means[y] + center + scale * (means[answer] - center)
+        return out.reshape(grad.shape)
 
 
 class LabelRR:

@@ -68,9 +68,10 @@ class GradientRRDefence(_Base):
     kind: Literal["gradient_rr"]
     epsilon: float = Field(ge=0, le=20)
     classes: int = Field(ge=2, le=100_000)
+    debias: float = Field(default=0.0, ge=0, le=1)
 
     def gradient_defence(self) -> Any:
-        return defences.GradientRR(self.epsilon, self.classes)
+        return defences.GradientRR(self.epsilon, self.classes, self.debias)
 
 
 class LabelRRDefence(_Base):
