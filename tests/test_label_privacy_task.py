@@ -22,7 +22,7 @@ RR0 = json.dumps({"kind": "gradient_rr", "epsilon": 0, "classes": 3})
 def run(tmp_path: Path, task: str, defences: dict[str, str], *extra: str, env_port: int = 0):
     procs = {}
     for node in NODES:
-        args = ["--defence", defences[node], *extra]
+        args = ["--defence", defences[node], "--schedule-timeout", "60", *extra]
         if node == "c1":
             args += ["--pause", "0.3"] if env_port else []
         procs[node] = spawn(
@@ -121,6 +121,8 @@ def test_secure_mode_defends_delta_before_the_encrypted_backward(tmp_path: Path)
                 defence,
                 "--rounds",
                 "3",
+                "--schedule-timeout",
+                "60",
                 module="tests.secure_synthetic",
             )
             for n in NODES
