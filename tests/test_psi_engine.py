@@ -61,13 +61,16 @@ def run_engine_psi(
     collab_ids: list[list[str]],
     engine: str = "spu-rr22",
     collab_engine: str | None = None,
+    recover: bool = False,
 ) -> tuple[set[str], list[set[str]]]:
     """The host and every collaborator through one real gRPC server in this process; the
     engines run as real worker processes. Returns what each party learned."""
     sessions = {
         f"c{i}": EngineCollaboratorSession(
             ids,
-            EngineOptions(engine=collab_engine or engine, folder=tmp_path / f"c{i}"),
+            EngineOptions(
+                engine=collab_engine or engine, folder=tmp_path / f"c{i}", recover=recover
+            ),
             header(f"c{i}"),
             node_id=f"c{i}",
             timeout=TIMEOUT,
@@ -91,7 +94,7 @@ def run_engine_psi(
             stubs,
             host_ids,
             header("h"),
-            EngineOptions(engine=engine, folder=tmp_path / "h"),
+            EngineOptions(engine=engine, folder=tmp_path / "h", recover=recover),
             TIMEOUT,
         )
         learned = [s.wait_result(TIMEOUT) for s in sessions.values()]
@@ -152,6 +155,19 @@ def test_two_collaborators_learn_only_the_final_intersection(tmp_path: Path) -> 
     # With two collaborators only the host receives each pairwise result from the engine.
     for name in ("c0", "c1"):
         assert not (tmp_path / name / "with-h" / "output.csv").exists()
+
+
+def test_recover_after_a_finished_run_reuses_its_result(tmp_path: Path) -> None:
+    """A task restarted with recover after PSI had finished (a crash in training): both
+    ends reuse their kept results; no worker runs (spu's recovery of a finished run would
+    append its result twice)."""
+    host_ids, collab_ids = [f"i{i}" for i in range(300)], [[f"i{i}" for i in range(150, 450)]]
+    first, _ = run_engine_psi(tmp_path, host_ids, collab_ids)
+    worker_out = tmp_path / "h" / "with-c0" / "worker.out"
+    before = worker_out.stat().st_mtime_ns
+    again, learned = run_engine_psi(tmp_path, host_ids, collab_ids, recover=True)
+    assert again == first == expected(host_ids, collab_ids) and learned == [first]
+    assert worker_out.stat().st_mtime_ns == before
 
 
 def test_engine_mismatch_names_the_setting(tmp_path: Path) -> None:

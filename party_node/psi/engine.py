@@ -168,16 +168,35 @@ class EngineRun:
         self._out = folder / "worker.out"
         self._spu_log = folder / "spu.log"
         self._linked = folder / "linked"
+        self._done = folder / "done.json"
 
     @property
     def certificate(self) -> bytes:
         return self._identity.certificate
 
+    @property
+    def finished(self) -> bool:
+        """Whether a previous attempt of this run finished here (its output is kept)."""
+        return self._done.exists() and self.output.exists()
+
+    def plan_recovery(self, peer_finished: bool) -> bool:
+        """Decide, from both ends' `finished`, how a recovered run goes; True when both
+        reuse their finished results (no worker). spu's recovery of a run that already
+        finished would append its result twice, so one finished end means a fresh run."""
+        mine = self.finished
+        if mine and peer_finished:
+            return True
+        if mine or peer_finished:
+            for stale in (self._done, self.output):
+                stale.unlink(missing_ok=True)
+            shutil.rmtree(self.checkpoint, ignore_errors=True)
+        return False
+
     def start(self, spec: RunSpec) -> None:
         peer_cert = self.folder / "peer.crt"
         peer_cert.write_bytes(spec.peer_end.certificate)
         self.checkpoint.mkdir(exist_ok=True)
-        for stale in (self.output, self._linked, self._spu_log):
+        for stale in (self.output, self._linked, self._spu_log, self._done):
             stale.unlink(missing_ok=True)
         parties = [[spec.me, spec.listen], [spec.peer, spec.peer_end.address]]
         if spec.rank == 1:
@@ -247,6 +266,7 @@ class EngineRun:
                 f"exit status {process.returncode}: {self._log_tail()}"
             )
             raise PsiError(f"the PSI engine (spu) failed: {reason}")
+        self._done.write_text(json.dumps(result))
         return result
 
     def _result(self) -> dict:

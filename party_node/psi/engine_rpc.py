@@ -197,6 +197,7 @@ def _host_run(
             broadcast=broadcast,
             bucket_size=options.bucket_size,
             recover=options.recover,
+            finished=options.recover and run.finished,
         ),
     )
     delay = _RETRY_FIRST_S
@@ -228,7 +229,8 @@ def _host_run(
         if not 0 <= accept.total <= MAX_IDS:
             raise PsiError(f"{peer} announced {accept.total} ids, out of range")
         empty = accept.total == 0 or run.input.count == 0  # spu needs ids on both ends
-        if not empty:
+        reuse = options.recover and run.plan_recovery(link.finished)
+        if not (empty or reuse):
             run.start(
                 RunSpec(
                     protocol=ENGINES[options.engine],
@@ -257,7 +259,7 @@ def _host_run(
                     raise _rpc_error(peer, "engine run", exc)
                 raise exc
 
-        if not empty:
+        if not (empty or reuse):
             run.wait(remaining(), cancel, peer_failed)
         try:
             message = done.result(min(_DONE_WAIT_S, remaining()))

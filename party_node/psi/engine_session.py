@@ -132,13 +132,17 @@ class EngineCollaboratorSession(SessionState):
                 step=party_node_pb2.PSI_STEP_LINK_ACCEPT,
                 total=source.count,
                 link=PsiLink(
-                    engine=self.options.engine, address=advertise, certificate=run.certificate
+                    engine=self.options.engine,
+                    address=advertise,
+                    certificate=run.certificate,
+                    finished=link.recover and run.finished,
                 ),
             )
             if not 0 <= offer.total <= MAX_IDS:
                 raise PsiError(f"the {self.peer} announced {offer.total} ids, out of range")
             empty = offer.total == 0 or source.count == 0  # no engine run: nothing in common
-            if not empty:
+            reuse = link.recover and run.plan_recovery(link.finished)
+            if not (empty or reuse):
                 run.start(
                     RunSpec(
                         protocol=ENGINES[self.options.engine],
@@ -162,7 +166,10 @@ class EngineCollaboratorSession(SessionState):
                 if context is not None and not context.is_active():
                     raise PsiError(f"the {self.peer} cancelled the PSI call")
 
-            result = {"intersection": 0} if empty else run.wait(self._timeout, check=stopped)
+            if empty or reuse:
+                result = {"intersection": 0}
+            else:
+                result = run.wait(self._timeout, check=stopped)
             if not link.broadcast:  # before ENGINE_DONE: the host sends the keys right after
                 self._advance("running", "exchanged", "")
             # ENGINE_DONE as soon as the worker ends; reading the rows (seconds at 10M ids)
@@ -172,7 +179,7 @@ class EngineCollaboratorSession(SessionState):
                 header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_DONE, total=total
             )
             if link.broadcast:
-                rows = [] if empty else run.rows()
+                rows = [] if empty else run.rows()  # a reused run kept its output
                 self._done({self._ids[int(row)] for row in rows})
         finally:
             run.close()
