@@ -138,7 +138,9 @@ def start_embedded_coordinator(
     (timeouts from `scheduler`, normally the host's)."""
     from services.server import CoordinatorSettings, start_coordinator
 
-    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=db))
+    coordinator = start_coordinator(
+        CoordinatorSettings(listen="127.0.0.1:0", db=db, plaintext=True)
+    )
     spec = task_spec(
         task_id,
         nodes,

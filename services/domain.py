@@ -10,6 +10,8 @@ import copy
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from wire import limits
+
 
 class Phase(IntEnum):
     """Same numbers as `heteronn.v1.Phase`."""
@@ -41,6 +43,19 @@ class Role(IntEnum):
 PHASE_ORDER = {Phase.PSI: 1, Phase.SPLIT: 2, Phase.TRAIN: 3, Phase.TEST: 4}
 
 MODES = ("plain", "secure")
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """The coordinator's bounds on tasks (settings of the same names; defaults in
+    wire.limits)."""
+
+    max_participants: int = limits.MAX_PARTICIPANTS
+    max_tasks: int = limits.MAX_TASKS
+    #: Ended tasks are deleted this many seconds after they ended (0: never).
+    retention_s: float = limits.RETENTION_S
+    #: A task nobody has joined fails this many seconds after its creation.
+    unjoined_expiry_s: float = limits.UNJOINED_EXPIRY_S
 
 
 @dataclass
@@ -169,8 +184,15 @@ class Command:
             task_id=task.task_id,
             phase=task.phase,
             round=task.round,
-            deadline_unix_ms=int(task.deadline * 1000) if task.deadline else 0,
+            deadline_unix_ms=unix_ms(task.deadline),
             reason=task.reason,
             participants=tuple(copy.deepcopy(p) for p in task.participants.values()),
             resume_round=task.resume_round,
         )
+
+
+def unix_ms(seconds: float) -> int:
+    """Unix milliseconds of a wall-clock time; 0 for none or one no int64 can hold."""
+    if not (0 < seconds < 2**53 / 1000):  # also False for NaN and infinities
+        return 0
+    return int(seconds * 1000)
