@@ -3,14 +3,19 @@ read from ``HETERONN_NODE_*`` env vars, an optional TOML file, and explicit argu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wire import limits
 from wire.config_file import settings_data
 from wire.tls import TlsSettings
+
+#: Environment variable naming the TOML settings file when no --config is given.
+CONFIG_ENV = "HETERONN_NODE_CONFIG"
 
 
 class NodeSettings(BaseSettings):
@@ -18,8 +23,8 @@ class NodeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HETERONN_NODE_", extra="forbid")
 
-    node_id: str = Field(..., min_length=1, description="this node's id, as listed in the task")
-    task_id: str = Field(..., min_length=1, description="the task to join")
+    node_id: str = Field(..., description="this node's id, as listed in the task")
+    task_id: str = Field(..., description="the task to join")
     coordinator: str = Field(..., description="HOST:PORT of the coordinator")
     listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
     advertise: str = Field(
@@ -36,6 +41,34 @@ class NodeSettings(BaseSettings):
         None, ge=1, description="torch intra-op threads; set when parties share a machine"
     )
     scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
+    reflection: bool = Field(False, description="serve gRPC server reflection")
+    max_payload_bytes: int = Field(
+        limits.MAX_PAYLOAD_BYTES, gt=0,
+        description="largest serialized Payload a peer may send in one call",
+    )
+    max_payload_bytes_by_kind: dict[str, int] = Field(
+        default_factory=dict,
+        description="per message kind (e.g. train.features), instead of max_payload_bytes",
+    )
+    max_queued_bytes_per_sender: int = Field(
+        limits.MAX_QUEUED_BYTES_PER_SENDER, gt=0,
+        description="bytes of a peer's messages waiting for the runtime; beyond it the "
+        "peer's next call waits (backpressure) until its deadline",
+    )
+    max_streams_per_sender: int = Field(
+        limits.MAX_STREAMS_PER_SENDER, ge=1, description="data calls a peer may have open at once"
+    )
+    max_call_s: float = Field(
+        limits.MAX_CALL_S, gt=0,
+        description="longest deadline a peer's call may carry (raised to this node's own "
+        "calculation_timeout + schedule_timeout when that is longer)",
+    )
+
+    @field_validator("node_id", "task_id")
+    @classmethod
+    def _one_path_component(cls, value: str, info: ValidationInfo) -> str:
+        """Ids name folders (<workdir>/<node_id>/<task_id>): one safe component each."""
+        return limits.check_id(str(info.field_name), value)
 
     @model_validator(mode="after")
     def _tls_or_plaintext(self) -> NodeSettings:
@@ -55,4 +88,8 @@ class NodeSettings(BaseSettings):
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> NodeSettings:
+        """Settings from `config` (else the file named by HETERONN_NODE_CONFIG, if set), the
+        environment and `overrides`."""
+        if config is None and os.environ.get(CONFIG_ENV):
+            config = Path(os.environ[CONFIG_ENV])
         return cls(**settings_data(config, overrides))

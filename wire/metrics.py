@@ -145,11 +145,14 @@ class Metrics(RpcMetrics):
             self.test_loss.labels(task_id=task_id).set(loss)
 
     def observe_psi(
-        self, task_id: str, seconds: float, local: int, peer: int, intersection: int
+        self, task_id: str, seconds: float, local: int, peer: int | None, intersection: int
     ) -> None:
+        """PSI's duration and set sizes; `peer` None leaves the peer size as the transport
+        set it."""
         self.psi_duration.labels(task_id=task_id).set(seconds)
         for which, size in (("local", local), ("peer", peer), ("intersection", intersection)):
-            self.psi_set_size.labels(task_id=task_id, which=which).set(size)
+            if size is not None:
+                self.psi_set_size.labels(task_id=task_id, which=which).set(size)
 
     def time_he(self, op: str) -> Any:
         """Context manager timing one HE operation: ``with metrics.time_he("encrypt"):``."""

@@ -14,6 +14,7 @@ import grpc
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import BadMessage, NodeError
 from party_node.transport.handler import Opening, PeerMessageHandler
+from wire.limits import one_line
 from wire.peer_auth import tls_identities
 
 log = logging.getLogger("heteronn")
@@ -31,7 +32,7 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except NodeError as err:
-        log.info("refused a peer's call: %s: %s", err.code, err.message)
+        log.info("refused a peer's call: %s: %s", err.code, one_line(err.message))
         _abort(context, err)
 
 
@@ -67,10 +68,15 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             header=first.header,  # type: ignore[attr-defined]
             total_bytes=first.total_bytes,  # type: ignore[attr-defined]
             identities=frozenset(tls_identities(context)),
+            time_remaining=context.time_remaining(),
+            caller_gone=lambda: not context.is_active(),
         )
         peer = _call(context, lambda: self.handler.open(opening))
-        body = _call(context, lambda: _read_body(first, chunks, opening.total_bytes))
-        _call(context, lambda: self.handler.accept(opening, peer, body))
+        try:
+            body = _call(context, lambda: _read_body(first, chunks, opening.total_bytes))
+            _call(context, lambda: self.handler.accept(opening, peer, body))
+        finally:
+            self.handler.close(opening)
 
     def FeatureExchange(self, request_iterator, context):
         self._deliver("FeatureExchange", iter(request_iterator), context)
@@ -90,8 +96,10 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         def caller_gone() -> bool:
             return not context.is_active()
 
+        remaining = context.time_remaining()
         session = _call(
-            context, lambda: self.handler.open_psi(first.header, identities, caller_gone)
+            context,
+            lambda: self.handler.open_psi(first.header, identities, caller_gone, remaining),
         )
         yield from session.handle(itertools.chain([first], messages), context)
 
