@@ -106,8 +106,9 @@ def start_node_server(
     from heteronn.v1 import party_node_pb2_grpc
 
     state = handler.state
-    servicer = PartyNodeServicer(handler)
     tls = settings.tls if settings.tls.enabled else None
+    trust = tls.trust() if tls is not None else None
+    servicer = PartyNodeServicer(handler, trust)
 
     def register(server: Any) -> list[str]:
         party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
@@ -115,7 +116,8 @@ def start_node_server(
 
     interceptors: list[Any] = [metrics.server_interceptor()]
     if tls is not None:
-        interceptors.insert(0, PeerAuthInterceptor(lambda: state.known_participants(10.0)))
+        allowed = lambda: state.known_participants(10.0)  # noqa: E731
+        interceptors.insert(0, PeerAuthInterceptor(allowed, trust=trust))
     return start_server(
         settings.listen,
         register,

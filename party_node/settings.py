@@ -37,6 +37,12 @@ class NodeSettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
+    tls_pins: dict[str, str] = Field(
+        default_factory=dict,
+        description="per peer name (node id, 'coordinator'): 'sha256:<hex>' of its certificate "
+        "or a PEM file of the CA(s) that may issue it; every name needs one when tls_ca_file "
+        "holds several CAs",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; set when parties share a machine"
     )
@@ -83,7 +89,10 @@ class NodeSettings(BaseSettings):
     @property
     def tls(self) -> TlsSettings:
         return TlsSettings(
-            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            pins=self.tls_pins,
         )
 
     @classmethod

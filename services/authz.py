@@ -10,8 +10,9 @@ another node's name. Rules (under mutual TLS; in plaintext mode everything is al
 - GetTask, WatchTask without a node id: operators, or participants of that task.
 - ListTasks: operators see every task, anyone else only the tasks it participates in.
 
-A certificate's identities are its CN and its subject alternative names, as in
-wire.peer_auth (the node side applies the same reading).
+A certificate's identities are its CN and its DNS subject alternative names, each accepted
+only as its pin allows (wire.peer_auth.Trust, setting tls_pins); the node side applies the
+same reading.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import grpc
 from services.domain import Task
 from services.errors import PermissionDenied, TaskNotFound, Unauthenticated
 from wire.limits import shown
-from wire.peer_auth import peer_identities
+from wire.peer_auth import Trust, peer_identities
 
 SETTING_HINT = (
     "the coordinator setting `operators` (HETERONN_COORDINATOR_OPERATORS or "
@@ -58,20 +59,26 @@ class CallerPolicy:
     Refusals are `PermissionDenied`/`Unauthenticated` errors, which the servicer maps to
     status codes like every other domain error."""
 
-    def __init__(self, operators: Iterable[str], enabled: bool) -> None:
+    def __init__(self, operators: Iterable[str], enabled: bool, trust: Trust | None = None):
         self.operators = frozenset(operators)
         self.enabled = enabled
+        self.trust = trust
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
         """Who is calling; Unauthenticated under TLS if the peer presented no name."""
         if not self.enabled:
             return Caller("", frozenset(), operator=True, checked=False)
-        cn, sans = peer_identities(context)
-        names = frozenset(n for n in (cn, *sans) if n)
-        if not names:
+        if not context.auth_context().get("x509_pem_cert"):
             raise Unauthenticated(
                 "the connection carries no client certificate; the coordinator requires mutual "
                 "TLS (give the caller --tls-ca, --tls-cert and --tls-key)"
+            )
+        cn, sans = peer_identities(context, self.trust)
+        names = frozenset(n for n in (cn, *sans) if n)
+        if not names:
+            raise PermissionDenied(
+                "the client certificate names no identity its issuer may vouch for (with "
+                "several CAs in the bundle every name needs a pin: coordinator setting tls_pins)"
             )
         return Caller(cn, names, operator=bool(names & self.operators), checked=True)
 

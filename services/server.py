@@ -72,6 +72,12 @@ class CoordinatorSettings(BaseSettings):
     tls_ca_file: Path | None = Field(None, description="CA that signs every node's certificate")
     tls_cert_file: Path | None = Field(None, description="the coordinator's certificate")
     tls_key_file: Path | None = Field(None, description="the coordinator's private key")
+    tls_pins: dict[str, str] = Field(
+        default_factory=dict,
+        description="per certificate name (node ids, operators): 'sha256:<hex>' of its "
+        "certificate or a PEM file of the CA(s) that may issue it; every name needs one when "
+        "tls_ca_file holds several CAs",
+    )
     plaintext: bool = Field(
         False, description="must be true to serve without TLS (anyone reaching the port "
         "is then an operator); for local demos and tests only"
@@ -142,12 +148,16 @@ class CoordinatorSettings(BaseSettings):
 
     def tls(self) -> TlsSettings:
         return TlsSettings(
-            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            pins=self.tls_pins,
         )
 
     def policy(self) -> CallerPolicy:
         """Caller checks by certificate name; none without TLS (plaintext, local only)."""
-        return CallerPolicy(self.operators, enabled=self.tls().enabled)
+        tls = self.tls()
+        return CallerPolicy(self.operators, enabled=tls.enabled, trust=tls.trust())
 
 
 class RunningCoordinator:

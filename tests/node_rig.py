@@ -81,12 +81,27 @@ def start(
     psi_wait_s: float | None = None,
     **settings: Any,
 ) -> Rig:
-    """The node `node_id` of task TASK (role from PARTICIPANTS), serving on a free port."""
+    """The node `node_id` of task TASK (role from PARTICIPANTS), serving on a free port;
+    with `certs`, mutual TLS with `certs/<node_id>.crt`."""
+    creds = tls(certs, node_id) if certs is not None else None
+    return start_with_tls(node_id, creds, joined, psi_wait_s, **settings)
+
+
+def start_with_tls(
+    node_id: str,
+    creds: TlsSettings | None,
+    joined: bool = True,
+    psi_wait_s: float | None = None,
+    **settings: Any,
+) -> Rig:
+    """`start` with explicit TLS settings (pins included); None: plaintext."""
     role = next(p.role for p in PARTICIPANTS if p.node_id == node_id)
     files: dict[str, Any] = {"tls_plaintext": True}
-    if certs is not None:
-        t = tls(certs, node_id)
-        files = {"tls_ca_file": t.ca_file, "tls_cert_file": t.cert_file, "tls_key_file": t.key_file}
+    if creds is not None:
+        files = {
+            "tls_ca_file": creds.ca_file, "tls_cert_file": creds.cert_file,
+            "tls_key_file": creds.key_file, "tls_pins": dict(creds.pins),
+        }
     node_settings = NodeSettings(
         node_id=node_id, task_id=TASK, coordinator="127.0.0.1:1", listen="127.0.0.1:0",
         **files, **settings,

@@ -198,7 +198,7 @@ def test_only_the_tasks_host_runs_psi_over_mutual_tls(certs: Path) -> None:
     try:
         for cert, sender, code, needle in (
             ("c2", "h", grpc.StatusCode.PERMISSION_DENIED,
-             "but the message claims to come from 'h'"),
+             "names ['c2', 'localhost'], but the message claims to come from 'h'"),
             ("c2", "c2", grpc.StatusCode.PERMISSION_DENIED,
              "Psi is for messages from a host; 'c2' is the collaborator"),
             ("mallory", "h", grpc.StatusCode.PERMISSION_DENIED,

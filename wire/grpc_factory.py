@@ -205,7 +205,7 @@ def open_channel(
     if tls is not None and tls.enabled:
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
-        channel = grpc.secure_channel(target, tls.channel_credentials(), options=options)
+        channel = grpc.secure_channel(target, tls.channel_credentials(server_name), options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
     if interceptors:

@@ -15,7 +15,7 @@ from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import BadMessage, NodeError
 from party_node.transport.handler import Opening, PeerMessageHandler
 from wire.limits import one_line
-from wire.peer_auth import tls_identities
+from wire.peer_auth import Trust, tls_identities
 
 log = logging.getLogger("heteronn")
 T = TypeVar("T")
@@ -56,8 +56,9 @@ def _read_body(first: object, rest: Iterator[object], total: int) -> bytes:
 
 
 class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
-    def __init__(self, handler: PeerMessageHandler) -> None:
+    def __init__(self, handler: PeerMessageHandler, trust: Trust | None = None) -> None:
         self.handler = handler
+        self.trust = trust
 
     def _deliver(self, rpc: str, chunks: Iterator[object], context: grpc.ServicerContext) -> None:
         first = next(chunks, None)
@@ -67,7 +68,7 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             rpc=rpc,
             header=first.header,  # type: ignore[attr-defined]
             total_bytes=first.total_bytes,  # type: ignore[attr-defined]
-            identities=frozenset(tls_identities(context)),
+            identities=frozenset(tls_identities(context, self.trust)),
             time_remaining=context.time_remaining(),
             caller_gone=lambda: not context.is_active(),
         )
@@ -91,7 +92,7 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         first = next(messages, None)
         if first is None:
             _abort(context, BadMessage("Psi: the call carried no message"))
-        identities = frozenset(tls_identities(context))
+        identities = frozenset(tls_identities(context, self.trust))
 
         def caller_gone() -> bool:
             return not context.is_active()
