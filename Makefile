@@ -11,7 +11,7 @@ export DATA_ROOT
 PROTOS := $(wildcard proto/heteronn/v1/*.proto)
 GEN := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: install proto test test-all demo demo-secure bench lint image compose-demo chart-lint certs deploy-checks clean
+.PHONY: install proto proto-lint test test-all demo demo-secure bench lint image compose-demo chart-lint certs deploy-checks clean
 
 install: $(VENV)/.installed proto
 
@@ -44,6 +44,10 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# buf lint (STANDARD) and buf format over proto/ (buf from npm, into .venv-tools/)
+proto-lint:
+	.ci/proto-lint
 
 # ---- deployment (docs/operations.md) ------------------------------------------------------
 certs: install

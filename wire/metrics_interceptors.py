@@ -96,10 +96,22 @@ def _observed_handler(
 
         return wrapped
 
+    def areceived(obs: _Observation, request_or_iterator: Any) -> Any:
+        if not handler.request_streaming:
+            obs.received(request_or_iterator)
+            return request_or_iterator
+
+        async def counted() -> AsyncIterator[Any]:
+            async for message in request_or_iterator:
+                obs.received(message)
+                yield message
+
+        return counted()
+
     def wrap_async_unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             obs = _Observation(metrics, method, "server")
-            obs.received(request)
+            request = areceived(obs, request)
             try:
                 response = await behavior(request, context)
             except BaseException as error:
@@ -137,7 +149,7 @@ def _observed_handler(
     def wrap_async_stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             obs = _Observation(metrics, method, "server")
-            obs.received(request)
+            request = areceived(obs, request)
             try:
                 async for response in behavior(request, context):
                     obs.sent(response)

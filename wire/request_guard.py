@@ -47,6 +47,15 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
         for raw in raws:
             yield one(raw, context)
 
+    async def astream(raws: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for raw in raws:
+            try:
+                request = parse(raw)
+            except Exception:
+                await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                return
+            yield request
+
     ser = handler.response_serializer
     if handler.unary_unary is not None:
         behavior = handler.unary_unary
@@ -66,6 +75,12 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
         )
     if handler.stream_unary is not None:
         behavior = handler.stream_unary
+        if inspect.iscoroutinefunction(behavior):
+
+            async def client_stream(raws: Any, ctx: grpc.aio.ServicerContext) -> Any:
+                return await behavior(astream(raws, ctx), ctx)
+
+            return grpc.stream_unary_rpc_method_handler(client_stream, None, ser)
         return grpc.stream_unary_rpc_method_handler(
             lambda raws, ctx: behavior(stream(raws, ctx), ctx), None, ser
         )
@@ -89,6 +104,13 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
 
         return grpc.unary_stream_rpc_method_handler(gen, None, ser)
     behavior = handler.stream_stream
+    if inspect.isasyncgenfunction(behavior):
+
+        async def abidi(raws: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in behavior(astream(raws, ctx), ctx):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(abidi, None, ser)
 
     def bidi(raws: Iterator[bytes], ctx: grpc.ServicerContext) -> Iterator[Any]:
         yield from behavior(stream(raws, ctx), ctx)
