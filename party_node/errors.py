@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """The scheduler or node configuration is invalid; nothing was started."""
 
 
+class NamedKeyError(KeyError):
+    """A KeyError whose text the framework wrote from settings (feature keys), never from
+    data: unlike other lookup errors, its text may go to every party."""
+
+
 class NodeError(Exception):
     """A peer's RPC this node refuses; `code` is the gRPC status it maps to."""
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from party_node.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, NamedKeyError, TaskFailed
 from party_node.runtime.checkpoint import CheckpointStore
 from party_node.runtime.links import (
     AbortSignal,
@@ -269,7 +269,7 @@ def _describe(exc: BaseException) -> str:
     """An exception for the failure reason every party sees. A KeyError's or IndexError's
     text is the key it looked up, often a sample id, so only its type goes out (the full
     error is in this node's log)."""
-    if isinstance(exc, LookupError):
+    if isinstance(exc, LookupError) and not isinstance(exc, NamedKeyError):
         return f"{type(exc).__name__} (the key is not shown to other parties; see this node's log)"
     return f"{type(exc).__name__}: {exc}"
 
