@@ -6,12 +6,14 @@ DATA_ROOT ?= ./data
 # Absolute, so processes started in other working directories (tests, nodes) find it too.
 override DATA_ROOT := $(abspath $(DATA_ROOT))
 ROUNDS ?= 20
+# make demo SEED=n: every party seeds its process from n (reproducible for a seed).
+SEED ?= 1
 export DATA_ROOT
 
 PROTOS := $(wildcard proto/heteronn/v1/*.proto)
 GEN := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: install proto proto-lint test test-all demo demo-secure bench lint image compose-demo chart-lint certs deploy-checks clean
+.PHONY: install proto proto-lint test test-all demo demo-secure privacy-eval bench lint image compose-demo chart-lint certs deploy-checks clean
 
 install: $(VENV)/.installed proto
 
@@ -34,10 +36,15 @@ test-all: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m examples.mnist_halves.demo --mode plain --rounds $(ROUNDS) --data-root $(DATA_ROOT)
+	$(PY) -m examples.mnist_halves.demo --mode plain --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
+		--seed $(SEED)
 
 demo-secure: install
-	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT)
+	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
+		--seed $(SEED)
+
+privacy-eval: install
+	$(PY) -m examples.mnist_halves.privacy_eval --rounds $(or $(PRIVACY_ROUNDS),5) --seed $(SEED)
 
 bench: install
 	$(PY) -m bench.run_all

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -23,6 +23,7 @@ from services.errors import CoordinatorError, InvalidRequest
 from services.lifecycle import Lifecycle
 from wire import limits
 from wire.limits import one_line, shown
+from wire.status_error import status_call
 
 log = logging.getLogger("heteronn.coordinator.rpc")
 T = TypeVar("T")
@@ -31,17 +32,8 @@ T = TypeVar("T")
 WATCH_RECHECK_S = 5.0
 
 
-def _abort(context: grpc.ServicerContext, err: CoordinatorError) -> NoReturn:
-    context.abort(grpc.StatusCode[err.code], err.message)
-    raise AssertionError("unreachable")  # context.abort raises
-
-
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except CoordinatorError as err:
-        log.info("%s: %s", err.code, one_line(err.message))
-        _abort(context, err)
+    return status_call(context, fn, log)
 
 
 def paginate(
