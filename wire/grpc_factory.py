@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from wire.request_guard import AioRequestGuard, RequestGuard
+from wire.request_guard import aio_request_guard, request_guard
 from wire.tls import TlsSettings
 
 #: Payloads are chunked at about 1 MB; the limit leaves room for framing and PSI chunks.
@@ -95,7 +95,7 @@ def start_server(
     that do not decode end with INVALID_ARGUMENT (wire.request_guard)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[RequestGuard(), *interceptors],
+        interceptors=[request_guard(), *interceptors],
         options=_server_options(max_receive_bytes),
     )
     names = register(server)
@@ -171,7 +171,7 @@ def start_aio_server(
     async def build() -> None:
         server = grpc.aio.server(
             migration_thread_pool=pool,
-            interceptors=[AioRequestGuard(), *interceptors],
+            interceptors=[aio_request_guard(), *interceptors],
             options=_server_options(max_receive_bytes),
         )
         names = register(server)

@@ -53,14 +53,14 @@ class RpcMetrics:
         )
 
     def server_interceptor(self) -> grpc.ServerInterceptor:
-        from wire.metrics_interceptors import MetricsServerInterceptor
+        from wire.metrics_interceptors import server_interceptor
 
-        return MetricsServerInterceptor(self)
+        return server_interceptor(self)
 
     def aio_server_interceptor(self) -> grpc.aio.ServerInterceptor:
-        from wire.metrics_interceptors import AioMetricsServerInterceptor
+        from wire.metrics_interceptors import aio_server_interceptor
 
-        return AioMetricsServerInterceptor(self)
+        return aio_server_interceptor(self)
 
     def client_interceptor(self) -> Any:
         from wire.metrics_interceptors import MetricsClientInterceptor

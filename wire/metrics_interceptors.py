@@ -5,6 +5,7 @@ and the client side."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from wire.handler_wrapping import AioHandlerInterceptor, HandlerInterceptor
 from wire.metrics import RpcMetrics
 
 
@@ -182,34 +184,14 @@ def _observed_handler(
     )
 
 
-class MetricsServerInterceptor(grpc.ServerInterceptor):
+def server_interceptor(metrics: RpcMetrics) -> HandlerInterceptor:
     """Records latency, status code and message bytes for all four handler kinds."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self.metrics = metrics
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _observed_handler(self.metrics, handler, handler_call_details.method)
+    return HandlerInterceptor(functools.partial(_observed_handler, metrics))
 
 
-class AioMetricsServerInterceptor(grpc.aio.ServerInterceptor):
-    """The same for the asyncio server: thread-pool behaviors and async-generator ones."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self.metrics = metrics
-
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _observed_handler(self.metrics, handler, handler_call_details.method)
+def aio_server_interceptor(metrics: RpcMetrics) -> AioHandlerInterceptor:
+    """The same for the asyncio server: thread-pool behaviors and coroutine ones."""
+    return AioHandlerInterceptor(functools.partial(_observed_handler, metrics))
 
 
 class _CountingResponseStream:
@@ -244,7 +226,7 @@ class MetricsClientInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Client-side twin of MetricsServerInterceptor (side="client")."""
+    """Client-side twin of server_interceptor (side="client")."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics

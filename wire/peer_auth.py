@@ -26,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from wire.handler_wrapping import HandlerInterceptor
+
 #: A pin naming a certificate by the SHA-256 of its DER bytes: "sha256:" + 64 hex digits.
 FINGERPRINT_PREFIX = "sha256:"
 
@@ -134,7 +136,7 @@ def tls_identities(context: grpc.ServicerContext, trust: Trust | None = None) ->
     return {name for name in (cn, *sans) if name}
 
 
-class PeerAuthInterceptor(grpc.ServerInterceptor):
+class PeerAuthInterceptor(HandlerInterceptor):
     """Aborts PERMISSION_DENIED unless the peer certificate's CN (or a SAN) is in `allowed()`.
 
     `allowed` is called per RPC so the set can follow the task (participants + coordinator).
@@ -146,6 +148,7 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
         exempt_methods: Collection[str] = HEALTH_METHODS,
         trust: Trust | None = None,
     ) -> None:
+        super().__init__(self._wrap)
         self.allowed = allowed
         self.exempt = frozenset(exempt_methods)
         self.trust = trust
@@ -175,14 +178,8 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
             "issue the peer a certificate whose CN is its node id, or add it to the task",
         )
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method in self.exempt:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if method in self.exempt:
             return handler
         check = self._check
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from wire.handler_wrapping import AioHandlerInterceptor, HandlerInterceptor
+
 
 def _type_name(deserializer: Callable[[bytes], Any]) -> str:
     owner = getattr(deserializer, "__self__", None)
@@ -118,21 +120,11 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
     return grpc.stream_stream_rpc_method_handler(bidi, None, ser)
 
 
-class RequestGuard(grpc.ServerInterceptor):
-    """For the threaded server: `intercept_service` wraps every handler."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        return None if handler is None else guard_handler(handler, handler_call_details.method)
+def request_guard() -> HandlerInterceptor:
+    """For the threaded server (the node)."""
+    return HandlerInterceptor(guard_handler)
 
 
-class AioRequestGuard(grpc.aio.ServerInterceptor):
-    """The same for the asyncio server (its continuation is a coroutine)."""
-
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
-        handler = await continuation(handler_call_details)
-        return None if handler is None else guard_handler(handler, handler_call_details.method)
+def aio_request_guard() -> AioHandlerInterceptor:
+    """For the asyncio server (the coordinator)."""
+    return AioHandlerInterceptor(guard_handler)
