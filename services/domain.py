@@ -160,6 +160,30 @@ class Task:
         sched, calc, _ = self.effective_timeouts()
         return calc + sched
 
+    def all_timeouts(self) -> list[float]:
+        """The spec's timeouts and every joined node's own."""
+        own = [t for p in self.participants.values()
+               for t in (p.schedule_timeout_s, p.calculation_timeout_s)]
+        return [self.spec.schedule_timeout_s, self.spec.calculation_timeout_s, *own]
+
+    def waiting_deadline(self) -> float:
+        """While waiting for nodes: when the first joined node's own wait ends (0: none)."""
+        ends = [p.joined_at + (p.schedule_timeout_s or self.spec.schedule_timeout_s)
+                for p in self.participants.values() if p.joined]
+        return min(ends) if ends else 0.0
+
+    def restart_clocks(self, now: float) -> None:
+        """After a coordinator restart nobody could heartbeat or report: clocks restart."""
+        for p in self.participants.values():
+            if p.joined:
+                p.last_heartbeat = now
+                if self.phase == Phase.WAITING_FOR_NODES:
+                    p.joined_at = now
+        if self.phase in PHASE_ORDER:
+            self.phase_started, self.deadline = now, now + self.phase_budget()
+        elif self.phase == Phase.WAITING_FOR_NODES:
+            self.deadline = self.waiting_deadline()
+
     def phase_label(self) -> str:
         if self.phase in (Phase.TRAIN, Phase.TEST):
             return f"{self.phase.name} round {self.round}"

@@ -90,12 +90,9 @@ class Lifecycle:
         today's limits, impossible timeouts fail it)."""
         task.reason = clip(task.reason)
         if not task.phase.terminal:
-            timeouts = [task.spec.schedule_timeout_s, task.spec.calculation_timeout_s]
-            timeouts += [t for p in task.participants.values()
-                         for t in (p.schedule_timeout_s, p.calculation_timeout_s)]
-            if not all(0 <= t <= MAX_TIMEOUT_S for t in timeouts):
+            if not all(0 <= t <= MAX_TIMEOUT_S for t in task.all_timeouts()):
                 raise ValueError(f"a stored timeout is outside 0..{MAX_TIMEOUT_S:g} s")
-            self._restart_clocks(task, now)
+            task.restart_clocks(now)
             self._store.save(task)
         self._notify(task)
         self._publish(Command.of(task))
@@ -219,7 +216,7 @@ class Lifecycle:
             if all(p.joined for p in task.participants.values()):
                 self._all_joined(task)
             else:
-                task.deadline = self._waiting_deadline(task)
+                task.deadline = task.waiting_deadline()
                 self._commit(task, publish=False)
             return task.clone()
 
@@ -341,7 +338,7 @@ class Lifecycle:
         if phase in PHASE_ORDER:
             task.deadline = now + task.phase_budget()
         elif phase == Phase.WAITING_FOR_NODES:
-            task.deadline = self._waiting_deadline(task)
+            task.deadline = task.waiting_deadline()
         else:
             task.deadline = 0.0
         log.info("task %s -> %s", task.task_id, task.phase_label())
@@ -367,23 +364,6 @@ class Lifecycle:
     def _notify(self, task: Task) -> None:
         if self._observer is not None:
             self._observer.task_changed(task)
-
-    def _restart_clocks(self, task: Task, now: float) -> None:
-        """After a coordinator restart nobody could heartbeat or report: clocks restart."""
-        for p in task.participants.values():
-            if p.joined:
-                p.last_heartbeat = now
-                if task.phase == Phase.WAITING_FOR_NODES:
-                    p.joined_at = now
-        if task.phase in PHASE_ORDER:
-            task.phase_started, task.deadline = now, now + task.phase_budget()
-        elif task.phase == Phase.WAITING_FOR_NODES:
-            task.deadline = self._waiting_deadline(task)
-
-    def _waiting_deadline(self, task: Task) -> float:
-        ends = [p.joined_at + (p.schedule_timeout_s or task.spec.schedule_timeout_s)
-                for p in task.participants.values() if p.joined]
-        return min(ends) if ends else 0.0
 
     def _get(self, task_id: str) -> Task:
         task = self._tasks.get(task_id)
