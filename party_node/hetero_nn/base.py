@@ -81,6 +81,14 @@ class HeteroNNScheduler(ABC):
     def iterate_test_feature(self, feature_model: nn.Module, test_ids: Any) -> Iterable[Any]:
         """Yield the test batches like `iterate_train_feature`."""
 
+    def predict_feature(self, feature_model: nn.Module, ids: list[str]) -> Any:
+        """Optional, for serving and batch prediction: this party's features for new `ids`,
+        like one batch of iterate_test_feature (host: without labels). Return
+        ``feature_model(rows)`` with one row per id in the order of `ids`, or
+        ``(found_ids, feature_model(rows))`` when some ids are not held here (`found_ids` in
+        the order of `ids`). `feature_model` is the bundle's TorchScript copy."""
+        raise NotImplementedError("predict_feature")
+
     def validate_context(self) -> None:
         """Check the environment before training; raise to stop early with a message."""
         if self.feature_model is None:

@@ -119,6 +119,18 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
         super().load_state(state)
         self.pending_layer_state = state.get("secure_layer")
 
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Plus this party's share V of its projection (the host's share U stays there)."""
+        fields = super().bundle_fields(writer)
+        if self.layer is not None:
+            share = {"v": self.layer.state_dict()["v"]}
+            fields["projection"] = {
+                "share": writer.save_state("projection_share.pt", share),
+                "in_dim": self.layer.in_dim,
+                "out_dim": self.layer.out_dim,
+            }
+        return fields
+
     def save_final(self, out_dir: Path) -> None:
         super().save_final(out_dir)
         if self.layer is not None:
