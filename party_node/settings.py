@@ -1,5 +1,6 @@
-"""Node settings for real deployments (`heteronn node`, `launch_task`): pydantic settings
-read from ``HETERONN_NODE_*`` env vars, an optional TOML file, and explicit arguments."""
+"""Node settings for real deployments (`heteronn node`, `launch_task`) and for serving
+(`heteronn serve`, `launch_serving`): pydantic settings read from ``HETERONN_NODE_*`` /
+``HETERONN_SERVE_*`` env vars, an optional TOML file, and explicit arguments."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from party_node.serving.limits import ServingLimits
 from wire.config_file import settings_data
 from wire.tls import TlsSettings
 
@@ -55,4 +57,68 @@ class NodeSettings(BaseSettings):
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> NodeSettings:
+        return cls(**settings_data(config, overrides))
+
+
+class ServingSettings(BaseSettings):
+    """`heteronn serve` / `launch_serving` / `batch_predict` (docs/inference.md). Precedence
+    as NodeSettings; env vars ``HETERONN_SERVE_*`` (limits: ``HETERONN_SERVE_LIMITS__*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HETERONN_SERVE_", extra="forbid", env_nested_delimiter="__"
+    )
+
+    node_id: str = Field(..., min_length=1, description="this party's node id (the bundle's)")
+    bundle: Path = Field(..., description="the party's model/ folder (or its task's output)")
+    listen: str = Field("0.0.0.0:50071", description="HOST:PORT this serving node listens on")
+    metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
+    workdir: Path = Field(Path("."), description="audit log default: <workdir>/<node_id>/serving/")
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
+    collaborators: dict[str, str] = Field(
+        default_factory=dict, description="host: node id -> HOST:PORT of its serving node"
+    )
+    predict_clients: list[str] = Field(
+        default_factory=list,
+        description="host, mutual TLS: certificate names that may call Predict (empty: any "
+        "certificate of the deployment's CA)",
+    )
+    max_batch: int = Field(256, ge=1, description="host: most ids in one dynamic batch")
+    max_wait_ms: float = Field(2.0, ge=0, description="host: longest a call waits for company")
+    batch_workers: int = Field(2, ge=1, description="host: batches run at once")
+    startup_timeout_s: float = Field(
+        30.0, gt=0, description="host: how long to wait for every collaborator at start-up"
+    )
+    audit_log: Path | None = Field(None, description="collaborator: the audit log (JSON lines)")
+    torch_threads: int | None = Field(
+        1, ge=1, description="torch intra-op threads (1: many small batches on shared cores)"
+    )
+    limits: ServingLimits = Field(default_factory=ServingLimits)
+    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingSettings:
+        if not self.tls.enabled and not self.tls_plaintext:
+            raise ValueError(
+                "no TLS certificates configured: set tls_ca_file, tls_cert_file and tls_key_file "
+                "(`make certs` creates development ones), or set tls_plaintext = true to run "
+                "unencrypted on a trusted network"
+            )
+        if self.max_batch > self.limits.max_embed_ids:
+            raise ValueError(
+                f"max_batch={self.max_batch} exceeds limits.max_embed_ids="
+                f"{self.limits.max_embed_ids}, the most ids a collaborator takes per call"
+            )
+        return self
+
+    @property
+    def tls(self) -> TlsSettings:
+        return TlsSettings(
+            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
+        )
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> ServingSettings:
         return cls(**settings_data(config, overrides))

@@ -125,3 +125,27 @@ class HeteroNNScheduler(ABC):
 
         node_settings = NodeSettings(task_id=task_id, recover=recover, **settings)
         run_node(self, node_settings)
+
+    def launch_serving(self, bundle: Any, **settings: Any) -> None:
+        """Serve this party's trained model from its `bundle` (the task's ``model/`` folder)
+        until SIGTERM or Ctrl-C; settings as `heteronn serve` (``HETERONN_SERVE_*`` env vars
+        or keyword arguments: node_id, listen, collaborators, tls_*, limits, ...)."""
+        from party_node.app import run_serving
+        from party_node.settings import ServingSettings
+
+        run_serving(self, ServingSettings(bundle=bundle, **settings))
+
+    def batch_predict(
+        self, bundle: Any, output: Any, ids: list[str] | None = None, **settings: Any
+    ) -> dict[str, Any]:
+        """Host: predict `ids` (default: load_local_ids()) with the collaborators' serving
+        nodes, into the CSV `output`; returns the report (ids predicted, missing, timings)."""
+        from pathlib import Path
+
+        from party_node.app import run_batch_predict
+        from party_node.settings import ServingSettings
+
+        batch_rows = settings.pop("batch_rows", 8192)
+        serving = ServingSettings(bundle=bundle, **settings)
+        report = run_batch_predict(self, serving, Path(output), ids=ids, batch_rows=batch_rows)
+        return report.as_dict()
