@@ -10,6 +10,8 @@ to fix it.
 
 from __future__ import annotations
 
+from wire.status_error import StatusError
+
 
 class TaskFailed(RuntimeError):
     """The task ended in failure; `reason` is the message every party shows."""
@@ -28,16 +30,11 @@ class BundleError(ConfigError):
     the serving node does not start."""
 
 
-class NodeError(Exception):
+class NodeError(StatusError):
     """A peer's RPC this node refuses; `code` is the gRPC status it maps to, `reason` the
     label it is counted under in metrics (errors by reason)."""
 
-    code = "UNKNOWN"
     reason = "error"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class BadMessage(NodeError):

@@ -19,8 +19,8 @@ from party_node.runtime.task import _check_ids
 from party_node.serving.audit import AuditLog
 from party_node.serving.limits import ServingLimits
 from party_node.transport.serving_handler import PeerCallHandler
-from party_node.transport.serving_servicer import _abort
 from wire.peer_auth import tls_identities
+from wire.status_error import abort_with
 
 
 @dataclass
@@ -140,7 +140,7 @@ class ServingPsiServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             self.handler.check_caller(header.sender, frozenset(tls_identities(context)), "Psi")
             session = self.sessions.open(self.handler.check_batch_id(header.task_id))
         except NodeError as err:
-            _abort(context, err)
+            abort_with(context, err)
         yield from session.handle(itertools.chain([first], messages), context)
 
 

@@ -23,17 +23,13 @@ from party_node.transport.serving_serde import (
 )
 from wire.peer_auth import tls_identities
 from wire.serving_metrics import ServingMetrics
+from wire.status_error import abort_with
 
 log = logging.getLogger("heteronn")
 T = TypeVar("T")
 
 PREDICTION_SERVICE = serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 PEER_SERVICE = serving_pb2.DESCRIPTOR.services_by_name["InferencePeerService"].full_name
-
-
-def _abort(context: grpc.ServicerContext, err: NodeError) -> NoReturn:
-    context.abort(grpc.StatusCode[err.code], err.message)
-    raise AssertionError("unreachable")
 
 
 def answer(
@@ -45,7 +41,7 @@ def answer(
     except NodeError as err:
         metrics.failed(rpc, err.reason)
         log.info("%s refused: %s: %s", rpc, err.code, err.message)
-        _abort(context, err)
+        abort_with(context, err)
 
 
 class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
