@@ -272,6 +272,11 @@ def _host_services(
 ) -> tuple[Any, list[Any], list[Any]]:
     from heteronn.v1 import serving_pb2_grpc
 
+    if settings.max_batch > settings.limits.max_embed_ids:
+        raise ConfigError(
+            f"max_batch={settings.max_batch} exceeds limits.max_embed_ids="
+            f"{settings.limits.max_embed_ids}, the most ids a collaborator takes per call"
+        )
     model = load_host_model(bundle)
     peers = connect_collaborators(bundle, model, settings, tls, metrics)
     prediction = HostPrediction(scheduler, bundle.node_id, model, peers, settings.batch_workers)

@@ -15,32 +15,17 @@ from wire.config_file import settings_data
 from wire.tls import TlsSettings
 
 
-class NodeSettings(BaseSettings):
-    """Precedence: explicit arguments > TOML file > environment > defaults."""
+class _PartySettings(BaseSettings):
+    """What a party's settings share in both modes: its TLS files, or the explicit choice to
+    run without them, and loading from a TOML file plus overrides."""
 
-    model_config = SettingsConfigDict(env_prefix="HETERONN_NODE_", extra="forbid")
-
-    node_id: str = Field(..., min_length=1, description="this node's id, as listed in the task")
-    task_id: str = Field(..., min_length=1, description="the task to join")
-    coordinator: str = Field(..., description="HOST:PORT of the coordinator")
-    listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
-    advertise: str = Field(
-        "", description="HOST:PORT peers dial; default: the listen host (0.0.0.0: 127.0.0.1)"
-    )
-    metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
-    workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
-    recover: bool = Field(False, description="resume from the last complete round")
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
-    torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; set when parties share a machine"
-    )
-    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
 
     @model_validator(mode="after")
-    def _tls_or_plaintext(self) -> NodeSettings:
+    def _tls_or_plaintext(self) -> _PartySettings:
         if not self.tls.enabled and not self.tls_plaintext:
             raise ValueError(
                 "no TLS certificates configured: set tls_ca_file, tls_cert_file and tls_key_file "
@@ -56,11 +41,32 @@ class NodeSettings(BaseSettings):
         )
 
     @classmethod
-    def load(cls, config: Path | None = None, **overrides: Any) -> NodeSettings:
+    def load(cls, config: Path | None = None, **overrides: Any) -> Any:
         return cls(**settings_data(config, overrides))
 
 
-class ServingSettings(BaseSettings):
+class NodeSettings(_PartySettings):
+    """Precedence: explicit arguments > TOML file > environment > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="HETERONN_NODE_", extra="forbid")
+
+    node_id: str = Field(..., min_length=1, description="this node's id, as listed in the task")
+    task_id: str = Field(..., min_length=1, description="the task to join")
+    coordinator: str = Field(..., description="HOST:PORT of the coordinator")
+    listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
+    advertise: str = Field(
+        "", description="HOST:PORT peers dial; default: the listen host (0.0.0.0: 127.0.0.1)"
+    )
+    metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
+    workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
+    recover: bool = Field(False, description="resume from the last complete round")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; set when parties share a machine"
+    )
+    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
+
+
+class ServingSettings(_PartySettings):
     """`heteronn serve` / `launch_serving` / `batch_predict` (docs/inference.md). Precedence
     as NodeSettings; env vars ``HETERONN_SERVE_*`` (limits: ``HETERONN_SERVE_LIMITS__*``)."""
 
@@ -73,10 +79,6 @@ class ServingSettings(BaseSettings):
     listen: str = Field("0.0.0.0:50071", description="HOST:PORT this serving node listens on")
     metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
     workdir: Path = Field(Path("."), description="audit log default: <workdir>/<node_id>/serving/")
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
     collaborators: dict[str, str] = Field(
         default_factory=dict, description="host: node id -> HOST:PORT of its serving node"
     )
@@ -97,28 +99,3 @@ class ServingSettings(BaseSettings):
     )
     limits: ServingLimits = Field(default_factory=ServingLimits)
     scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
-
-    @model_validator(mode="after")
-    def _check(self) -> ServingSettings:
-        if not self.tls.enabled and not self.tls_plaintext:
-            raise ValueError(
-                "no TLS certificates configured: set tls_ca_file, tls_cert_file and tls_key_file "
-                "(`make certs` creates development ones), or set tls_plaintext = true to run "
-                "unencrypted on a trusted network"
-            )
-        if self.max_batch > self.limits.max_embed_ids:
-            raise ValueError(
-                f"max_batch={self.max_batch} exceeds limits.max_embed_ids="
-                f"{self.limits.max_embed_ids}, the most ids a collaborator takes per call"
-            )
-        return self
-
-    @property
-    def tls(self) -> TlsSettings:
-        return TlsSettings(
-            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
-        )
-
-    @classmethod
-    def load(cls, config: Path | None = None, **overrides: Any) -> ServingSettings:
-        return cls(**settings_data(config, overrides))
