@@ -6,18 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.harness import ROOT, free_port
-from wire import dev_certs
+from wire import dev_certs, health_probe
 from wire.config_file import settings_toml
-from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
 
@@ -88,24 +83,14 @@ def wait_serving(
     served: Served, tls: TlsSettings | None, server_name: str, timeout: float = 120
 ) -> None:
     """Until the node's health service says SERVING; its log if it exits or never does."""
-    channel = open_channel(served.address, tls, server_name=server_name)
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if served.proc.poll() is not None:
-                raise AssertionError(
-                    f"{served.name} exited with {served.proc.returncode}:\n{served.output()}"
-                )
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    finally:
-        channel.close()
+    if health_probe.wait_serving(
+        served.address, tls, server_name, timeout, lambda: served.proc.poll() is None
+    ):
+        return
+    if served.proc.poll() is not None:
+        raise AssertionError(
+            f"{served.name} exited with {served.proc.returncode}:\n{served.output()}"
+        )
     served.stop()
     raise AssertionError(f"{served.name} did not serve within {timeout} s:\n{served.output()}")
 
