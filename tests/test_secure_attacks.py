@@ -40,7 +40,7 @@ def _noise_under(peer_keys, like, scale: float) -> object:
 
 def _disguised(engine, peer_keys, like, t: int, scale: float) -> bytes:
     """(0, t) + Enc(noise), serialized: looks like any other result ciphertext."""
-    from party_node.secure import seal_io  # noqa: PLC0415
+    from party_node.secure import seal_io
 
     crafted = engine.load_ciphertext(crafted_ciphertext(engine, like, t, scale), "c", 1, scale)
     engine.evaluator.add_inplace(crafted, _noise_under(peer_keys, like, scale))
