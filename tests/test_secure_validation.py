@@ -113,7 +113,7 @@ def test_tampered_or_misordered_messages_are_refused(parties) -> None:
     with pytest.raises(SecureProtocolError, match="unexpected"):
         host.forward(extra)
     # a fresh (level-2) ciphertext where a finished result belongs: wrong level
-    swapped = dict(msg, **{"z/0": msg["v/0"]})
+    swapped = dict(msg, **{"z/0": msg["v/0/0"]})
     with pytest.raises(SecureProtocolError, match="unexpected level"):
         host.forward(swapped)
     fresh = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})

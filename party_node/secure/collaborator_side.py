@@ -10,6 +10,8 @@ decrypted.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from tenseal import sealapi
 
 from party_node.secure import checks, products
+from party_node.secure.background import Background, NoisePool, noise_ciphertext
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
 from party_node.secure.params import (
@@ -30,6 +33,14 @@ from party_node.secure.params import (
 )
 from party_node.secure.share_layer import Geometry, ShareLayer
 from party_node.secure.shares import CollaboratorShare, collaborator_init_half, initial_offset
+
+
+@dataclass
+class _Prepared:
+    """Our share's data-independent work for the next forward passes, made ahead."""
+
+    v_plain: dict[tuple[int, int], Any]  # V's baby copies, encoded for X·W
+    v_message: Message  # Enc_C(Vᵀ) baby copies, for the host's λδ·Wᵀ
 
 
 class SecureCollaboratorLayer(ShareLayer):
@@ -50,12 +61,18 @@ class SecureCollaboratorLayer(ShareLayer):
         super().__init__(feature_key, in_dim, out_dim, own_keys, params)
         self.host = host_keys
         self.lr, self.momentum = lr, momentum
+        self.background = Background()
+        p = self.params
+        self._z_noise = NoisePool(
+            self.background, self.host, p.share_scale * p.share_scale, p.z_noise
+        )
         self.share: CollaboratorShare | None = None
+        self._prepared: Future[_Prepared] | None = None
         if initial_share is not None:
-            self.share = CollaboratorShare(
-                self.check_shape(initial_share, "initial share"), lr, momentum
+            self._set_share(
+                CollaboratorShare(self.check_shape(initial_share, "initial share"), lr, momentum)
             )
-        self._u_cts: list[Any] | None = None
+        self._u_cts: dict[tuple[int, int], Any] | None = None
         self._x: np.ndarray | None = None
         self._grad_pending = self._weight_pending = False
         self._dtype = torch.float32
@@ -85,22 +102,51 @@ class SecureCollaboratorLayer(ShareLayer):
             prod = sealapi.Ciphertext()
             ev.multiply_plain(ct, self.host.engine.encode(bv, scale, ct.parms_id()), prod)
             products.add_plain(self.host, prod, -vv, prod.scale)
-            out[name] = products.finish(self.host, prod, self.params.z_noise)
-        self.share = CollaboratorShare(v0, self.lr, self.momentum)
+            noise = noise_ciphertext(self.host, prod.parms_id(), prod.scale, self.params.z_noise)
+            out[name] = products.finish(self.host, prod, noise)
+        self._set_share(CollaboratorShare(v0, self.lr, self.momentum))
         return out
 
+    def share_names(self) -> dict[tuple[int, int], str]:
+        plan = self.geo.fwd
+        return {(t, h): f"u/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
+
     def set_host_share(self, msg: Message, step: str = KIND_SHARE) -> None:
-        """Keep the host's Enc_H(U) for the next forward passes."""
-        names = self.names("u", self.geo.fwd.tiles)
-        missing = [n for n in names if n not in msg]
+        """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes."""
+        names = self.share_names()
+        if step == KIND_SHARE:
+            checks.expect_names(msg, names.values(), step)
+        missing = [n for n in names.values() if n not in msg]
         if missing:
             raise SecureProtocolError(f"{step}: missing {missing}")
-        self._u_cts = self.load(self.host.engine, msg, names, step, 2, self.params.share_scale)
+        cts = self.load(
+            self.host.engine, msg, list(names.values()), step, 2, self.params.share_scale
+        )
+        self._u_cts = dict(zip(names, cts, strict=True))
+
+    # ---- work made ahead --------------------------------------------------------------------
+    def _set_share(self, share: CollaboratorShare) -> None:
+        self.share = share
+        self._prepared = self.background.submit(self._make_prepared, share.v.copy())
+
+    def _make_prepared(self, v: np.ndarray) -> _Prepared:
+        scale, fwd, bwd = self.params.share_scale, self.geo.fwd, self.geo.bwd
+        parms = self.host.engine.seal_context.first_parms_id()
+        v_plain = {
+            (tile, h): self.host.engine.encode(baby, scale, parms)
+            for tile, vec in enumerate(fwd.pack_b(v))
+            for h, baby in enumerate(fwd.babies(vec))
+        }
+        message: Message = {}
+        for tile, vec in enumerate(bwd.pack_b(v.T)):
+            for h, baby in enumerate(bwd.babies(vec)):
+                message[f"v/{tile}/{h}"] = self.own.encrypt_bytes(baby, scale)
+        return _Prepared(v_plain, message)
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, train: bool = True) -> Message:
         """Enc_H(X·(U + V)) per chunk of rows, computed here; plus Enc_C(Vᵀ) when training."""
-        v = self._require_share().v
+        self._require_share()
         if self._u_cts is None:
             raise SecureProtocolError("forward before the host's share arrived")
         if x.dim() != 2 or x.shape[1] != self.in_dim:
@@ -116,19 +162,19 @@ class SecureCollaboratorLayer(ShareLayer):
             f"'{self.feature_key}' feature tensor",
             "raise project_layer_feature_bound at every party",
         )
-        ev, scale = self.host.engine.evaluator, self.params.share_scale
-        cts = []
-        for ct, vt in zip(self._u_cts, self.geo.fwd.pack_b(v), strict=True):
+        assert self._prepared is not None
+        prepared = self._prepared.result()
+        ev, baby = self.host.engine.evaluator, {}
+        for key, ct in self._u_cts.items():
             total = sealapi.Ciphertext()
-            ev.add_plain(ct, self.host.engine.encode(vt, scale, ct.parms_id()), total)
-            cts.append(total)
+            ev.add_plain(ct, prepared.v_plain[key], total)
+            baby[key] = total
         out = self.rows_entry(xs.shape[0])
-        for i, ct in enumerate(products.diag_products(self.host, self.geo.fwd, cts, xs, scale)):
-            out[f"z/{i}"] = products.finish(self.host, ct, self.params.z_noise)
+        scale = self.params.share_scale
+        for i, ct in enumerate(products.diag_products(self.host, self.geo.fwd, baby, xs, scale)):
+            out[f"z/{i}"] = products.finish(self.host, ct, self._z_noise.take())
         if train:
-            vecs = self.geo.bwd.pack_b(v.T)
-            for name, vec in zip(self.names("v", len(vecs)), vecs, strict=True):
-                out[name] = self.own.encrypt_bytes(vec, scale)
+            out.update(prepared.v_message)
             self._x, self._grad_pending, self._weight_pending = xs, True, True
         return out
 
@@ -170,7 +216,7 @@ class SecureCollaboratorLayer(ShareLayer):
         names = {
             (tp, jp): f"y/{tp}/{jp}" for tp in range(plan.t_parts) for jp in range(plan.j_parts)
         }
-        u_names = self.names("u", self.geo.fwd.tiles)
+        u_names = self.share_names().values()
         checks.expect_names(msg, ["rows", *names.values(), *u_names], KIND_BWD_WEIGHT)
         if checks.rows_of(msg, KIND_BWD_WEIGHT) != x.shape[0]:
             raise SecureProtocolError(f"{KIND_BWD_WEIGHT}: row count differs from the forward pass")
@@ -181,7 +227,9 @@ class SecureCollaboratorLayer(ShareLayer):
             sums[key] = plan.group_sum(vec)
         y = plan.place(np.zeros((self.in_dim, self.out_dim)), sums)
         checks.in_range(y, self.params.gram_limit, "masked weight gradient")
-        self._require_share().step(y / self.params.lam)
+        share = self._require_share()
+        share.step(y / self.params.lam)
+        self._set_share(share)
         self.set_host_share(msg, KIND_BWD_WEIGHT)
         self._weight_pending = False
         self._release()
@@ -194,8 +242,12 @@ class SecureCollaboratorLayer(ShareLayer):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.check_state_shapes(state, ("v", "buf"))
-        self.share = CollaboratorShare(state["v"].to(torch.float64).numpy(), self.lr, self.momentum)
-        self.share.buf = state["buf"].to(torch.float64).numpy().copy()
+        share = CollaboratorShare(state["v"].to(torch.float64).numpy(), self.lr, self.momentum)
+        share.buf = state["buf"].to(torch.float64).numpy().copy()
+        self._set_share(share)
+
+    def close(self) -> None:
+        self.background.close()
 
     # ---- helpers ----------------------------------------------------------------------------
     def _require_share(self) -> CollaboratorShare:

@@ -4,17 +4,21 @@ Per training batch: `forward(fwd)` decrypts z = X·W (the collaborator computed 
 key); the host's model gives δ; `backward(δ)` computes Enc_C(λδ·Wᵀ) for the collaborator;
 `weight_gradient(enc_x)` computes Enc_C(λ(Xᵀδ + M)), steps U and returns the next Enc_H(U).
 Test: `forward(test_fwd, train=False)`. The host decrypts only z; it never sees X, V or W,
-and returns nothing it decrypted.
+and returns nothing it decrypted. Everything that does not depend on the batch (the next step
+of U's path, its encryption, the masks, the finishing noise) is made ahead on a worker thread.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from party_node.secure import checks, products
+from party_node.secure.background import Background, NoisePool, flood_std_per_group
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
 from party_node.secure.params import (
@@ -26,7 +30,18 @@ from party_node.secure.params import (
     SecureParams,
 )
 from party_node.secure.share_layer import Geometry, ShareLayer
-from party_node.secure.shares import HostShare, host_init_half, init_bound
+from party_node.secure.shares import HostShare, ShareStep, host_init_half, init_bound
+
+
+@dataclass
+class _Prepared:
+    """One batch's data-independent host work, made ahead."""
+
+    u_plain: dict[tuple[int, int], Any]  # U_tᵀ baby copies, encoded for λδ·Wᵀ
+    step: ShareStep  # U_{t+1} and M_t
+    masks: dict[tuple[int, int], Any]  # per weight-gradient part: group masks + λM, encoded
+    mask_rows: int  # rows per group the group masks were sized for
+    next_share: Message  # Enc_H(U_{t+1})
 
 
 class SecureHostLayer(ShareLayer):
@@ -48,14 +63,26 @@ class SecureHostLayer(ShareLayer):
         super().__init__(feature_key, in_dim, out_dim, own_keys, params)
         self.peer = collaborator_keys
         self.lr, self.momentum = lr, momentum
-        self.share: HostShare | None = None
-        if initial_share is not None:
-            self.start(self.check_shape(initial_share, "initial share"))
         self.dtype = dtype
+        self.background = Background()
+        p, gram = self.params, self.geo.gram
+        self._dx_noise = NoisePool(
+            self.background, self.peer, p.share_scale * p.share_scale, p.dx_noise
+        )
+        self._g_noise = NoisePool(
+            self.background,
+            self.peer,
+            2.0**p.x_scale_bits * 2.0**p.gram_scale_bits,
+            flood_std_per_group(p.g_noise, gram.groups),
+        )
+        self.share: HostShare | None = None
+        self._prepared: Future[_Prepared] | None = None
         self._a: np.ndarray | None = None
-        self._v_cts: list[Any] | None = None
+        self._v_cts: dict[tuple[int, int], Any] | None = None
         self._rows = 0
         self._delta: np.ndarray | None = None
+        if initial_share is not None:
+            self.start(self.check_shape(initial_share, "initial share"))
 
     @staticmethod
     def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
@@ -64,16 +91,16 @@ class SecureHostLayer(ShareLayer):
 
     def start(self, u: np.ndarray) -> None:
         self.share = HostShare(u, self.lr, self.momentum, self.params, self.in_dim)
+        self._prepare()
 
     # ---- fresh tasks: W_0 = a ⊙ b without anyone learning it --------------------------------
     def init_request(self) -> Message:
         """Enc_H(a), a ~ U[-w, w] (our factor of W_0)."""
         self._a = host_init_half(self.in_dim, self.out_dim)
         vecs = self.compact_pack(self._a)
-        return {
-            n: self.own.encrypt_bytes(v, self.params.share_scale)
-            for n, v in zip(self.names("a", len(vecs)), vecs, strict=True)
-        }
+        names = self.names("a", len(vecs))
+        scale = self.params.share_scale
+        return {n: self.own.encrypt_bytes(v, scale) for n, v in zip(names, vecs, strict=True)}
 
     def init_finish(self, msg: Message) -> None:
         """U_0 = a ⊙ b - V_0 (the collaborator's b and offset V_0 stay unknown to us)."""
@@ -81,20 +108,55 @@ class SecureHostLayer(ShareLayer):
             raise SecureProtocolError(f"{KIND_INIT_SHARE} arrived before our request")
         names = self.names("w0", self.compact_count())
         checks.expect_names(msg, names, KIND_INIT_SHARE)
-        u0 = self.compact_unpack(self.decrypt(msg, names, KIND_INIT_SHARE, self.share_result_scale))
+        vecs = self.decrypt(msg, names, KIND_INIT_SHARE, self.share_result_scale)
+        u0 = self.compact_unpack(vecs)
         w = init_bound(self.in_dim)
         checks.in_range(u0, w * (1 + self.params.share_offset) + 1.0, "initial share")
         self._a = None
         self.start(u0)
 
     def share_message(self) -> Message:
-        """Enc_H(U) in the forward packing, for the collaborator's X·W."""
-        u = self._require_share()
-        vecs = self.geo.fwd.pack_b(u.u)
-        return {
-            n: self.own.encrypt_bytes(v, self.params.share_scale)
-            for n, v in zip(self.names("u", len(vecs)), vecs, strict=True)
+        """Enc_H(U) (its baby-step copies in the forward packing), for the collaborator."""
+        return self._encrypt_share(self._require_share().u)
+
+    def _encrypt_share(self, u: np.ndarray) -> Message:
+        plan, out = self.geo.fwd, {}
+        for tile, vec in enumerate(plan.pack_b(u)):
+            for h, baby in enumerate(plan.babies(vec)):
+                out[f"u/{tile}/{h}"] = self.own.encrypt_bytes(baby, self.params.share_scale)
+        return out
+
+    # ---- work made ahead --------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self._prepared = self.background.submit(self._make_prepared)
+
+    def _make_prepared(self) -> _Prepared:
+        share, p, plan = self._require_share(), self.params, self.geo.bwd
+        parms = self.peer.engine.seal_context.first_parms_id()
+        u_plain = {
+            (tile, h): self.peer.engine.encode(baby, p.share_scale, parms)
+            for tile, vec in enumerate(plan.pack_b(share.u.T))
+            for h, baby in enumerate(plan.babies(vec))
         }
+        step = share.draw()
+        mask_rows = self.geo.gram.rows_per_group(p.block_rows)
+        masks = self._encode_masks(step.mask, mask_rows)
+        return _Prepared(u_plain, step, masks, mask_rows, self._encrypt_share(step.target))
+
+    def _encode_masks(self, mask: np.ndarray, rows_per_group: int) -> dict[tuple[int, int], Any]:
+        """Per weight-gradient part: zero-sum group masks sized for `rows_per_group` plus λM
+        in group 0, encoded at the product's scale."""
+        p, gram = self.params, self.geo.gram
+        parms = self.peer.engine.seal_context.first_parms_id()
+        bound = p.partial_mask(rows_per_group)
+        scale = 2.0**p.x_scale_bits * 2.0**p.gram_scale_bits
+        masks = {}
+        for tp in range(gram.t_parts):
+            for jp in range(gram.j_parts):
+                vec = products.zero_sum_masks(gram, bound)
+                vec[: gram.group] += self._mask_block(mask * p.lam, tp, jp).ravel()
+                masks[(tp, jp)] = self.peer.engine.encode(vec, scale, parms)
+        return masks
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, msg: Message, train: bool = True) -> torch.Tensor:
@@ -102,18 +164,19 @@ class SecureHostLayer(ShareLayer):
         step = KIND_FWD if train else KIND_TEST_FWD
         rows = self.check_rows(msg, step)
         z_names = self.names("z", self.geo.fwd.chunks(rows))
-        v_names = self.names("v", self.geo.bwd.tiles) if train else []
-        checks.expect_names(msg, ["rows", *z_names, *v_names], step)
+        bwd = self.geo.bwd
+        v_names = {(t, h): f"v/{t}/{h}" for t in range(bwd.tiles) for h in range(bwd.n1) if train}
+        checks.expect_names(msg, ["rows", *z_names, *v_names.values()], step)
         vecs = self.decrypt(msg, z_names, step, self.share_result_scale)
         z = np.concatenate([self.geo.fwd.unpack(v, rows, i) for i, v in enumerate(vecs)])
         checks.in_range(z, self.params.output_limit, f"projection of '{self.feature_key}'")
         self._delta = None
+        self._v_cts = None
         if train:
             scale = self.params.share_scale
-            self._v_cts = self.load(self.peer.engine, msg, v_names, step, 2, scale)
+            cts = self.load(self.peer.engine, msg, list(v_names.values()), step, 2, scale)
+            self._v_cts = dict(zip(v_names, cts, strict=True))
             self._rows = rows
-        else:
-            self._v_cts = None
         return torch.from_numpy(z).to(self.dtype)
 
     # ---- backward ---------------------------------------------------------------------------
@@ -134,15 +197,16 @@ class SecureHostLayer(ShareLayer):
             "raise project_layer_delta_bound at every party",
         )
         self._delta = d * self.params.lam
-        scale = self.params.share_scale
-        cts = []
-        for ct, ut in zip(self._v_cts, self.geo.bwd.pack_b(self._require_share().u.T), strict=True):
-            cts.append(products.add_plain(self.peer, ct, ut, scale))
+        prepared = self._require_prepared()
+        ev = self.peer.engine.evaluator
+        for key, ct in self._v_cts.items():
+            ev.add_plain_inplace(ct, prepared.u_plain[key])
         out = self.rows_entry(rows)
-        for i, ct in enumerate(
-            products.diag_products(self.peer, self.geo.bwd, cts, self._delta, scale)
-        ):
-            out[f"dx/{i}"] = products.finish(self.peer, ct, self.params.dx_noise)
+        results = products.diag_products(
+            self.peer, self.geo.bwd, self._v_cts, self._delta, self.params.share_scale
+        )
+        for i, ct in enumerate(results):
+            out[f"dx/{i}"] = products.finish(self.peer, ct, self._dx_noise.take())
         self._v_cts = None
         return out
 
@@ -162,21 +226,22 @@ class SecureHostLayer(ShareLayer):
             tp: self.load(self.peer.engine, msg, n, KIND_ENC_X, 2, x_scale)
             for tp, n in names.items()
         }
-        mask = self._require_share().next_mask() * p.lam
-        bound = p.partial_mask(plan.rows_per_group(rows))
-        noise = p.g_noise / np.sqrt(plan.groups)
+        prepared = self._require_prepared()
+        masks = prepared.masks
+        if plan.rows_per_group(rows) > prepared.mask_rows:  # a batch larger than block_rows
+            masks = self._encode_masks(prepared.step.mask, plan.rows_per_group(rows))
         out = self.rows_entry(rows)
         for tp in range(plan.t_parts):
             for jp in range(plan.j_parts):
                 ct = products.gram_product(
                     self.peer, plan, x_cts[tp], self._delta, jp, 2.0**p.gram_scale_bits
                 )
-                masks = products.zero_sum_masks(plan, bound)
-                masks[: plan.group] += self._mask_block(mask, tp, jp).ravel()
-                products.add_plain(self.peer, ct, masks, ct.scale)
-                out[f"y/{tp}/{jp}"] = products.finish(self.peer, ct, noise)
+                self.peer.engine.evaluator.add_plain_inplace(ct, masks[(tp, jp)])
+                out[f"y/{tp}/{jp}"] = products.finish(self.peer, ct, self._g_noise.take())
+        self._require_share().commit(prepared.step)
         self._delta = None
-        out.update(self.share_message())
+        out.update(prepared.next_share)
+        self._prepare()
         return out
 
     def _mask_block(self, mask: np.ndarray, tp: int, jp: int) -> np.ndarray:
@@ -203,11 +268,25 @@ class SecureHostLayer(ShareLayer):
         names = ("u", "buf", "u0", "slow")
         self.check_state_shapes(state, names)
         if self.share is None:
-            self.start(state["u"].to(torch.float64).numpy())
-        assert self.share is not None
+            self.share = HostShare(
+                state["u"].to(torch.float64).numpy(),
+                self.lr,
+                self.momentum,
+                self.params,
+                self.in_dim,
+            )
         self.share.load({n: state[n].to(torch.float64).numpy() for n in names})
+        self._prepare()
+
+    def close(self) -> None:
+        self.background.close()
 
     def _require_share(self) -> HostShare:
         if self.share is None:
             raise SecureProtocolError("the host's share is not set up yet (no initial exchange)")
         return self.share
+
+    def _require_prepared(self) -> _Prepared:
+        if self._prepared is None:
+            raise SecureProtocolError("the host's share is not set up yet (no initial exchange)")
+        return self._prepared.result()

@@ -21,7 +21,7 @@ from tenseal import sealapi
 from party_node.secure import seal_io
 from party_node.secure.context import PeerKeys
 from party_node.secure.plans import DiagPlan, GramPlan
-from party_node.secure.shares import secure_normal, secure_uniform
+from party_node.secure.shares import secure_uniform
 
 
 def add_plain(peer: PeerKeys, ct: Any, values: np.ndarray, scale: float) -> Any:
@@ -38,12 +38,15 @@ def _accumulate(peer: PeerKeys, acc: Any, term: Any) -> Any:
 
 
 def diag_products(
-    peer: PeerKeys, plan: DiagPlan, cts: list[Any], a_mat: np.ndarray, scale: float
+    peer: PeerKeys,
+    plan: DiagPlan,
+    baby: dict[tuple[int, int], Any],
+    a_mat: np.ndarray,
+    scale: float,
 ) -> list[Any]:
-    """A·B for every chunk of A's rows, folded (B is `cts`, one per K-tile, already holding
-    both shares). Baby-step rotations of B are shared by all chunks."""
+    """A·B for every chunk of A's rows, folded. `baby[(tile, h)]` is B's tile rotated by a·h
+    (the owner's encryption of it, both shares added in)."""
     ev, slots = peer.engine.evaluator, plan.slots
-    baby = {(t, h): peer.rotate(ct, plan.a * h) for t, ct in enumerate(cts) for h in range(plan.n1)}
     results = []
     for chunk in range(plan.chunks(a_mat.shape[0])):
         diagonals = [plan.diagonals(a_mat, chunk, tile) for tile in range(plan.tiles)]
@@ -57,7 +60,7 @@ def diag_products(
                     if r >= plan.d:
                         continue
                     diag = np.roll(diagonals[tile][r], shift % slots)
-                    pt = peer.engine.encode(diag, scale, cts[tile].parms_id())
+                    pt = peer.engine.encode(diag, scale, baby[(tile, h)].parms_id())
                     term = sealapi.Ciphertext()
                     ev.multiply_plain(baby[(tile, h)], pt, term)
                     inner = _accumulate(peer, inner, term)
@@ -95,19 +98,9 @@ def zero_sum_masks(plan: GramPlan, bound: float) -> np.ndarray:
     return vec
 
 
-def finish(peer: PeerKeys, ct: Any, noise_std: float) -> bytes:
-    """Flood, re-randomise, rescale to one prime, serialize (see the module docstring)."""
-    n = peer.params.slots
-    flood = secure_normal(n, noise_std) + 1j * secure_normal(n, noise_std)
-    add_plain(peer, ct, flood, ct.scale)
-    zero = peer.encrypt_zero(ct.parms_id())
-    zero.scale = ct.scale  # an encryption of zero is one at any scale
-    peer.engine.evaluator.add_inplace(ct, zero)
+def finish(peer: PeerKeys, ct: Any, noise: Any) -> bytes:
+    """Add the finishing noise (flood + re-randomisation, see background.NoisePool), rescale
+    to one prime, serialize."""
+    peer.engine.evaluator.add_inplace(ct, noise)
     peer.engine.evaluator.rescale_to_next_inplace(ct)
     return seal_io.save_bytes(ct)
-
-
-def result_scale(peer_or_own: Any, first_scale: float, second_scale: float) -> float:
-    """The scale a finished result arrives at: the product's scale over the dropped prime
-    (computed the way SEAL does, so both sides agree exactly)."""
-    return first_scale * second_scale / float(peer_or_own.engine.last_prime())

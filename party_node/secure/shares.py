@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,6 +67,16 @@ def initial_offset(in_dim: int, out_dim: int, params: SecureParams) -> np.ndarra
     return secure_uniform((in_dim, out_dim), params.share_offset * init_bound(in_dim))
 
 
+@dataclass(frozen=True)
+class ShareStep:
+    """One drawn step of the host's share path: U_{t+1}, bU_{t+1}, the slow part, M_t."""
+
+    target: np.ndarray
+    buf: np.ndarray
+    slow: np.ndarray
+    mask: np.ndarray
+
+
 class CollaboratorShare:
     """V and its momentum buffer; updated with the masked gradient only."""
 
@@ -89,25 +100,34 @@ class HostShare:
         self.u0 = self.u.copy()
         self.buf = np.zeros_like(self.u)
         self.lr, self.momentum = lr, momentum
-        w = init_bound(in_dim)
-        self.fresh = min(params.share_fresh * w, params.gradient_mask_cap(lr, momentum))
-        self.slow_sd = params.share_slow * w
+        w, cap = init_bound(in_dim), params.gradient_mask_cap(lr, momentum)
+        # For a tiny η the path's steps are capped so that λ·M fits the ciphertext.
+        self.fresh = min(params.share_fresh * w, cap)
+        self.slow_sd = min(params.share_slow * w, cap * (1 + momentum) / 2)
         self.rho = params.share_slow_rho
         # Stationary from the start (the first step's mask absorbs the jump): the drift of W
         # is hidden from the first step on.
         self.slow = secure_normal(self.u.shape, self.slow_sd)
 
-    def next_mask(self) -> np.ndarray:
-        """Draw U_{t+1}, step (bU, U) accordingly and return M_t (added to G for the
-        collaborator)."""
+    def draw(self) -> ShareStep:
+        """The next step of our path and the mask it implies, from the current state (pure:
+        made ahead of the batch, applied by `commit`)."""
         q = secure_uniform(self.u.shape, self.fresh)
         innovation = secure_normal(self.u.shape, self.slow_sd * math.sqrt(1 - self.rho**2))
-        self.slow = self.rho * self.slow + innovation
-        target = self.u0 + q + self.slow
+        slow = self.rho * self.slow + innovation
+        target = self.u0 + q + slow
         new_buf = -(target - self.u) / self.lr
         mask = self.momentum * self.buf - new_buf
-        self.u, self.buf = target, new_buf
-        return mask
+        return ShareStep(target=target, buf=new_buf, slow=slow, mask=mask)
+
+    def commit(self, step: ShareStep) -> np.ndarray:
+        """Move to the drawn step; returns M_t (added to G for the collaborator)."""
+        self.u, self.buf, self.slow = step.target, step.buf, step.slow
+        return step.mask
+
+    def next_mask(self) -> np.ndarray:
+        """Draw and commit at once."""
+        return self.commit(self.draw())
 
     @property
     def max_mask(self) -> float:
