@@ -8,6 +8,7 @@ Every party's feature model outputs OUT columns and is projected to PROJ < OUT c
 
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wide", action="store_true")
     p.add_argument("--allow-wide", action="store_true")
     p.add_argument("--declare-shape", default="", help="IN,OUT this collaborator expects")
+    p.add_argument("--defence", default="null", help="label_defence as JSON")
     args = p.parse_args(argv)
     nodes = args.nodes.split(",")
     timeouts, faults = scheduler_timeouts(args), Faults(args.faults)
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             **timeouts,
         )
+    scheduler.label_defence = json.loads(args.defence)
     return run_party(scheduler, args, nodes)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from party_node.errors import ConfigError, TaskFailed
+from party_node.privacy import AGREEMENT_KEY as PRIVACY_KEY
+from party_node.privacy import parse_defence
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.watchdog import Watchdog
@@ -31,6 +33,8 @@ class Role:
         self.participants: tuple[Participant, ...] = ()
         self.train_ids: list = []
         self.test_ids: list = []
+        #: The host's live leak metric, one entry per round and collaborator (report.json).
+        self.label_leak: list[dict[str, Any]] = []
 
     # ---- setup ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -47,7 +51,10 @@ class Role:
 
     def agreement(self) -> dict[str, str]:
         """Settings every party must share; the coordinator compares them at join."""
-        return {"mode": "secure" if getattr(self.s, "_secure", False) else "plain"}
+        return {
+            "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
+            PRIVACY_KEY: parse_defence(getattr(self.s, "label_defence", None)).agreement(),
+        }
 
     def set_participants(self, participants: Sequence[Participant]) -> None:
         self.participants = tuple(participants)
