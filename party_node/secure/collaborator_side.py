@@ -32,7 +32,12 @@ from party_node.secure.params import (
     SecureParams,
 )
 from party_node.secure.share_layer import Geometry, ShareLayer
-from party_node.secure.shares import CollaboratorShare, collaborator_init_half, initial_offset
+from party_node.secure.shares import (
+    CollaboratorShare,
+    collaborator_init_half,
+    initial_offset,
+    secure_uniform,
+)
 
 
 @dataclass
@@ -63,9 +68,7 @@ class SecureCollaboratorLayer(ShareLayer):
         self.lr, self.momentum = lr, momentum
         self.background = Background()
         p = self.params
-        self._z_noise = NoisePool(
-            self.background, self.host, p.share_scale * p.share_scale, p.z_noise
-        )
+        self._z_noise = NoisePool(self.background, self.host, p.product_scale, p.z_noise)
         self.share: CollaboratorShare | None = None
         self._prepared: Future[_Prepared] | None = None
         if initial_share is not None:
@@ -87,8 +90,8 @@ class SecureCollaboratorLayer(ShareLayer):
         """Enc_H(a) -> Enc_H(a ⊙ b - V_0): W_0 = a ⊙ b, our share V_0 a large fresh offset."""
         names = self.names("a", self.compact_count())
         checks.expect_names(msg, names, KIND_INIT_SHARE)
-        scale = self.params.share_scale
-        cts = self.load(self.host.engine, msg, names, KIND_INIT_SHARE, 2, scale)
+        p = self.params
+        cts = self.load(self.host.engine, msg, names, KIND_INIT_SHARE, 2, p.share_scale)
         b = collaborator_init_half(self.in_dim, self.out_dim)
         v0 = initial_offset(self.in_dim, self.out_dim, self.params)
         ev, out = self.host.engine.evaluator, {}
@@ -100,7 +103,10 @@ class SecureCollaboratorLayer(ShareLayer):
             strict=True,
         ):
             prod = sealapi.Ciphertext()
-            ev.multiply_plain(ct, self.host.engine.encode(bv, scale, ct.parms_id()), prod)
+            b_dithered = bv + secure_uniform(bv.size, p.dither(p.operand_scale))
+            ev.multiply_plain(
+                ct, self.host.engine.encode(b_dithered, p.operand_scale, ct.parms_id()), prod
+            )
             products.add_plain(self.host, prod, -vv, prod.scale)
             noise = noise_ciphertext(self.host, prod.parms_id(), prod.scale, self.params.z_noise)
             out[name] = products.finish(self.host, prod, noise)
@@ -170,8 +176,11 @@ class SecureCollaboratorLayer(ShareLayer):
             ev.add_plain(ct, prepared.v_plain[key], total)
             baby[key] = total
         out = self.rows_entry(xs.shape[0])
-        scale = self.params.share_scale
-        for i, ct in enumerate(products.diag_products(self.host, self.geo.fwd, baby, xs, scale)):
+        p = self.params
+        results = products.diag_products(
+            self.host, self.geo.fwd, baby, xs, p.operand_scale, p.dither(p.operand_scale)
+        )
+        for i, ct in enumerate(results):
             out[f"z/{i}"] = products.finish(self.host, ct, self._z_noise.take())
         if train:
             out.update(prepared.v_message)
@@ -182,7 +191,7 @@ class SecureCollaboratorLayer(ShareLayer):
         """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ."""
         x, plan = self._require_x(KIND_ENC_X), self.geo.gram
         out = self.rows_entry(x.shape[0])
-        scale = 2.0**self.params.x_scale_bits
+        scale = self.params.x_scale
         for tp in range(plan.t_parts):
             vecs = plan.pack_x(x, tp)
             for name, vec in zip(self.names(f"x/{tp}", len(vecs)), vecs, strict=True):

@@ -66,13 +66,11 @@ class SecureHostLayer(ShareLayer):
         self.dtype = dtype
         self.background = Background()
         p, gram = self.params, self.geo.gram
-        self._dx_noise = NoisePool(
-            self.background, self.peer, p.share_scale * p.share_scale, p.dx_noise
-        )
+        self._dx_noise = NoisePool(self.background, self.peer, p.product_scale, p.dx_noise)
         self._g_noise = NoisePool(
             self.background,
             self.peer,
-            2.0**p.x_scale_bits * 2.0**p.gram_scale_bits,
+            p.gram_product_scale,
             flood_std_per_group(p.g_noise, gram.groups),
         )
         self.share: HostShare | None = None
@@ -149,7 +147,7 @@ class SecureHostLayer(ShareLayer):
         p, gram = self.params, self.geo.gram
         parms = self.peer.engine.seal_context.first_parms_id()
         bound = p.partial_mask(rows_per_group)
-        scale = 2.0**p.x_scale_bits * 2.0**p.gram_scale_bits
+        scale = p.gram_product_scale
         masks = {}
         for tp in range(gram.t_parts):
             for jp in range(gram.j_parts):
@@ -202,8 +200,14 @@ class SecureHostLayer(ShareLayer):
         for key, ct in self._v_cts.items():
             ev.add_plain_inplace(ct, prepared.u_plain[key])
         out = self.rows_entry(rows)
+        p = self.params
         results = products.diag_products(
-            self.peer, self.geo.bwd, self._v_cts, self._delta, self.params.share_scale
+            self.peer,
+            self.geo.bwd,
+            self._v_cts,
+            self._delta,
+            p.operand_scale,
+            p.dither(p.operand_scale),
         )
         for i, ct in enumerate(results):
             out[f"dx/{i}"] = products.finish(self.peer, ct, self._dx_noise.take())
@@ -221,9 +225,8 @@ class SecureHostLayer(ShareLayer):
         checks.expect_names(msg, ["rows", *all_names], KIND_ENC_X)
         if checks.rows_of(msg, KIND_ENC_X) != rows:
             raise SecureProtocolError(f"{KIND_ENC_X}: row count differs from the forward pass")
-        x_scale = 2.0**p.x_scale_bits
         x_cts = {
-            tp: self.load(self.peer.engine, msg, n, KIND_ENC_X, 2, x_scale)
+            tp: self.load(self.peer.engine, msg, n, KIND_ENC_X, 2, p.x_scale)
             for tp, n in names.items()
         }
         prepared = self._require_prepared()
@@ -234,7 +237,13 @@ class SecureHostLayer(ShareLayer):
         for tp in range(plan.t_parts):
             for jp in range(plan.j_parts):
                 ct = products.gram_product(
-                    self.peer, plan, x_cts[tp], self._delta, jp, 2.0**p.gram_scale_bits
+                    self.peer,
+                    plan,
+                    x_cts[tp],
+                    self._delta,
+                    jp,
+                    p.gram_scale,
+                    p.dither(p.gram_scale),
                 )
                 self.peer.engine.evaluator.add_plain_inplace(ct, masks[(tp, jp)])
                 out[f"y/{tp}/{jp}"] = products.finish(self.peer, ct, self._g_noise.take())

@@ -54,17 +54,23 @@ class SecureParams:
     delta_bound: float = 0.125
     delta_scale_bits: int = 10
     mask_bits: int = 14
-    #: Scale of the owner's share ciphertexts and of the plaintext it is multiplied with.
-    share_scale_bits: int = 52
+    #: X·W and λδ·Wᵀ: scale of the owner's share ciphertexts and of the other party's
+    #: plaintext operand (rebalanced so that the owner's own noise, the term the flood must
+    #: hide, is small next to the operand's; see `margins`).
+    share_scale_bits: int = 56
+    operand_scale_bits: int = 48
     #: Weight gradient: scale of the collaborator's X ciphertexts and of the host's λδ.
-    x_scale_bits: int = 48
-    gram_scale_bits: int = 40
+    x_scale_bits: int = 52
+    gram_scale_bits: int = 36
+    #: The computing party dithers its plaintext operand by ±2^dither_bits encoding units, so
+    #: the encoder's rounding (a function of its data) is random noise to the key's owner.
+    dither_bits: int = 12
     #: Gaussian flood std on z, on ∂L/∂X and on the weight gradient (absolute, unscaled).
     z_noise_bits: int = 20
     dx_noise_bits: int = 27
     g_noise_bits: int = 24
     share_offset: float = 64.0
-    share_fresh: float = 8.0
+    share_fresh: float = 256.0
     share_slow: float = 64.0
     share_slow_rho: float = 0.999
     #: Largest |z| and |λ·∂L/∂X| the product ciphertexts carry (also a sanity check).
@@ -76,7 +82,8 @@ class SecureParams:
         if self.block_rows < 2 or self.block_rows % 2:
             raise ValueError("block_rows must be an even number >= 2")
         q = self.ckks.data_bits - 1
-        if 2 * self.share_scale_bits + math.log2(self.output_limit) + 1 > q:
+        product = self.share_scale_bits + self.operand_scale_bits
+        if product + math.log2(self.output_limit) + 1 > q:
             raise ValueError("share scales leave no room for the outputs; lower share_scale_bits")
         if self.x_scale_bits + self.gram_scale_bits + math.log2(self.gram_limit) + 1 > q:
             raise ValueError("weight-gradient scales exceed the modulus; lower gram_scale_bits")
@@ -102,6 +109,31 @@ class SecureParams:
     @property
     def share_scale(self) -> float:
         return float(2**self.share_scale_bits)
+
+    @property
+    def operand_scale(self) -> float:
+        return float(2**self.operand_scale_bits)
+
+    @property
+    def product_scale(self) -> float:
+        """Scale of X·W and λδ·Wᵀ before the rescale."""
+        return self.share_scale * self.operand_scale
+
+    @property
+    def x_scale(self) -> float:
+        return float(2**self.x_scale_bits)
+
+    @property
+    def gram_scale(self) -> float:
+        return float(2**self.gram_scale_bits)
+
+    @property
+    def gram_product_scale(self) -> float:
+        return self.x_scale * self.gram_scale
+
+    def dither(self, scale: float) -> float:
+        """Half-width of the dither on a plaintext encoded at `scale` (value units)."""
+        return 2.0**self.dither_bits / scale
 
     def partial_bound(self, rows_per_group: int) -> float:
         """Largest |partial weight gradient| one group can hold (λ units)."""
@@ -141,7 +173,8 @@ class SecureParams:
         c = self.ckks
         return (
             f"ckks(N={c.poly_modulus_degree},q={'-'.join(map(str, c.coeff_mod_bit_sizes))});"
-            f"scales=2^{self.share_scale_bits}/2^{self.x_scale_bits}/2^{self.gram_scale_bits};"
+            f"scales=2^{self.share_scale_bits}/2^{self.operand_scale_bits}/2^{self.x_scale_bits}/"
+            f"2^{self.gram_scale_bits};dither=2^{self.dither_bits};"
             f"bounds(F={self.feature_bound!r},D={self.delta_bound!r},"
             f"lambda=2^{self.delta_scale_bits});masks=2^{self.mask_bits};"
             f"noise=2^-{self.z_noise_bits}/2^-{self.dx_noise_bits}/2^-{self.g_noise_bits};"

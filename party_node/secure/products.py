@@ -37,19 +37,32 @@ def _accumulate(peer: PeerKeys, acc: Any, term: Any) -> Any:
     return acc
 
 
+def dithered(vec: np.ndarray, where: np.ndarray, width: float) -> np.ndarray:
+    """vec plus uniform noise of ±width on the slots in `where` (real and imaginary part)."""
+    n = int(where.sum())
+    out = vec.astype(np.complex128)
+    out[where] += secure_uniform(n, width) + 1j * secure_uniform(n, width)
+    return out
+
+
 def diag_products(
     peer: PeerKeys,
     plan: DiagPlan,
     baby: dict[tuple[int, int], Any],
     a_mat: np.ndarray,
     scale: float,
+    dither: float,
 ) -> list[Any]:
     """A·B for every chunk of A's rows, folded. `baby[(tile, h)]` is B's tile rotated by a·h
-    (the owner's encryption of it, both shares added in)."""
+    (the owner's encryption of it, both shares added in); A's diagonals are dithered."""
     ev, slots = peer.engine.evaluator, plan.slots
+    used = plan.output_slots()
     results = []
     for chunk in range(plan.chunks(a_mat.shape[0])):
-        diagonals = [plan.diagonals(a_mat, chunk, tile) for tile in range(plan.tiles)]
+        diagonals = [
+            [dithered(d, used, dither) for d in plan.diagonals(a_mat, chunk, tile)]
+            for tile in range(plan.tiles)
+        ]
         acc = None
         for gs in range(plan.n2):
             shift = plan.a * plan.n1 * gs
@@ -74,13 +87,23 @@ def diag_products(
 
 
 def gram_product(
-    peer: PeerKeys, plan: GramPlan, x_cts: list[Any], delta: np.ndarray, jp: int, scale: float
+    peer: PeerKeys,
+    plan: GramPlan,
+    x_cts: list[Any],
+    delta: np.ndarray,
+    jp: int,
+    scale: float,
+    dither: float,
 ) -> Any:
-    """Σ_k X-ciphertext_k ⊙ λδ-plaintext_k for one (t-part, j-part): each group one row's
-    products (the owner sums the groups)."""
+    """Σ_k X-ciphertext_k ⊙ λδ-plaintext_k (dithered) for one (t-part, j-part): each group one
+    row's products (the owner sums the groups)."""
     ev, acc = peer.engine.evaluator, None
+    used = np.zeros(plan.slots, dtype=bool)
+    used[: plan.groups * plan.group] = True
     for k, ct in enumerate(x_cts):
-        pt = peer.engine.encode(plan.pack_delta(delta, k, jp), scale, ct.parms_id())
+        vec = plan.pack_delta(delta, k, jp)
+        vec[used] += secure_uniform(int(used.sum()), dither)
+        pt = peer.engine.encode(vec, scale, ct.parms_id())
         term = sealapi.Ciphertext()
         ev.multiply_plain(ct, pt, term)
         acc = _accumulate(peer, acc, term)

@@ -49,8 +49,8 @@ class ShareLayer:
         self.own = own_keys
         p, q = self.params, float(own_keys.engine.last_prime())
         #: Scales finished results arrive at (products over the dropped prime).
-        self.share_result_scale = p.share_scale * p.share_scale / q
-        self.gram_result_scale = 2.0**p.x_scale_bits * 2.0**p.gram_scale_bits / q
+        self.share_result_scale = p.product_scale / q
+        self.gram_result_scale = p.gram_product_scale / q
 
     def check_shape(self, given: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
         arr = np.asarray(given, dtype=np.float64)
