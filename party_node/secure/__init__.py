@@ -19,6 +19,7 @@ from party_node.secure.params import (
     Message,
     SecureParams,
 )
+from party_node.secure.shares import projection_init_bound
 from party_node.secure.validation import (
     SHAPE_AGREEMENT_PREFIX,
     agreement_value,
@@ -56,6 +57,7 @@ __all__ = [
     "check_agreement",
     "check_feature_width",
     "check_reduces_width",
+    "projection_init_bound",
     "secure_params",
     "shape_agreement",
     "validate_host_config",

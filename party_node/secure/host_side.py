@@ -30,7 +30,13 @@ from party_node.secure.params import (
     SecureParams,
 )
 from party_node.secure.share_layer import Geometry, ShareLayer
-from party_node.secure.shares import HostShare, ShareStep, host_init_half, init_bound
+from party_node.secure.shares import (
+    HostShare,
+    ShareStep,
+    host_init_half,
+    init_bound,
+    projection_init_bound,
+)
 
 
 @dataclass
@@ -108,8 +114,10 @@ class SecureHostLayer(ShareLayer):
         checks.expect_names(msg, names, KIND_INIT_SHARE)
         vecs = self.decrypt(msg, names, KIND_INIT_SHARE, self.share_result_scale)
         u0 = self.compact_unpack(vecs)
-        w = init_bound(self.in_dim)
-        checks.in_range(u0, w * (1 + self.params.share_offset) + 1.0, "initial share")
+        bound = projection_init_bound(self.in_dim) + self.params.share_offset * init_bound(
+            self.in_dim
+        )
+        checks.in_range(u0, bound + 1.0, "initial share")
         self._a = None
         self.start(u0)
 

@@ -14,7 +14,7 @@ import math
 
 from party_node.secure.params import SecureParams
 from party_node.secure.share_layer import Geometry
-from party_node.secure.shares import init_bound
+from party_node.secure.shares import init_bound, projection_init_bound
 
 #: SEAL's noise standard deviation for fresh encryptions.
 _SIGMA = 3.19
@@ -39,6 +39,8 @@ def margins(params: SecureParams, in_dim: int, out_dim: int, lr: float, momentum
         "flood_dx": round(math.log2(p.dx_noise / leak_dx), 1),
         "flood_weight_gradient": round(math.log2(flood_g / leak_g), 1),
         "partial_masks": round(p.partial_mask_bits(rows), 1),
-        "share_offset_over_init": round(math.log2(p.share_offset), 1),
+        "share_offset_over_init": round(
+            math.log2(p.share_offset * w / projection_init_bound(in_dim)), 1
+        ),
         "gradient_mask_over_bound": round(math.log2(gradient_mask / gradient_bound), 1),
     }

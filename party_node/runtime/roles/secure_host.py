@@ -20,6 +20,7 @@ from party_node.runtime.roles.secure_common import SecureExchange, protocol_erro
 from party_node.secure import (
     SecureHostLayer,
     check_feature_width,
+    projection_init_bound,
     shape_agreement,
     validate_host_config,
     validate_project_layer_config,
@@ -40,6 +41,8 @@ class SecureHostRole(SecureExchange, HostRole):
         # The host's own projection is plaintext: bias-free like the secure ones (the
         # inference model after the concatenation has the bias).
         self.projection = nn.Linear(int(in_dim), int(out_dim), bias=False)
+        bound = projection_init_bound(int(in_dim))  # same init as the secure projections
+        nn.init.uniform_(self.projection.weight, -bound, bound)
         self.projection_optimizer = torch.optim.SGD(
             self.projection.parameters(),
             lr=s.project_layer_lr,
