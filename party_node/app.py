@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from party_node.errors import BundleError, ConfigError, NodeError, TaskFailed
 from party_node.mock import current_mock
+from party_node.psi.engine_rpc import EngineOptions
 from party_node.runtime.links import AbortSignal
-from party_node.runtime.outputs import atomic_write_bytes
+from party_node.runtime.outputs import atomic_write_bytes, output_dir
 from party_node.runtime.task import RunSettings, TaskRuntime
 from party_node.runtime.task import _check_ids as check_ids_from_user
 from party_node.serving.audit import AuditLog
@@ -90,6 +91,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         tls,
         send_timeout=scheduler.calculation_timeout,
         interceptors=[metrics.client_interceptor()],
+        psi_engine=psi_engine_options(settings, advertise),
     )
     run = RunSettings(
         node_id=settings.node_id,
@@ -194,6 +196,21 @@ def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
         f"no initiator published a coordinator in {address_file.parent} within "
         f"schedule_timeout={timeout:g} s; start the initiator (is_initiator=True) in the same "
         "working directory with the same task_id"
+    )
+
+
+def psi_engine_options(settings: NodeSettings, advertise: str) -> EngineOptions | None:
+    """Where this node's PSI engine listens and keeps its files; None for in-process ECDH."""
+    if settings.psi_engine == "ecdh":
+        return None
+    listen_host = settings.listen.rsplit(":", 1)[0] or "0.0.0.0"
+    return EngineOptions(
+        engine=settings.psi_engine,
+        folder=output_dir(settings.workdir, settings.node_id, settings.task_id) / "psi",
+        listen_host=listen_host.strip("[]"),
+        advertise_host=advertise.rsplit(":", 1)[0],
+        port=settings.psi_link_port,
+        recover=settings.recover,
     )
 
 

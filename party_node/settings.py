@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +60,14 @@ class NodeSettings(_PartySettings):
     metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
     workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
     recover: bool = Field(False, description="resume from the last complete round")
+    psi_engine: Literal["spu-rr22", "spu-ecdh", "ecdh"] = Field(
+        "spu-rr22",
+        description="PSI: SecretFlow's RR22 or ECDH engine as a worker process (needs the "
+        "engine venv, `make install`), or heteronn's in-process ECDH; the same on every party",
+    )
+    psi_link_port: int = Field(
+        0, ge=0, le=65535, description="port of the PSI engine's link; 0: any free port"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; set when parties share a machine"
     )

@@ -172,3 +172,5 @@ def test_label_dp_randomises_training_labels_only() -> None:
     y = torch.zeros(4000, dtype=torch.long)
     assert 0.45 < float(privacy.labels_for_training(y).double().mean()) < 0.55
     assert privacy.gradient_defence is None
+    one_hot = privacy.labels_for_training(torch.eye(2)[torch.zeros(8, dtype=torch.long)])
+    assert one_hot.shape == (8, 2) and bool((one_hot.sum(1) == 1).all())  # format kept

@@ -120,7 +120,7 @@ def test_secure_mode_defends_delta_before_the_encrypted_backward(tmp_path: Path)
                 "--defence",
                 defence,
                 "--rounds",
-                "3",
+                "2",
                 "--schedule-timeout",
                 "60",
                 module="tests.secure_synthetic",

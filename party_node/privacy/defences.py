@@ -110,8 +110,8 @@ class LabelRR:
 class Marvell:
     """Marvell's optimised perturbation for binary labels (label 1 positive), power budget
     P = power · ‖ḡ₁ − ḡ₀‖² per batch. The covariances are restricted, as in the paper, to a
-    part along Δg = ḡ₁ − ḡ₀ and an isotropic part orthogonal to it (four scalars), found with
-    SLSQP; each class's rows then get Gaussian noise of its covariance."""
+    part along Δg = ḡ₁ − ḡ₀ and an isotropic part orthogonal to it (four scalars, found on a
+    grid); each class's rows then get Gaussian noise of its covariance."""
 
     def __init__(self, power: float) -> None:
         self.power = power
@@ -154,31 +154,41 @@ def _marvell_powers(
     gap: float, v0: float, v1: float, p: float, d: int, budget: float
 ) -> np.ndarray:
     """(λ0‖, λ0⊥, λ1‖, λ1⊥) minimising KL(P̃1‖P̃0)+KL(P̃0‖P̃1) for isotropic-Gaussian class
-    models N(ḡk, vk·I) plus the added noise, subject to p·(λ1‖+λ1⊥)+(1−p)·(λ0‖+λ0⊥) ≤ budget."""
-    from scipy.optimize import minimize  # imported on first use: scipy is slow to import
-
-    eps = 1e-12 * max(gap * gap, 1e-30)
-    v0, v1 = max(v0, eps), max(v1, eps)
-    scale = gap * gap  # work in units of ‖Δg‖² so the solver sees numbers near 1
-    v0s, v1s, bud = v0 / scale, v1 / scale, budget / scale
+    models N(ḡk, vk·I) plus the added noise, subject to p·(λ1‖+λ1⊥)+(1−p)·(λ0‖+λ0⊥) = budget.
+    The objective separates into the part along Δg and the part across it, so a grid over how
+    the budget splits between the two parts and, within each, between the classes finds it in
+    well under a millisecond (a solver took ~10 ms a batch); the grid's step is 1/64."""
+    scale = gap * gap  # in units of ‖Δg‖², so numbers are near 1
+    floor = 1e-12
+    v0s, v1s, bud = max(v0 / scale, floor), max(v1 / scale, floor), budget / scale
     m = max(d - 1, 0)
-
-    def sum_kl(x: np.ndarray) -> float:
-        a0, a1 = v0s + x[0], v1s + x[2]
-        kl = a1 / a0 + a0 / a1 + (1 / a0 + 1 / a1)
-        if m:
-            b0, b1 = v0s + x[1] / m, v1s + x[3] / m
-            kl += m * (b1 / b0 + b0 / b1)
-        return 0.5 * (kl - 2 * (m + 1))
-
-    weights = np.array([1 - p, 1 - p, p, p])
-    start = np.full(4, bud / 2) / np.where(weights > 0, weights, 1) / 2
-    result = minimize(
-        sum_kl,
-        start,
-        method="SLSQP",
-        bounds=[(0, None)] * 4,
-        constraints=[{"type": "ineq", "fun": lambda x: bud - float(weights @ x)}],
-        options={"maxiter": 100, "ftol": 1e-9},
+    grid = np.linspace(0.0, 1.0, 65)
+    share = grid[:, None]  # the part's budget, as a share of the total
+    to_pos = grid[None, :]  # within the part, the share spent on positives
+    spent = share * bud
+    l1 = spent * to_pos / max(p, floor)
+    l0 = spent * (1 - to_pos) / max(1 - p, floor)
+    a0, a1 = v0s + l0, v1s + l1
+    along = a1 / a0 + a0 / a1 + (1 / a0 + 1 / a1) - 2  # the means differ by 1 along Δg
+    if m:
+        b0, b1 = v0s + l0 / m, v1s + l1 / m
+        across = m * (b1 / b0 + b0 / b1 - 2)
+    else:
+        across = np.zeros_like(along)
+    best_along, best_across = along.min(1), across.min(1)
+    # along gets share[i], across the rest: index i pairs with 64 − i
+    total = best_along + best_across[::-1]
+    i = int(total.argmin())
+    ja, jo = int(along[i].argmin()), int(across[len(grid) - 1 - i].argmin())
+    pos_along, pos_across = spent[i, 0] * grid[ja], spent[-1 - i, 0] * grid[jo]
+    return (
+        np.array(
+            [
+                (spent[i, 0] - pos_along) / max(1 - p, floor),
+                (spent[-1 - i, 0] - pos_across) / max(1 - p, floor),
+                pos_along / max(p, floor),
+                pos_across / max(p, floor),
+            ]
+        )
+        * scale
     )
-    return np.clip(result.x, 0, None) * scale

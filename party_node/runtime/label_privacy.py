@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from party_node.errors import ConfigError
 from party_node.privacy import LeakMeter, LeakScore, class_labels, parse_defence
@@ -28,22 +29,23 @@ class HostPrivacy:
         if leak_metric:  # scipy's first import (~0.5 s) is not a round's scoring cost
             import scipy.optimize  # noqa: F401
         self.meters: dict[str, LeakMeter] = {}
-        self.checked = False
 
     def labels_for_training(self, labels: torch.Tensor) -> torch.Tensor:
-        """The labels train_a_batch sees (randomised under label DP)."""
-        if not self.checked:
-            self.check_labels(labels)
-        if self.label_defence is None:
+        """The labels train_a_batch sees (randomised under label DP), in the user's format."""
+        y = self.classes_of(labels)  # every batch: a bad label fails here, named
+        if self.label_defence is None or y is None:
             return labels
-        return self.label_defence.relabel(labels, self.label_generator)
+        answered = self.label_defence.relabel(y, self.label_generator)
+        if labels.dim() == 2:  # one-hot rows stay one-hot
+            return F.one_hot(answered, labels.shape[1]).to(labels.dtype)
+        return answered.to(labels.dtype).reshape(labels.shape)
 
-    def check_labels(self, labels: torch.Tensor) -> None:
-        """A defence that needs class labels fails on the first batch that has none."""
-        self.checked = True
+    def classes_of(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The labels as class indices for a defence that needs them (None for the others);
+        a ConfigError naming the defence when they are not classes it can handle."""
         kind = self.setting.kind
         if kind in ("none", "noise"):
-            return
+            return None
         y = class_labels(labels)
         classes = 2 if isinstance(self.setting, MarvellDefence) else self.setting.classes
         if y is None or int(y.max()) >= classes or y.shape[0] != labels.shape[0]:
@@ -57,11 +59,15 @@ class HostPrivacy:
                     else "; set classes to the number of labels, or choose another defence"
                 )
             )
+        return y
 
     def outgoing(self, peer: str, grad: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """What leaves for `peer` instead of `grad`; sampled for the leak metric."""
+        """What leaves for `peer` instead of `grad` (labels: the batch's true labels, checked
+        by labels_for_training); sampled for the leak metric."""
         if self.gradient_defence is not None:
-            grad = self.gradient_defence(grad, labels, self.generator).to(grad.dtype)
+            y = self.classes_of(labels)
+            defended = self.gradient_defence(grad, labels if y is None else y, self.generator)
+            grad = defended.to(grad.dtype)
         if self.leak_metric:
             meter = self.meters.setdefault(peer, LeakMeter(self.generator))
             meter.add(grad, labels)
