@@ -98,3 +98,20 @@ def test_demo_without_mnist_says_where_to_point_data_root(tmp_path):
     assert done.stderr.startswith(f"demo: MNIST is not under DATA_ROOT={tmp_path / 'empty'}")
     assert "set DATA_ROOT to the folder that holds MNIST/raw" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_demo_serve_matches_the_training_runs_accuracy(tmp_path, standin):
+    """`make demo-serve` in one round: every test id served one per call and in batches."""
+    data_root = REAL if REAL and has_mnist(REAL) else standin
+    demo = run(
+        ["examples.mnist_halves.serve_demo", "--rounds", "1", "--out", str(tmp_path / "serve")],
+        tmp_path,
+        data_root,
+    )
+    out, err = demo.communicate(timeout=1200)
+    assert demo.returncode == 0, err
+    lines = out.strip().splitlines()
+    trained, served = lines[-2], lines[-1]
+    assert trained.startswith("final test accuracy: 0.")
+    assert served == trained.replace("final test", "served"), out

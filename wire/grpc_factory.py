@@ -89,14 +89,17 @@ def start_server(
     max_workers: int = 32,
     reflection_enabled: bool = False,
     max_receive_bytes: int | None = None,
+    max_concurrent_rpcs: int | None = None,
 ) -> Server:
     """Bind `listen` (``host:port``, port 0 picks a free one), add the servicers that
     `register` adds (it returns their full service names for health), and start. Requests
-    that do not decode end with INVALID_ARGUMENT (wire.request_guard)."""
+    that do not decode end with INVALID_ARGUMENT (wire.request_guard); past
+    `max_concurrent_rpcs` calls, gRPC refuses new ones with RESOURCE_EXHAUSTED."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[request_guard(), *interceptors],
         options=_server_options(max_receive_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     names = register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -198,10 +201,12 @@ def open_channel(
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     server_name: str | None = None,
+    extra_options: Sequence[tuple[str, int]] = (),
 ) -> grpc.Channel:
     """A channel to `target` with the shared limits; mutual TLS when `tls` is enabled.
-    `server_name` overrides the name checked in the server's certificate."""
-    options = list(_OPTIONS)
+    `server_name` overrides the name checked in the server's certificate; `extra_options`
+    adds channel arguments (e.g. reconnect back-off)."""
+    options = [*_OPTIONS, *extra_options]
     if tls is not None and tls.enabled:
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
