@@ -109,21 +109,25 @@ def test_a_fingerprint_pin_admits_exactly_one_certificate(orgs, tmp_path) -> Non
         node.stop()
 
 
-def test_ip_sans_are_not_identities(orgs) -> None:
-    """dev certificates carry IP:127.0.0.1; a caller is never 'named' 127.0.0.1."""
-    pins = {"h": str(orgs / "a" / "ca.crt"), "c1": str(orgs / "b" / "ca.crt")}
-    node = rig.start_with_tls("c1", _tls(orgs, "b", "c1", **pins), psi_wait_s=0.5)
+def test_ip_sans_are_not_identities(tmp_path) -> None:
+    """dev certificates carry IP:127.0.0.1; with one CA (no pins needed) a coordinator whose
+    operators list "127.0.0.1" still does not take a node's certificate for that name."""
+    certs = tmp_path / "one-ca"
+    assert dev_certs.main(["--out", str(certs), "coordinator", "h"]) == 0
+    tls = rig.tls(certs, "coordinator")
+    running = start_coordinator(CoordinatorSettings(
+        listen="127.0.0.1:0", db=":memory:", tls_ca_file=tls.ca_file,
+        tls_cert_file=tls.cert_file, tls_key_file=tls.key_file, operators=["127.0.0.1"],
+    ))
     try:
-        channel = open_channel(node.address, _tls(orgs, "a", "h"), server_name="c1")
-        stub = rig.party_node_pb2_grpc.PartyNodeServiceStub(channel)
-        p = rig.payload("127.0.0.1", kind="train.gradient")
+        node = CoordinatorClient(running.address, rig.tls(certs, "h"), timeout=5)
         with pytest.raises(grpc.RpcError) as error:
-            stub.GradientReturn(iter(rig.chunks("GradientReturn", p)), timeout=10)
-        channel.close()
+            node.create_task(task_spec("t", ["h", "c1"]))
+        node.close()
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "'127.0.0.1' is not a participant" in error.value.details()
+        assert "certificate 'h' is not an operator" in error.value.details()
     finally:
-        node.stop()
+        running.stop(0)
 
 
 def test_dialling_a_pinned_name_trusts_only_its_ca(orgs) -> None:
