@@ -177,6 +177,9 @@ def party_arguments(
     p.add_argument("--schedule-timeout", type=float, default=schedule_timeout)
     p.add_argument("--calculation-timeout", type=float, default=60)
     p.add_argument("--faults", default="")
+    p.add_argument(
+        "--training-mode", default=None, help="'exact', 'pipelined' or 'pipelined:DEPTH'"
+    )
     return p
 
 
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = SynthHost(args.node, nodes, args.batch_size, args.rounds, faults, **timeouts)
     else:
         scheduler = SynthCollaborator(args.node, args.batch_size, faults, **timeouts)
+    if args.training_mode is not None:
+        scheduler.training_mode = args.training_mode
     # A node missing from --nodes believes it belongs: the coordinator must refuse it.
     return run_party(scheduler, args, nodes if args.node in nodes else [*nodes, args.node])
 

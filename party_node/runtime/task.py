@@ -211,6 +211,7 @@ class TaskRuntime:
             self.scheduler.current_round = cmd.round
             started = time.perf_counter()
             result = role.train_round(cmd.round)
+            self.peers.flush()  # a pipelined round ends when its last message has arrived
             seconds = round(time.perf_counter() - started, 3)
             self.summary.setdefault("round_seconds", []).append(seconds)
             with self.watchdog.local("saving the checkpoint"):
@@ -220,6 +221,7 @@ class TaskRuntime:
         if cmd.phase == "TEST":
             self.scheduler.current_round = cmd.round
             metrics = role.test(cmd.round)
+            self.peers.flush()
             self.observer.test(metrics)
             if metrics:
                 self.summary.setdefault("test_history", []).append({"round": cmd.round, **metrics})

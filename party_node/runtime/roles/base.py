@@ -3,8 +3,8 @@ receipt, checkpoints of the feature model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ import torch
 from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
+from party_node.runtime.training_mode import AGREEMENT_KEY as MODE_KEY
+from party_node.runtime.training_mode import TrainingMode, parse_training_mode
 from party_node.runtime.watchdog import Watchdog
 
 _END = object()
@@ -31,6 +33,7 @@ class Role:
         self.participants: tuple[Participant, ...] = ()
         self.train_ids: list = []
         self.test_ids: list = []
+        self.mode = TrainingMode()
 
     # ---- setup ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -39,6 +42,8 @@ class Role:
         if not isinstance(s.feature_model, torch.nn.Module):
             raise ConfigError("build_feature_model() must return a torch.nn.Module")
         s.feature_optimizer = s.build_feature_optimizer(s.feature_model)
+        self.mode = parse_training_mode(getattr(s, "training_mode", None))
+        self.peers.set_window(self.mode.send_window)
         self.build_extra()
         s.validate_context()
 
@@ -47,7 +52,10 @@ class Role:
 
     def agreement(self) -> dict[str, str]:
         """Settings every party must share; the coordinator compares them at join."""
-        return {"mode": "secure" if getattr(self.s, "_secure", False) else "plain"}
+        return {
+            "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
+            MODE_KEY: self.mode.agreement(),
+        }
 
     def set_participants(self, participants: Sequence[Participant]) -> None:
         self.participants = tuple(participants)
@@ -63,12 +71,15 @@ class Role:
         return float(self.s.calculation_timeout)
 
     # ---- checked steps ------------------------------------------------------------------------
-    def batches(self, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
-        """Pull user batches one at a time under the watchdog."""
+    def batches(
+        self, iterable: Any, what: str, around: Callable[[], AbstractContextManager] = nullcontext
+    ) -> Iterator[tuple[int, Any]]:
+        """Pull user batches one at a time under the watchdog (and `around()`: the user's
+        iterator runs the feature model's forward in it)."""
         it = iter(iterable)
         b = 0
         while True:
-            with self.watchdog.local(f"{what} (batch {b})"):
+            with self.watchdog.local(f"{what} (batch {b})"), around():
                 item = next(it, _END)
             if item is _END:
                 return
