@@ -192,6 +192,8 @@ def scheduler_timeouts(args: argparse.Namespace) -> dict[str, float]:
 
 def run_party(scheduler: Any, args: argparse.Namespace, context_nodes: list[str]) -> int:
     """The seed's way in (mock_context + _run); exit 1 with the reason when the task fails."""
+    if args.training_mode is not None:
+        scheduler.training_mode = args.training_mode
     try:
         with mock_context(id=args.node, nodes=context_nodes):
             scheduler._run(
@@ -211,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = SynthHost(args.node, nodes, args.batch_size, args.rounds, faults, **timeouts)
     else:
         scheduler = SynthCollaborator(args.node, args.batch_size, faults, **timeouts)
-    if args.training_mode is not None:
-        scheduler.training_mode = args.training_mode
     # A node missing from --nodes believes it belongs: the coordinator must refuse it.
     return run_party(scheduler, args, nodes if args.node in nodes else [*nodes, args.node])
 

@@ -10,6 +10,7 @@ algorithm (within 1e-5), whatever the timing. Parties must agree on the mode at 
 from __future__ import annotations
 
 import copy
+import json
 from collections import deque
 
 import pytest
@@ -211,3 +212,20 @@ def test_kept_weights_give_the_gradient_of_the_batch_as_computed():
     opt.step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         f1.backward(g1)
+
+
+def test_secure_mode_runs_pipelined_one_batch_at_a_time(tmp_path):
+    """Secure mode keeps batches in order (the CKKS layer holds one batch's state); a
+    pipelined task there only stops waiting for each message's acknowledgement."""
+    results = run_task(
+        tmp_path,
+        ["h", "c1"],
+        "sec",
+        common=["--rounds", "2", "--training-mode", "pipelined:4"],
+        timeout=240,
+        module="tests.secure_synthetic",
+    )
+    for name, r in results.items():
+        assert r.code == 0, f"{name} failed:\n{r.stderr}"
+    report = json.loads((tmp_path / "h" / "sec" / "report.json").read_text())
+    assert report["status"] == "finished" and report["rounds"] == 2
