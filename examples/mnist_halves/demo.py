@@ -53,6 +53,9 @@ def main() -> int:
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "./data"))
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument(
+        "--seed", type=int, default=None, help="seed every party's process (reproducible runs)"
+    )
+    parser.add_argument(
         "--training-mode",
         default=None,
         help="exact (default), pipelined or pipelined:DEPTH (docs/performance.md)",
@@ -92,7 +95,9 @@ def main() -> int:
         create_task(coordinator, args.mode)
         secure = args.mode == "secure"
         suffix = "_secure" if secure else ""
-        common = {"data_root": str(Path(args.data_root).resolve())}
+        common: dict = {"data_root": str(Path(args.data_root).resolve())}
+        if args.seed is not None:
+            common["seed"] = args.seed
         node_extra = {"training_mode": args.training_mode} if args.training_mode else {}
         write_config(
             out / "host.toml",
