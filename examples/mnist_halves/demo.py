@@ -67,6 +67,12 @@ def main() -> int:
         help="emulate a WAN: every byte between the parties crosses a proxy adding RTT/2 "
         "each way (wire/latency_proxy.py; the coordinator link stays direct)",
     )
+    parser.add_argument(
+        "--label-defence",
+        type=json.loads,
+        default=None,
+        help='label_defence of every party as JSON, e.g. \'{"kind": "marvell", "power": 1}\'',
+    )
     args = parser.parse_args()
     try:  # before any process starts: a missing dataset is the user's first likely mistake
         data.mnist(args.data_root, True)
@@ -99,6 +105,8 @@ def main() -> int:
         if args.seed is not None:
             common["seed"] = args.seed
         node_extra = {"training_mode": args.training_mode} if args.training_mode else {}
+        if args.label_defence is not None:
+            common["label_defence"] = args.label_defence
         write_config(
             out / "host.toml",
             HOST,

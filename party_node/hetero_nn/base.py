@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn, optim
 
 from party_node.errors import ConfigError
+from party_node.privacy.settings import parse_defence
 from party_node.runtime.training_mode import parse_training_mode
 
 if TYPE_CHECKING:
@@ -101,6 +102,18 @@ class HeteroNNScheduler(ABC):
         """'exact', 'pipelined' or a dict such as ``{"kind": "pipelined", "depth": 8}``;
         checked now, so a bad setting fails before anything runs."""
         self._training_mode = parse_training_mode(value)
+
+    # ---- label privacy (docs/privacy.md) ------------------------------------------------------
+    @property
+    def label_defence(self) -> Any:
+        """The task's label defence; every party must set the same (checked at join)."""
+        return getattr(self, "_label_defence", None) or parse_defence(None)
+
+    @label_defence.setter
+    def label_defence(self, value: Any) -> None:
+        """A dict such as ``{"kind": "marvell", "power": 4}``, a kind name, or None; checked
+        now, so a bad setting fails before anything runs."""
+        self._label_defence = parse_defence(value)
 
     # ---- framework-provided attributes -------------------------------------------------------
     @property

@@ -214,6 +214,8 @@ class TaskRuntime:
             self.peers.flush()  # a pipelined round ends when its last message has arrived
             seconds = round(time.perf_counter() - started, 3)
             self.summary.setdefault("round_seconds", []).append(seconds)
+            if role.label_leak:
+                self.summary["label_leak"] = role.label_leak
             with self.watchdog.local("saving the checkpoint"):
                 self.checkpoints.save(cmd.round, role.state())
             self.summary["rounds"] = cmd.round

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from party_node.errors import ConfigError, TaskFailed
+from party_node.privacy import AGREEMENT_KEY as PRIVACY_KEY
+from party_node.privacy import parse_defence
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.training_mode import AGREEMENT_KEY as MODE_KEY
@@ -34,6 +36,8 @@ class Role:
         self.train_ids: list = []
         self.test_ids: list = []
         self.mode = TrainingMode()
+        #: The host's live leak metric, one entry per round and collaborator (report.json).
+        self.label_leak: list[dict[str, Any]] = []
 
     # ---- setup ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -55,6 +59,7 @@ class Role:
         return {
             "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
             MODE_KEY: self.mode.agreement(),
+            PRIVACY_KEY: parse_defence(getattr(self.s, "label_defence", None)).agreement(),
         }
 
     def set_participants(self, participants: Sequence[Participant]) -> None:
