@@ -221,7 +221,7 @@ def test_secure_mode_runs_pipelined_one_batch_at_a_time(tmp_path):
         tmp_path,
         ["h", "c1"],
         "sec",
-        common=["--rounds", "2", "--training-mode", "pipelined:4"],
+        common=["--rounds", "2", "--training-mode", "pipelined:4", "--schedule-timeout", "60"],
         timeout=240,
         module="tests.secure_synthetic",
     )
