@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from party_node.errors import ConfigError, TaskFailed
+from party_node.runtime.bundle_export import export_bundle
 from party_node.runtime.checkpoint import CheckpointStore
 from party_node.runtime.links import (
     AbortSignal,
@@ -236,6 +237,10 @@ class TaskRuntime:
     def _finish(self) -> dict[str, Any]:
         assert self.role is not None
         self.role.save_final(self.out_dir)
+        bundle = export_bundle(
+            self.role, self.out_dir, self.settings.task_id, self.summary.get("rounds", 0)
+        )
+        self.summary["model_id"] = bundle.model_id
         history = self.summary.get("test_history") or []
         result: dict[str, Any] = {}
         if history:

@@ -3,6 +3,7 @@ receipt, checkpoints of the feature model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +17,12 @@ from party_node.privacy import parse_defence
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.watchdog import Watchdog
+from party_node.serving.export import ExampleRecorder, export_model
 
 _END = object()
+#: Message kinds of the bundle agreement when a task finishes (collaborator -> host -> all).
+BUNDLE_DIGEST = "bundle.digest"
+BUNDLE_PARTIES = "bundle.parties"
 
 
 class Role:
@@ -45,6 +50,8 @@ class Role:
         s.feature_optimizer = s.build_feature_optimizer(s.feature_model)
         self.build_extra()
         s.validate_context()
+        # The bundle's TorchScript is traced with the feature model's last input.
+        self.recorder = ExampleRecorder(s.feature_model)
 
     def build_extra(self) -> None:
         """Role-specific models (the host's inference model)."""
@@ -137,6 +144,25 @@ class Role:
     def save_final(self, out_dir: Path) -> None:
         atomic_torch_save(self.s.feature_model.state_dict(), out_dir / "feature_model.pt")
 
+    # ---- the model bundle (party_node.serving) ------------------------------------------------
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Save this party's models into `writer`; their manifest entries."""
+        s = self.s
+        with self.watchdog.local("tracing the feature model for the bundle"):
+            entry = export_model(
+                writer,
+                "feature_model",
+                s.feature_model,
+                self.recorder.example(),
+                self.recorder.problem,
+                "feature model",
+            )
+        return {"feature_model": entry}
+
+    def agree_bundle(self, digest: str, error: str = "") -> dict[str, str]:
+        """Exchange bundle digests with the other parties; every party's, by node id."""
+        raise NotImplementedError
+
     # ---- phases (per role) ----------------------------------------------------------------------
     def psi(self, ids: list[str]) -> set[str]:
         raise NotImplementedError
@@ -180,3 +206,16 @@ def _sorted(ids: set) -> list:
         return sorted(ids)
     except TypeError:
         return sorted(ids, key=str)
+
+
+def parse_parties(data: bytes, sender: str) -> dict[str, str]:
+    """The {node id: bundle digest} map a peer sent in the bundle agreement."""
+    try:
+        parties = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parties = None
+    if not isinstance(parties, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parties.items()
+    ):
+        raise TaskFailed(f"{sender} sent a malformed bundle agreement")
+    return parties

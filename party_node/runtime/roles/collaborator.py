@@ -9,7 +9,14 @@ import torch
 
 from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.links import Message, Participant
-from party_node.runtime.roles.base import Role, check_features, evaluating
+from party_node.runtime.roles.base import (
+    BUNDLE_DIGEST,
+    BUNDLE_PARTIES,
+    Role,
+    check_features,
+    evaluating,
+    parse_parties,
+)
 
 
 class CollaboratorRole(Role):
@@ -81,6 +88,24 @@ class CollaboratorRole(Role):
                 count = b + 1
             self.send_end(host.node_id, "test.features", 0, count)
         return {}
+
+    def agree_bundle(self, digest: str, error: str = "") -> dict[str, str]:
+        """Send the host this bundle's digest (or why there is none); take every party's."""
+        host = self.host
+        blobs = {"error": error.encode()} if error else {"digest": digest.encode()}
+        self.peers.send(host.node_id, Message(BUNDLE_DIGEST, 0, 0, blobs=blobs))
+        if error:
+            raise TaskFailed(error)
+        msg = self.expect(host, BUNDLE_PARTIES, 0, 0, self.me)
+        if "error" in msg.blobs:
+            raise TaskFailed(msg.blobs["error"].decode(errors="replace"))
+        parties = parse_parties(msg.blobs.get("parties", b""), f"host '{host.node_id}'")
+        if parties.get(self.node_id) != digest:
+            raise TaskFailed(
+                f"host '{host.node_id}' recorded another digest for this party's bundle; the "
+                "parties disagree on the model — train again"
+            )
+        return parties
 
     def send_test_batch(self, host: Participant, b: int, features: torch.Tensor) -> None:
         self.peers.send(
