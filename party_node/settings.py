@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from party_node.runtime.training_mode import parse_training_mode
 from party_node.serving.limits import ServingLimits
 from wire import limits
 from wire.config_file import settings_data
@@ -87,6 +88,18 @@ class NodeSettings(_PartySettings):
         None, ge=1, description="torch intra-op threads; set when parties share a machine"
     )
     scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
+    training_mode: str | dict[str, Any] | None = Field(
+        None,
+        description="the task's training mode, e.g. 'pipelined:8' (docs/performance.md); set "
+        "here, it replaces the scheduler's own; every party must use the same",
+    )
+
+    @field_validator("training_mode")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        parse_training_mode(value)  # a ConfigError (a ValueError) names the problem
+        return value
+
     max_payload_bytes: int = Field(
         limits.MAX_PAYLOAD_BYTES, gt=0,
         description="largest serialized Payload a peer may send in one call",

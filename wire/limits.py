@@ -56,8 +56,9 @@ MAX_PAYLOAD_BYTES = 256 << 20
 #: setting max_queued_bytes_per_sender); a sender over it waits (backpressure), bounded by
 #: its call's deadline.
 MAX_QUEUED_BYTES_PER_SENDER = 512 << 20
-#: Data calls one sender may have open at once (node setting max_streams_per_sender).
-MAX_STREAMS_PER_SENDER = 4
+#: Data calls one sender may have open at once (node setting max_streams_per_sender): a
+#: pipelined sender keeps up to 2 x its depth in flight (training_mode.MAX_DEPTH = 32).
+MAX_STREAMS_PER_SENDER = 64
 #: The longest deadline a peer's streaming call may carry (node setting max_call_s; the
 #: node raises it to its own calculation_timeout + schedule_timeout when that is longer).
 MAX_CALL_S = 3600.0

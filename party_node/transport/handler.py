@@ -215,7 +215,7 @@ class PeerMessageHandler:
         # RESOURCE_EXHAUSTED with the reason rather than DEADLINE_EXCEEDED.
         remaining = opening.time_remaining or 0.0
         wait = remaining - min(1.0, remaining / 2)
-        self.state.inbox.put(h.sender, message, len(body), wait, opening.caller_gone)
+        self.state.inbox.put(h.sender, message, h.seq, len(body), wait, opening.caller_gone)
 
 
 def check_sender(
