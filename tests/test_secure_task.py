@@ -107,7 +107,7 @@ def test_kill_then_recover_resumes_both_shares_from_the_same_round(tmp_path):
     """A collaborator dies in round 3; after recover=True the projection W = U + V continues
     from the round-2 checkpoint: one round of SGD moves it by ~0.01, while shares from
     different rounds or fresh shares would be off by the share noise (~16) or the init (~0.5)."""
-    common = ["--rounds", "4", "--schedule-timeout", "4"]
+    common = ["--rounds", "4", "--schedule-timeout", "8"]
     first = run_secure(tmp_path, ["h", "c1"], "rec", *common, coll_extra=["--faults", "die=3"])
     assert first["c1"].code == 17, first["c1"].stderr
     assert first["h"].code == 1 and "'c1'" in first["h"].stderr.splitlines()[-1]

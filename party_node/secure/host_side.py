@@ -102,7 +102,7 @@ class SecureHostLayer(ShareLayer):
 
     # ---- fresh tasks: W_0 = a ⊙ b without anyone learning it --------------------------------
     def init_request(self) -> Message:
-        """Enc_H(a), a ~ U[-w, w] (our factor of W_0)."""
+        """Enc_H(a), a ~ U[±sqrt(3/in_dim)] (our factor of W_0)."""
         self._a = host_init_half(self.in_dim, self.out_dim)
         vecs = self.compact_pack(self._a)
         names = self.names("a", len(vecs))
