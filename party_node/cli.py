@@ -1,6 +1,7 @@
 """`heteronn` command: `node` runs a party, `coordinator` the coordinator service, `task`
-talks to a coordinator, `health` checks a process's gRPC health (container probes).
-Exit codes: 0 finished/serving, 1 task failed/not serving, 2 bad configuration."""
+talks to a coordinator, `health` checks a process's gRPC health (container probes), `serve`
+serves a trained model, `predict` runs a batch prediction, `audit` searches a collaborator's
+audit log. Exit codes: 0 finished/serving, 1 task failed/not serving, 2 bad configuration."""
 
 from __future__ import annotations
 
@@ -70,13 +71,20 @@ def node_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"node", "coordinator", "task", "health"}
+    commands = {"node", "coordinator", "task", "health", "serve", "predict", "audit"}
     if not argv or argv[0] not in commands:
-        print("usage: heteronn {node,coordinator,task,health} ...", file=sys.stderr)
+        print(
+            "usage: heteronn {node,coordinator,task,health,serve,predict,audit} ...",
+            file=sys.stderr,
+        )
         return 2
     command, rest = argv[0], argv[1:]
     if command == "node":
         return node_main(rest)
+    if command in ("serve", "predict", "audit"):
+        from party_node.serving_cli import audit_main, predict_main, serve_main
+
+        return {"serve": serve_main, "predict": predict_main, "audit": audit_main}[command](rest)
     if command == "coordinator":
         from services.server import main as coordinator_main
 

@@ -1,52 +1,32 @@
-"""Node settings for real deployments (`heteronn node`, `launch_task`): pydantic settings
-read from ``HETERONN_NODE_*`` env vars, an optional TOML file, and explicit arguments."""
+"""Node settings for real deployments (`heteronn node`, `launch_task`) and for serving
+(`heteronn serve`, `launch_serving`): pydantic settings read from ``HETERONN_NODE_*`` /
+``HETERONN_SERVE_*`` env vars, an optional TOML file, and explicit arguments."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from party_node.runtime.training_mode import parse_training_mode
+from party_node.serving.limits import ServingLimits
 from wire.config_file import settings_data
 from wire.tls import TlsSettings
 
 
-class NodeSettings(BaseSettings):
-    """Precedence: explicit arguments > TOML file > environment > defaults."""
+class _PartySettings(BaseSettings):
+    """What a party's settings share in both modes: its TLS files, or the explicit choice to
+    run without them, and loading from a TOML file plus overrides."""
 
-    model_config = SettingsConfigDict(env_prefix="HETERONN_NODE_", extra="forbid")
-
-    node_id: str = Field(..., min_length=1, description="this node's id, as listed in the task")
-    task_id: str = Field(..., min_length=1, description="the task to join")
-    coordinator: str = Field(..., description="HOST:PORT of the coordinator")
-    listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
-    advertise: str = Field(
-        "", description="HOST:PORT peers dial; default: the listen host (0.0.0.0: 127.0.0.1)"
-    )
-    metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
-    workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
-    recover: bool = Field(False, description="resume from the last complete round")
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
-    psi_engine: Literal["spu-rr22", "spu-ecdh", "ecdh"] = Field(
-        "spu-rr22",
-        description="PSI: SecretFlow's RR22 or ECDH engine as a worker process (needs the "
-        "engine venv, `make install`), or heteronn's in-process ECDH; the same on every party",
-    )
-    psi_link_port: int = Field(
-        0, ge=0, le=65535, description="port of the PSI engine's link; 0: any free port"
-    )
-    torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; set when parties share a machine"
-    )
-    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
 
     @model_validator(mode="after")
-    def _tls_or_plaintext(self) -> NodeSettings:
+    def _tls_or_plaintext(self) -> _PartySettings:
         if not self.tls.enabled and not self.tls_plaintext:
             raise ValueError(
                 "no TLS certificates configured: set tls_ca_file, tls_cert_file and tls_key_file "
@@ -62,5 +42,80 @@ class NodeSettings(BaseSettings):
         )
 
     @classmethod
-    def load(cls, config: Path | None = None, **overrides: Any) -> NodeSettings:
+    def load(cls, config: Path | None = None, **overrides: Any) -> Any:
         return cls(**settings_data(config, overrides))
+
+
+class NodeSettings(_PartySettings):
+    """Precedence: explicit arguments > TOML file > environment > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="HETERONN_NODE_", extra="forbid")
+
+    node_id: str = Field(..., min_length=1, description="this node's id, as listed in the task")
+    task_id: str = Field(..., min_length=1, description="the task to join")
+    coordinator: str = Field(..., description="HOST:PORT of the coordinator")
+    listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
+    advertise: str = Field(
+        "", description="HOST:PORT peers dial; default: the listen host (0.0.0.0: 127.0.0.1)"
+    )
+    metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
+    workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
+    recover: bool = Field(False, description="resume from the last complete round")
+    psi_engine: Literal["spu-rr22", "spu-ecdh", "ecdh"] = Field(
+        "spu-rr22",
+        description="PSI: SecretFlow's RR22 or ECDH engine as a worker process (needs the "
+        "engine venv, `make install`), or heteronn's in-process ECDH; the same on every party",
+    )
+    psi_link_port: int = Field(
+        0, ge=0, le=65535, description="port of the PSI engine's link; 0: any free port"
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; set when parties share a machine"
+    )
+    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
+    training_mode: str | dict[str, Any] | None = Field(
+        None,
+        description="the task's training mode, e.g. 'pipelined:8' (docs/performance.md); set "
+        "here, it replaces the scheduler's own; every party must use the same",
+    )
+
+    @field_validator("training_mode")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        parse_training_mode(value)  # a ConfigError (a ValueError) names the problem
+        return value
+
+
+class ServingSettings(_PartySettings):
+    """`heteronn serve` / `launch_serving` / `batch_predict` (docs/inference.md). Precedence
+    as NodeSettings; env vars ``HETERONN_SERVE_*`` (limits: ``HETERONN_SERVE_LIMITS__*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HETERONN_SERVE_", extra="forbid", env_nested_delimiter="__"
+    )
+
+    node_id: str = Field(..., min_length=1, description="this party's node id (the bundle's)")
+    bundle: Path = Field(..., description="the party's model/ folder (or its task's output)")
+    listen: str = Field("0.0.0.0:50071", description="HOST:PORT this serving node listens on")
+    metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
+    workdir: Path = Field(Path("."), description="audit log default: <workdir>/<node_id>/serving/")
+    collaborators: dict[str, str] = Field(
+        default_factory=dict, description="host: node id -> HOST:PORT of its serving node"
+    )
+    predict_clients: list[str] = Field(
+        default_factory=list,
+        description="host, mutual TLS: certificate names that may call Predict (empty: any "
+        "certificate of the deployment's CA)",
+    )
+    max_batch: int = Field(256, ge=1, description="host: most ids in one dynamic batch")
+    max_wait_ms: float = Field(2.0, ge=0, description="host: longest a call waits for company")
+    batch_workers: int = Field(2, ge=1, description="host: batches run at once")
+    startup_timeout_s: float = Field(
+        30.0, gt=0, description="host: how long to wait for every collaborator at start-up"
+    )
+    audit_log: Path | None = Field(None, description="collaborator: the audit log (JSON lines)")
+    torch_threads: int | None = Field(
+        1, ge=1, description="torch intra-op threads (1: many small batches on shared cores)"
+    )
+    limits: ServingLimits = Field(default_factory=ServingLimits)
+    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")

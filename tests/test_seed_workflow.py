@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -76,3 +78,18 @@ def test_demo_without_mnist_says_where_to_point_data_root(tmp_path):
     assert done.stderr.startswith(f"demo: MNIST is not under DATA_ROOT={tmp_path / 'empty'}")
     assert "set DATA_ROOT to the folder that holds MNIST/raw" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_demo_serve_matches_the_training_runs_accuracy(tmp_path):
+    """`make demo-serve` in one round: every test id served one per call and in batches."""
+    demo = run(
+        ["examples.mnist_halves.serve_demo", "--rounds", "1", "--out", str(tmp_path / "serve")],
+        tmp_path,
+    )
+    out, err = demo.communicate(timeout=1200)
+    assert demo.returncode == 0, err
+    lines = out.strip().splitlines()
+    trained, served = lines[-2], lines[-1]
+    assert trained.startswith("final test accuracy: 0.")
+    assert served == trained.replace("final test", "served"), out

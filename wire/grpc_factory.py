@@ -52,13 +52,16 @@ def start_server(
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     max_workers: int = 32,
+    max_concurrent_rpcs: int | None = None,
 ) -> Server:
     """Bind `listen` (``host:port``, port 0 picks a free one), add the servicers that
-    `register` adds (it returns their full service names for health), and start."""
+    `register` adds (it returns their full service names for health), and start. Past
+    `max_concurrent_rpcs` calls, gRPC refuses new ones with RESOURCE_EXHAUSTED."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=list(interceptors),
         options=_OPTIONS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     names = register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -81,10 +84,12 @@ def open_channel(
     tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     server_name: str | None = None,
+    extra_options: Sequence[tuple[str, int]] = (),
 ) -> grpc.Channel:
     """A channel to `target` with the shared limits; mutual TLS when `tls` is enabled.
-    `server_name` overrides the name checked in the server's certificate."""
-    options = list(_OPTIONS)
+    `server_name` overrides the name checked in the server's certificate; `extra_options`
+    adds channel arguments (e.g. reconnect back-off)."""
+    options = [*_OPTIONS, *extra_options]
     if tls is not None and tls.enabled:
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))

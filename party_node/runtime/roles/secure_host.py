@@ -209,6 +209,17 @@ class SecureHostRole(SecureExchange, HostRole):
         self.projection_optimizer.load_state_dict(state["host_projection_optimizer"])
         self.pending_layer_state = dict(state.get("secure_layers", {}))
 
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Plus the host's own projection and its shares U of the collaborators' (never W)."""
+        fields = super().bundle_fields(writer)
+        shares = {self.layer_key(n): layer.state_dict()["u"] for n, layer in self.layers.items()}
+        fields["projection"] = {
+            "host": writer.save_state("host_projection.pt", self.projection.state_dict()),
+            "shares": writer.save_state("projection_shares.pt", shares),
+            "shapes": {k: list(v) for k, v in sorted(self.shapes.items())},
+        }
+        return fields
+
     def save_final(self, out_dir: Path) -> None:
         super().save_final(out_dir)
         atomic_torch_save(self.projection.state_dict(), out_dir / "host_projection.pt")
