@@ -3,8 +3,9 @@ receipt, checkpoints of the feature model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,15 @@ from party_node.privacy import AGREEMENT_KEY as PRIVACY_KEY
 from party_node.privacy import parse_defence
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
+from party_node.runtime.training_mode import AGREEMENT_KEY as MODE_KEY
+from party_node.runtime.training_mode import TrainingMode, parse_training_mode
 from party_node.runtime.watchdog import Watchdog
+from party_node.serving.export import ExampleRecorder, export_model
 
 _END = object()
+#: Message kinds of the bundle agreement when a task finishes (collaborator -> host -> all).
+BUNDLE_DIGEST = "bundle.digest"
+BUNDLE_PARTIES = "bundle.parties"
 
 
 class Role:
@@ -33,6 +40,7 @@ class Role:
         self.participants: tuple[Participant, ...] = ()
         self.train_ids: list = []
         self.test_ids: list = []
+        self.mode = TrainingMode()
         #: The host's live leak metric, one entry per round and collaborator (report.json).
         self.label_leak: list[dict[str, Any]] = []
 
@@ -43,8 +51,12 @@ class Role:
         if not isinstance(s.feature_model, torch.nn.Module):
             raise ConfigError("build_feature_model() must return a torch.nn.Module")
         s.feature_optimizer = s.build_feature_optimizer(s.feature_model)
+        self.mode = parse_training_mode(getattr(s, "training_mode", None))
+        self.peers.set_window(self.mode.send_window)
         self.build_extra()
         s.validate_context()
+        # The bundle's TorchScript is traced with the feature model's last input.
+        self.recorder = ExampleRecorder(s.feature_model)
 
     def build_extra(self) -> None:
         """Role-specific models (the host's inference model)."""
@@ -53,6 +65,7 @@ class Role:
         """Settings every party must share; the coordinator compares them at join."""
         return {
             "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
+            MODE_KEY: self.mode.agreement(),
             PRIVACY_KEY: parse_defence(getattr(self.s, "label_defence", None)).agreement(),
         }
 
@@ -70,12 +83,15 @@ class Role:
         return float(self.s.calculation_timeout)
 
     # ---- checked steps ------------------------------------------------------------------------
-    def batches(self, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
-        """Pull user batches one at a time under the watchdog."""
+    def batches(
+        self, iterable: Any, what: str, around: Callable[[], AbstractContextManager] = nullcontext
+    ) -> Iterator[tuple[int, Any]]:
+        """Pull user batches one at a time under the watchdog (and `around()`: the user's
+        iterator runs the feature model's forward in it)."""
         it = iter(iterable)
         b = 0
         while True:
-            with self.watchdog.local(f"{what} (batch {b})"):
+            with self.watchdog.local(f"{what} (batch {b})"), around():
                 item = next(it, _END)
             if item is _END:
                 return
@@ -137,6 +153,25 @@ class Role:
     def save_final(self, out_dir: Path) -> None:
         atomic_torch_save(self.s.feature_model.state_dict(), out_dir / "feature_model.pt")
 
+    # ---- the model bundle (party_node.serving) ------------------------------------------------
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Save this party's models into `writer`; their manifest entries."""
+        s = self.s
+        with self.watchdog.local("tracing the feature model for the bundle"):
+            entry = export_model(
+                writer,
+                "feature_model",
+                s.feature_model,
+                self.recorder.example(),
+                self.recorder.problem,
+                "feature model",
+            )
+        return {"feature_model": entry}
+
+    def agree_bundle(self, digest: str, error: str = "") -> dict[str, str]:
+        """Exchange bundle digests with the other parties; every party's, by node id."""
+        raise NotImplementedError
+
     # ---- phases (per role) ----------------------------------------------------------------------
     def psi(self, ids: list[str]) -> set[str]:
         raise NotImplementedError
@@ -180,3 +215,16 @@ def _sorted(ids: set) -> list:
         return sorted(ids)
     except TypeError:
         return sorted(ids, key=str)
+
+
+def parse_parties(data: bytes, sender: str) -> dict[str, str]:
+    """The {node id: bundle digest} map a peer sent in the bundle agreement."""
+    try:
+        parties = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parties = None
+    if not isinstance(parties, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parties.items()
+    ):
+        raise TaskFailed(f"{sender} sent a malformed bundle agreement")
+    return parties
