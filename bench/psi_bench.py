@@ -120,6 +120,7 @@ def run_spu(n: int, protocol: str, folder: Path) -> dict:
                 [str(python), "-I", str(WORKER), str(path)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
+                cwd=folder,  # spu writes its log and a marker where it runs
             )
         )
     results, rss = [], []
