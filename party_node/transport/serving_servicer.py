@@ -21,7 +21,7 @@ from party_node.transport.serving_serde import (
     predict_response,
     rows_to_embed_response,
 )
-from wire.peer_auth import tls_identities
+from wire.peer_auth import Trust, tls_identities
 from wire.serving_metrics import ServingMetrics
 from wire.status_error import abort_with
 
@@ -91,16 +91,19 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
         serving: CollaboratorServing,
         metrics: ServingMetrics,
         secure: Any = None,
+        trust: Trust | None = None,
     ) -> None:
         self.handler = handler
         self.serving = serving
         self.metrics = metrics
         self.secure = secure
+        #: Which certificates may carry which names (settings tls_pins).
+        self.trust = trust
 
     def DescribeModel(self, request, context):
         def run() -> Any:
             self.handler.check_caller(
-                request.sender, frozenset(tls_identities(context)), "DescribeModel"
+                request.sender, frozenset(tls_identities(context, self.trust)), "DescribeModel"
             )
             summary = self.serving.describe()
             if self.secure is not None:
@@ -117,7 +120,7 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
             request.model_id,
             request.ids,
             request.batch_id,
-            frozenset(tls_identities(context)),
+            frozenset(tls_identities(context, self.trust)),
         )
 
         def run() -> Any:
