@@ -91,6 +91,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         metrics=metrics,
         max_call_s=settings.max_call_s,
         psi_engine=psi_engine_options(settings, advertise),
+        psi_multiparty=settings.psi_engine == "multiparty",
     )
     run = RunSettings(
         node_id=settings.node_id,
@@ -98,6 +99,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         workdir=settings.workdir,
         advertise=advertise,
         recover=settings.recover,
+        agreement={"psi_engine": settings.psi_engine},
     )
     observer = NodeObserver(metrics, settings.task_id, state)
     try:
@@ -242,12 +244,13 @@ def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
 
 
 def psi_engine_options(settings: NodeSettings, advertise: str) -> EngineOptions | None:
-    """Where this node's PSI engine listens and keeps its files; None for in-process ECDH."""
+    """Where this node's PSI engine listens and keeps its files; None for in-process ECDH.
+    "multiparty" runs the engine's RR22 when the task has one collaborator."""
     if settings.psi_engine == "ecdh":
         return None
     listen_host = settings.listen.rsplit(":", 1)[0] or "0.0.0.0"
     return EngineOptions(
-        engine=settings.psi_engine,
+        engine="spu-rr22" if settings.psi_engine == "multiparty" else settings.psi_engine,
         folder=output_dir(settings.workdir, settings.node_id, settings.task_id) / "psi",
         listen_host=listen_host.strip("[]"),
         advertise_host=advertise.rsplit(":", 1)[0],

@@ -36,9 +36,9 @@ from party_node.psi.engine_files import id_key
 from party_node.psi.frames import PsiError
 from party_node.psi.point_index import PointIndex, as_points
 from party_node.psi.protocol import prepare_ids, random_order
+from party_node.psi.result_keys import KEY_BYTES, keys_of
 from party_node.psi.x25519 import blind, hash_to_points, new_key
 
-KEY_BYTES = 16
 _WRAP_INFO = b"heteronn/v2/psi/multiparty/shared-key"
 
 
@@ -118,7 +118,7 @@ class MultipartyHost:
         """Step 5, to every collaborator: the final ids' 16-byte keys."""
         if self.final is None:
             raise RuntimeError("accept_tagged_common() first")
-        return b"".join(bytes.fromhex(id_key(item)) for item in sorted(self.final))
+        return keys_of(self.final)
 
 
 class MultipartyCollaborator:
@@ -140,6 +140,11 @@ class MultipartyCollaborator:
 
     def set_shared_key(self, key: bytes) -> None:
         self._shared = key
+
+    def make_tagger(self) -> None:
+        """This party tags (the host names its role once the ids are hashed)."""
+        if self._tag is None:
+            self._tag = new_key()
 
     def blinded_ids(self) -> bytes:
         """Step 2: P(y)^b in a random order."""
@@ -240,8 +245,8 @@ def wrap_shared_key(key: bytes, recipient: bytes, context: bytes) -> bytes:
 def unwrap_shared_key(blob: bytes, private: X25519PrivateKey, context: bytes) -> bytes:
     if len(blob) != 32 + 12 + 32 + 16:
         raise PsiError(f"the wrapped PSI key is {len(blob)} bytes, expected 92")
-    secret = private.exchange(X25519PublicKey.from_public_bytes(blob[:32]))
     try:
+        secret = private.exchange(X25519PublicKey.from_public_bytes(blob[:32]))
         return AESGCM(_wrapping_key(secret, context)).decrypt(blob[32:44], blob[44:], context)
-    except Exception:  # cryptography's InvalidTag
+    except Exception:  # a low-order ephemeral key (ValueError), cryptography's InvalidTag
         raise PsiError("the wrapped PSI key does not open: it was altered on the way") from None

@@ -102,8 +102,10 @@ def blind(key: bytes, points: bytes, threads: int | None = None) -> bytes:
     else:
         share = -(-padded // (workers * LANES)) * LANES
         with futures.ThreadPoolExecutor(workers, thread_name_prefix="x25519") as pool:
-            jobs = [pool.submit(run, start, min(start + share, padded)) for start in
-                    range(0, padded, share)]
+            jobs = [
+                pool.submit(run, start, min(start + share, padded))
+                for start in range(0, padded, share)
+            ]
             bad = [job.result() for job in jobs]
     found = [index for index in bad if index is not None and index < count]
     if found:

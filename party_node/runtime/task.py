@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class RunSettings:
     workdir: Path
     advertise: str
     recover: bool = False
+    #: Node settings every party must share (e.g. the PSI engine), added to the join agreement.
+    agreement: dict[str, str] = field(default_factory=dict)
 
 
 def split_digest(task_id: str, train: set, test: set) -> str:
@@ -153,7 +155,7 @@ class TaskRuntime:
                 checkpoint_round=self.checkpoints.latest() if self.settings.recover else 0,
                 schedule_timeout=sched.schedule_timeout,
                 calculation_timeout=sched.calculation_timeout,
-                agreement=self.role.agreement(),
+                agreement={**self.settings.agreement, **self.role.agreement()},
             )
         )
         log.info(
