@@ -144,6 +144,10 @@ class TaskRuntime:
         sched._output_dir = self.out_dir
         self.role = make_role(sched, self.peers, self.abort, self.watchdog, self.settings.node_id)
         self.role.observer = self.observer
+        # torch imports its compiler stack on the first optimizer built (several seconds on
+        # a loaded machine): start-up cost of this process, not user work to bound.
+        import torch._dynamo  # noqa: F401
+
         with self.watchdog.local("building the models"):
             self.role.build()
         participants = self.control.join(
