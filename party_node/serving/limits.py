@@ -17,12 +17,12 @@ class ServingLimits:
     max_ids_per_call: int = 1024
     #: UTF-8 bytes of one id.
     max_id_bytes: int = 256
-    #: Calls being answered at once (Predict at the host; Embed/SecureForward at a
+    #: Calls being answered at once (Predict at the host; Embed/SecureEmbed at a
     #: collaborator); more are refused with RESOURCE_EXHAUSTED rather than queued.
     max_calls_in_flight: int = 256
     #: Ids waiting in the host's batcher.
     max_queued_ids: int = 65_536
-    #: Ids in one online Embed/SecureForward call (the host's max_batch must fit).
+    #: Ids in one online Embed/SecureEmbed call (the host's max_batch must fit).
     max_embed_ids: int = 4096
     #: Ids in one Embed call of a batch prediction.
     max_batch_embed_ids: int = 16_384
@@ -33,6 +33,10 @@ class ServingLimits:
     max_open_batches: int = 4
     #: Seconds a batch prediction may sit idle before a collaborator forgets it.
     batch_idle_s: float = 600.0
+    #: Secure sessions (a host's keys and Enc_H(U)) open at once at a collaborator, and how
+    #: long one may sit idle before it is forgotten.
+    max_secure_sessions: int = 4
+    session_idle_s: float = 3600.0
     #: Deadline of a Predict call when the caller sets none, and the most it may set.
     predict_timeout_s: float = 5.0
 
