@@ -69,15 +69,10 @@ def run(task: str, defence: object, rounds: int, seed: int) -> dict:
     torch.set_num_threads(1)  # two runs share the machine's two cores
     setting = parse_defence(defence)
     noise = torch.Generator().manual_seed(seed + 1000)
-    gd, ld = setting.gradient_defence(), setting.label_defence()
     model = Composed(task=task, seed=seed)
     scores, spent, started = [], 0.0, time.perf_counter()
     for r in range(1, rounds + 1):
-        rec = model.train_round(
-            r,
-            outgoing=(lambda grad, y: gd(grad, y, noise)) if gd else None,
-            relabel=(lambda y: ld.relabel(y, noise)) if ld else None,
-        )
+        rec = model.train_round(r, setting, noise)
         spent += rec.seconds_outgoing
         scores.append(round(attack_score(task, rec.grads, rec.labels, seed + r), 4))
     result = {

@@ -46,6 +46,8 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    if settings.training_mode is not None:
+        scheduler.training_mode = settings.training_mode
     abort = AbortSignal()
     state = NodeState(
         node_id=settings.node_id, task_id=settings.task_id, role=scheduler._role, abort=abort

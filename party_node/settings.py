@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from party_node.runtime.training_mode import parse_training_mode
 from party_node.serving.limits import ServingLimits
 from wire.config_file import settings_data
 from wire.tls import TlsSettings
@@ -72,6 +73,17 @@ class NodeSettings(_PartySettings):
         None, ge=1, description="torch intra-op threads; set when parties share a machine"
     )
     scheduler_args: dict[str, Any] = Field(default_factory=dict, description="factory kwargs")
+    training_mode: str | dict[str, Any] | None = Field(
+        None,
+        description="the task's training mode, e.g. 'pipelined:8' (docs/performance.md); set "
+        "here, it replaces the scheduler's own; every party must use the same",
+    )
+
+    @field_validator("training_mode")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        parse_training_mode(value)  # a ConfigError (a ValueError) names the problem
+        return value
 
 
 class ServingSettings(_PartySettings):

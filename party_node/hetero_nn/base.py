@@ -11,6 +11,7 @@ from torch import nn, optim
 
 from party_node.errors import ConfigError
 from party_node.privacy.settings import parse_defence
+from party_node.runtime.training_mode import parse_training_mode
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -96,6 +97,19 @@ class HeteroNNScheduler(ABC):
             raise ConfigError("build_feature_model() returned None; return an nn.Module")
         if self.feature_optimizer is None:
             raise ConfigError("build_feature_optimizer() returned None; return an optimizer")
+
+    # ---- latency tolerance (docs/performance.md) ------------------------------------------------
+    @property
+    def training_mode(self) -> Any:
+        """The task's training mode ('exact' unless set); every party must set the same
+        (checked at join)."""
+        return getattr(self, "_training_mode", None) or parse_training_mode(None)
+
+    @training_mode.setter
+    def training_mode(self, value: Any) -> None:
+        """'exact', 'pipelined' or a dict such as ``{"kind": "pipelined", "depth": 8}``;
+        checked now, so a bad setting fails before anything runs."""
+        self._training_mode = parse_training_mode(value)
 
     # ---- label privacy (docs/privacy.md) ------------------------------------------------------
     @property

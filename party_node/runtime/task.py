@@ -212,6 +212,7 @@ class TaskRuntime:
             self.scheduler.current_round = cmd.round
             started = time.perf_counter()
             result = role.train_round(cmd.round)
+            self.peers.flush()  # a pipelined round ends when its last message has arrived
             seconds = round(time.perf_counter() - started, 3)
             self.summary.setdefault("round_seconds", []).append(seconds)
             if role.label_leak:
@@ -223,6 +224,7 @@ class TaskRuntime:
         if cmd.phase == "TEST":
             self.scheduler.current_round = cmd.round
             metrics = role.test(cmd.round)
+            self.peers.flush()
             self.observer.test(metrics)
             if metrics:
                 self.summary.setdefault("test_history", []).append({"round": cmd.round, **metrics})
@@ -240,6 +242,7 @@ class TaskRuntime:
         bundle = export_bundle(
             self.role, self.out_dir, self.settings.task_id, self.summary.get("rounds", 0)
         )
+        self.peers.flush()  # the bundle's last messages, before the node closes its links
         self.summary["model_id"] = bundle.model_id
         history = self.summary.get("test_history") or []
         result: dict[str, Any] = {}

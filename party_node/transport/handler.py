@@ -144,7 +144,7 @@ class PeerMessageHandler:
                 f"{peer.role} '{h.sender}' sent a bad tensor in {h.kind} (round {h.round} "
                 f"batch {h.batch}): {exc}"
             ) from None
-        self.state.inbox.put(h.sender, message)
+        self.state.inbox.put(h.sender, message, h.seq)
 
 
 def check_sender(

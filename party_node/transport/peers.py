@@ -3,7 +3,10 @@ payloads chunked, failures turned into messages that name the peer and its addre
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -19,6 +22,15 @@ from party_node.transport.serde import message_to_payload
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
+
+
+@dataclass
+class _Outbox:
+    """What this node has sent one peer: the last message number and the calls in flight."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    seq: int = 0
+    in_flight: deque[tuple[grpc.Future, str]] = field(default_factory=deque)
 
 
 class GrpcPeers:
@@ -42,6 +54,10 @@ class GrpcPeers:
         self._channels: dict[str, grpc.Channel] = {}
         self.stubs: dict[str, party_node_pb2_grpc.PartyNodeServiceStub] = {}
         self.participants: dict[str, Participant] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        #: Messages per peer that may be on their way at once (0: each send waits for its
+        #: answer). The task's training mode sets it (runtime.training_mode).
+        self.window = 0
 
     def connect(self, participants: Sequence[Participant]) -> None:
         self.state.set_participants(tuple(participants))
@@ -54,29 +70,76 @@ class GrpcPeers:
             channel = open_channel(p.address, self.tls, self.interceptors, server_name=p.node_id)
             self._channels[p.node_id] = channel
             self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
+            self._outboxes[p.node_id] = _Outbox()
 
     def describe(self, peer: str) -> str:
         p = self.participants.get(peer)
         return f"{p.role} '{peer}' at {p.address}" if p else f"'{peer}'"
 
+    def set_window(self, messages: int) -> None:
+        self.window = messages
+
     def send(self, peer: str, message: Message) -> None:
+        """Deliver `message` to `peer`, after everything sent to it before. With a window,
+        return once the call has started (at most `window` unanswered per peer); a failed
+        delivery is raised by a later send, receive or flush."""
         if self.state.abort.is_set():
             raise TaskFailed(self.state.abort.reason)
-        payload = message_to_payload(message, self.state.task_id, self.state.node_id)
-        stub = self.stubs[peer]
+        stub, box = self.stubs[peer], self._outboxes[peer]
         if self.role == "host":
             method, chunk_type = stub.GradientReturn, party_node_pb2.GradientReturnRequest
         else:
             method, chunk_type = stub.FeatureExchange, party_node_pb2.FeatureExchangeRequest
-        try:
-            # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
-            method(payload_to_chunks(payload, chunk_type), timeout=self.send_timeout)
-        except grpc.RpcError as exc:
-            if self.state.abort.is_set():
-                raise TaskFailed(self.state.abort.reason) from None
-            raise TaskFailed(self._rpc_failure(peer, message.kind, exc)) from None
+        with box.lock:
+            self._settle(peer, box, wait=False)
+            box.seq += 1
+            payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
+            chunks = payload_to_chunks(payload, chunk_type)
+            if self.window == 0:
+                try:
+                    # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
+                    method(chunks, timeout=self.send_timeout)
+                except grpc.RpcError as exc:
+                    self._failed(peer, message.kind, exc)
+                return
+            while len(box.in_flight) >= self.window:
+                self._settle_one(peer, box.in_flight.popleft())
+            box.in_flight.append((method.future(chunks, timeout=self.send_timeout), message.kind))
 
-    def _rpc_failure(self, peer: str, what: str, exc: grpc.RpcError) -> str:
+    def flush(self) -> None:
+        """Wait until every message sent so far has been delivered (or raise why not)."""
+        for peer, box in list(self._outboxes.items()):
+            with box.lock:
+                self._settle(peer, box, wait=True)
+
+    def _settle(self, peer: str, box: _Outbox, wait: bool) -> None:
+        """Take answered calls off the front of `box` (all of them if `wait`); raise for the
+        first that failed."""
+        while box.in_flight and (wait or box.in_flight[0][0].done()):
+            self._settle_one(peer, box.in_flight.popleft())
+
+    def _settle_one(self, peer: str, call: tuple[grpc.Future, str]) -> None:
+        future, kind = call
+        exc = future.exception()  # bounded by the call's own deadline (send_timeout)
+        if exc is not None:
+            self._failed(peer, kind, exc)
+
+    def _check_deliveries(self) -> None:
+        """While waiting for a peer: fail now if one of this node's messages did not arrive
+        (the answer to it never would). Skips an outbox another thread is sending through."""
+        for peer, box in list(self._outboxes.items()):
+            if box.lock.acquire(blocking=False):
+                try:
+                    self._settle(peer, box, wait=False)
+                finally:
+                    box.lock.release()
+
+    def _failed(self, peer: str, kind: str, exc: BaseException) -> None:
+        if self.state.abort.is_set():
+            raise TaskFailed(self.state.abort.reason) from None
+        raise TaskFailed(self._rpc_failure(peer, kind, exc)) from None
+
+    def _rpc_failure(self, peer: str, what: str, exc: BaseException) -> str:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -89,7 +152,9 @@ class GrpcPeers:
         return f"{self.describe(peer)} refused {what}: {name}: {details}"
 
     def receive(self, peer: str, timeout: float) -> Message:
-        return self.state.inbox.get(peer, timeout, self.describe(peer))
+        return self.state.inbox.get(
+            peer, timeout, self.describe(peer), check=self._check_deliveries
+        )
 
     def _psi_header(self) -> common_pb2.Header:
         return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")

@@ -4,8 +4,8 @@ receipt, checkpoints of the feature model."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from party_node.privacy import AGREEMENT_KEY as PRIVACY_KEY
 from party_node.privacy import parse_defence
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
+from party_node.runtime.training_mode import AGREEMENT_KEY as MODE_KEY
+from party_node.runtime.training_mode import TrainingMode, parse_training_mode
 from party_node.runtime.watchdog import Watchdog
 from party_node.serving.export import ExampleRecorder, export_model
 
@@ -38,6 +40,7 @@ class Role:
         self.participants: tuple[Participant, ...] = ()
         self.train_ids: list = []
         self.test_ids: list = []
+        self.mode = TrainingMode()
         #: The host's live leak metric, one entry per round and collaborator (report.json).
         self.label_leak: list[dict[str, Any]] = []
 
@@ -48,6 +51,8 @@ class Role:
         if not isinstance(s.feature_model, torch.nn.Module):
             raise ConfigError("build_feature_model() must return a torch.nn.Module")
         s.feature_optimizer = s.build_feature_optimizer(s.feature_model)
+        self.mode = parse_training_mode(getattr(s, "training_mode", None))
+        self.peers.set_window(self.mode.send_window)
         self.build_extra()
         s.validate_context()
         # The bundle's TorchScript is traced with the feature model's last input.
@@ -60,6 +65,7 @@ class Role:
         """Settings every party must share; the coordinator compares them at join."""
         return {
             "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
+            MODE_KEY: self.mode.agreement(),
             PRIVACY_KEY: parse_defence(getattr(self.s, "label_defence", None)).agreement(),
         }
 
@@ -77,12 +83,15 @@ class Role:
         return float(self.s.calculation_timeout)
 
     # ---- checked steps ------------------------------------------------------------------------
-    def batches(self, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
-        """Pull user batches one at a time under the watchdog."""
+    def batches(
+        self, iterable: Any, what: str, around: Callable[[], AbstractContextManager] = nullcontext
+    ) -> Iterator[tuple[int, Any]]:
+        """Pull user batches one at a time under the watchdog (and `around()`: the user's
+        iterator runs the feature model's forward in it)."""
         it = iter(iterable)
         b = 0
         while True:
-            with self.watchdog.local(f"{what} (batch {b})"):
+            with self.watchdog.local(f"{what} (batch {b})"), around():
                 item = next(it, _END)
             if item is _END:
                 return

@@ -17,6 +17,7 @@ from party_node.runtime.roles.base import (
     evaluating,
     parse_parties,
 )
+from party_node.runtime.training_mode import InFlight
 
 
 class CollaboratorRole(Role):
@@ -33,17 +34,28 @@ class CollaboratorRole(Role):
         return self.peers.psi_as_collaborator(ids, self.timeout)
 
     def train_round(self, round_no: int) -> dict[str, Any]:
+        """Send each batch's features; apply each gradient once `depth` batches are in flight
+        (training_mode: 1, i.e. right away, in exact mode)."""
         s = self.s
         host = self.host
         s.feature_model.train()
         what = f"iterate_train_feature in round {round_no}"
+        flight = InFlight(self.batch_depth)
+        batches = self.batches(
+            s.iterate_train_feature(s.feature_model, self.train_ids),
+            what,
+            lambda: flight.keeping_weights(s.feature_model),
+        )
         count = 0
-        for b, item in self.batches(s.iterate_train_feature(s.feature_model, self.train_ids), what):
+        for b, item in batches:
             features = check_features(item, what)
-            grad = self.exchange_batch(round_no, b, features, what)
-            self.apply_gradient(features, grad, b)
+            self.send_batch(round_no, b, features, what)
+            for done in flight.push(b, features):
+                self.complete_batch(round_no, *done, what)
             self.observer.batch(features.shape[0], "train")
             count = b + 1
+        for done in flight.drain():
+            self.complete_batch(round_no, *done, what)
         if count == 0:
             raise ConfigError(
                 "iterate_train_feature yielded no batches; check train_ids/batch_size"
@@ -51,17 +63,27 @@ class CollaboratorRole(Role):
         self.send_end(host.node_id, self.features_kind, round_no, count)
         return {}
 
-    def exchange_batch(
-        self, round_no: int, b: int, features: torch.Tensor, what: str
-    ) -> torch.Tensor | None:
-        """Send batch b's features; the host's ∂L/∂(features), None if it sent none."""
-        host = self.host
+    @property
+    def batch_depth(self) -> int:
+        """Batches that may await their gradient at once (the training mode's depth)."""
+        return self.mode.depth
+
+    def send_batch(self, round_no: int, b: int, features: torch.Tensor, what: str) -> None:
+        """Send batch b's features to the host."""
         self.peers.send(
-            host.node_id,
+            self.host.node_id,
             Message(self.features_kind, round_no, b, tensors={"features": features.detach()}),
         )
-        grad = self.expect(host, "train.gradient", round_no, b, self.me)
+
+    def receive_gradient(
+        self, round_no: int, b: int, features: torch.Tensor, what: str
+    ) -> torch.Tensor | None:
+        """The host's ∂L/∂(features) of batch b, None if it sent none."""
+        grad = self.expect(self.host, "train.gradient", round_no, b, self.me)
         return grad.tensors.get("gradient")
+
+    def complete_batch(self, round_no: int, b: int, features: torch.Tensor, what: str) -> None:
+        self.apply_gradient(features, self.receive_gradient(round_no, b, features, what), b)
 
     def apply_gradient(self, features: torch.Tensor, grad: torch.Tensor | None, b: int) -> None:
         if grad is None or grad.shape != features.shape:

@@ -97,7 +97,15 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
             check_feature_width(self.s.feature_key, in_dim, out_dim, width)
 
     # ---- training -------------------------------------------------------------------------
-    def exchange_batch(
+    #: One batch at a time: the CKKS layer holds one batch's protocol state (X, masks), so
+    #: batches cannot overlap yet; a pipelined task still sends without waiting for each
+    #: message's acknowledgement (docs/performance.md, "Secure mode").
+    batch_depth = 1
+
+    def send_batch(self, round_no: int, b: int, features: torch.Tensor, what: str) -> None:
+        """Nothing yet: the whole exchange runs in `receive_gradient`."""
+
+    def receive_gradient(
         self, round_no: int, b: int, features: torch.Tensor, what: str
     ) -> torch.Tensor:
         """Batch b: Enc_H(X·W) (computed here) and Enc_C(X) out; ∂L/∂X back. The weight step
