@@ -65,7 +65,9 @@ def free_port() -> int:
 class Pair:
     """The collaborator's and the host's serving processes for one trained task."""
 
-    def __init__(self, work: Path, certs: Path, task_id: str, secure: bool) -> None:
+    def __init__(
+        self, work: Path, certs: Path, task_id: str, secure: bool, **host_settings: object
+    ) -> None:
         prefix = "make_secure_" if secure else "make_"
         self.procs: list[subprocess.Popen] = []
         self.addresses: dict[str, str] = {}
@@ -79,6 +81,7 @@ class Pair:
             }
             if node == HOST:
                 settings["collaborators"] = {COLLAB: self.addresses[COLLAB]}
+                settings.update(host_settings)
             config = work / f"{task_id}-{node}.toml"
             config.write_text(settings_toml(settings))
             log = (work / f"{task_id}-{node}.log").open("w")
