@@ -15,7 +15,7 @@ export DATA_ROOT
 PROTOS := $(wildcard proto/heteronn/v1/*.proto)
 GEN := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: install proto test test-all demo demo-secure demo-serve privacy-eval bench lint image compose-demo chart-lint certs deploy-checks clean
+.PHONY: install proto proto-lint test test-all demo demo-secure demo-serve privacy-eval bench lint image compose-demo chart-lint certs deploy-checks clean
 
 # The PSI engine (SecretFlow's spu) in its own venv: spu needs Python 3.10-3.11 and numpy < 2.
 PSI_VENV ?= .venv-psi
@@ -70,6 +70,10 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# buf lint (STANDARD) and buf format over proto/ (buf from npm, into .venv-tools/)
+proto-lint:
+	.ci/proto-lint
 
 # ---- deployment (docs/operations.md) ------------------------------------------------------
 certs: install

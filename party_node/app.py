@@ -25,13 +25,13 @@ from party_node.runtime.outputs import atomic_write_bytes, output_dir
 from party_node.runtime.task import RunSettings, TaskRuntime
 from party_node.settings import NodeSettings
 from party_node.transport.control_link import CoordinatorLink
-from party_node.transport.handler import PeerMessageHandler
+from party_node.transport.handler import Limits, PeerMessageHandler
 from party_node.transport.monitoring import NodeObserver
 from party_node.transport.node_state import NodeState
 from party_node.transport.peers import GrpcPeers
 from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
 from services.client import CoordinatorClient, task_spec
-from wire.grpc_factory import start_server
+from wire.grpc_factory import Server, start_server
 from wire.metrics import Metrics, serve_metrics
 from wire.peer_auth import PeerAuthInterceptor
 
@@ -40,8 +40,6 @@ log = logging.getLogger("heteronn")
 
 def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
     """Run one task to its end; returns the report, raises TaskFailed with the reason."""
-    from heteronn.v1 import party_node_pb2_grpc
-
     if settings.torch_threads is not None:
         import torch
 
@@ -50,20 +48,17 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         scheduler.training_mode = settings.training_mode
     abort = AbortSignal()
     state = NodeState(
-        node_id=settings.node_id, task_id=settings.task_id, role=scheduler._role, abort=abort
+        node_id=settings.node_id,
+        task_id=settings.task_id,
+        role=scheduler._role,
+        abort=abort,
+        max_queued_bytes_per_sender=settings.max_queued_bytes_per_sender,
     )
     tls = settings.tls if settings.tls.enabled else None
     metrics = Metrics(CollectorRegistry(), settings.node_id, scheduler._role)
-    servicer = PartyNodeServicer(PeerMessageHandler(state))
-
-    def register(server: Any) -> list[str]:
-        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    interceptors: list[Any] = [metrics.server_interceptor()]
-    if tls is not None:  # with mutual TLS, only the task's participants get in
-        interceptors.insert(0, PeerAuthInterceptor(lambda: state.known_participants(10.0)))
-    server = start_server(settings.listen, register, tls=tls, interceptors=interceptors)
+    own_calls = scheduler.calculation_timeout + scheduler.schedule_timeout
+    handler = PeerMessageHandler(state, node_limits(settings, own_calls))
+    server = start_node_server(handler, settings, metrics)
     endpoint = None
     if settings.metrics_port is not None:
         endpoint = serve_metrics(settings.metrics_port, metrics.registry)
@@ -75,6 +70,8 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         tls,
         send_timeout=scheduler.calculation_timeout,
         interceptors=[metrics.client_interceptor()],
+        metrics=metrics,
+        max_call_s=settings.max_call_s,
         psi_engine=psi_engine_options(settings, advertise),
     )
     run = RunSettings(
@@ -93,6 +90,47 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         server.stop(grace=1.0)
         if endpoint is not None:
             endpoint.close()
+
+
+def node_limits(settings: NodeSettings, own_call_s: float = 0.0) -> Limits:
+    """What this node accepts from peers (node settings; defaults in wire.limits). A peer's
+    call may last as long as this node's own calls may (`own_call_s`) if that is longer."""
+    return Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        max_payload_bytes_by_kind=dict(settings.max_payload_bytes_by_kind),
+        max_queued_bytes_per_sender=settings.max_queued_bytes_per_sender,
+        max_streams_per_sender=settings.max_streams_per_sender,
+        max_call_s=max(settings.max_call_s, own_call_s),
+    )
+
+
+def start_node_server(
+    handler: PeerMessageHandler, settings: NodeSettings, metrics: Metrics
+) -> Server:
+    """The node's PartyNodeService: servicer -> handler -> inbox, behind the peer
+    authorisation (mutual TLS: only the task's participants get in) and metrics."""
+    from heteronn.v1 import party_node_pb2_grpc
+
+    state = handler.state
+    tls = settings.tls if settings.tls.enabled else None
+    trust = tls.trust() if tls is not None else None
+    servicer = PartyNodeServicer(handler, trust)
+
+    def register(server: Any) -> list[str]:
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    interceptors: list[Any] = [metrics.server_interceptor()]
+    if tls is not None:
+        allowed = lambda: state.known_participants(10.0)  # noqa: E731
+        interceptors.insert(0, PeerAuthInterceptor(allowed, trust=trust))
+    return start_server(
+        settings.listen,
+        register,
+        tls=tls,
+        interceptors=interceptors,
+        reflection_enabled=settings.reflection,
+    )
 
 
 def run_mock(scheduler: Any, node_id: str, task_id: str, is_initiator: bool, recover: bool) -> None:
@@ -144,7 +182,9 @@ def start_embedded_coordinator(
     (timeouts from `scheduler`, normally the host's)."""
     from services.server import CoordinatorSettings, start_coordinator
 
-    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=db))
+    coordinator = start_coordinator(
+        CoordinatorSettings(listen="127.0.0.1:0", db=db, plaintext=True)
+    )
     spec = task_spec(
         task_id,
         nodes,

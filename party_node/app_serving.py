@@ -135,7 +135,8 @@ def _host_services(
 
     interceptors = []
     if tls is not None and settings.predict_clients:
-        interceptors.append(PeerAuthInterceptor(lambda: set(settings.predict_clients)))
+        clients = set(settings.predict_clients)
+        interceptors.append(PeerAuthInterceptor(lambda: clients, trust=tls.trust()))
     closers = [batcher.stop, prediction.close, *(p.close for p in peers)]
     return register, interceptors, closers
 
@@ -205,8 +206,9 @@ def _collaborator_services(
         secure = CollaboratorSessions(
             bundle, model.share, lim.max_secure_sessions, lim.session_idle_s
         )
-    servicer = InferencePeerServicer(handler, serving, metrics, secure)
-    psi = ServingPsiServicer(handler, sessions)
+    trust = tls.trust() if tls is not None else None
+    servicer = InferencePeerServicer(handler, serving, metrics, secure, trust=trust)
+    psi = ServingPsiServicer(handler, sessions, trust)
 
     def register(server: Any) -> list[str]:
         serving_pb2_grpc.add_InferencePeerServiceServicer_to_server(servicer, server)
@@ -214,7 +216,9 @@ def _collaborator_services(
         return [PEER_SERVICE, SERVICE_NAME]
 
     # Only the model's host gets in (its certificate names its node id, as in training).
-    interceptors = [PeerAuthInterceptor(lambda: {bundle.host})] if tls is not None else []
+    interceptors = (
+        [PeerAuthInterceptor(lambda: {bundle.host}, trust=trust)] if tls is not None else []
+    )
     closers = [sessions.close, audit.close, *([secure.close] if secure else [])]
     return register, interceptors, closers
 

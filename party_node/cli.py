@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,10 @@ def load_factory(spec: str) -> Any:
 def node_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="heteronn node", description="run one party node")
     parser.add_argument("--scheduler", required=True, help="package.module:factory")
-    parser.add_argument("--config", type=Path, help="TOML file with node settings")
+    parser.add_argument(
+        "--config", type=Path,
+        help="TOML file with node settings (default: the file named by HETERONN_NODE_CONFIG)",
+    )
     parser.add_argument("--node-id")
     parser.add_argument("--task-id")
     parser.add_argument("--coordinator")
@@ -60,6 +64,7 @@ def node_main(argv: list[str]) -> int:
     except (ConfigError, ValueError, TypeError) as exc:
         print(f"heteronn node: configuration error: {settings_error(exc)}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         report = run_node(scheduler, settings)
     except TaskFailed as exc:
@@ -67,6 +72,15 @@ def node_main(argv: list[str]) -> int:
         return 1
     logger.info("report: %s", report)
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was told to stop (SIGTERM): the task fails now, at every party, instead
+    of waiting out a timeout."""
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise Stopped("stopped by SIGTERM (the node was shut down)")
 
 
 def main(argv: list[str] | None = None) -> int:

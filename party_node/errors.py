@@ -25,6 +25,11 @@ class ConfigError(ValueError):
     """The scheduler or node configuration is invalid; nothing was started."""
 
 
+class NamedKeyError(KeyError):
+    """A KeyError whose text the framework wrote from settings (feature keys), never from
+    data: unlike other lookup errors, its text may go to every party."""
+
+
 class BundleError(ConfigError):
     """A model bundle is missing, modified, incomplete, or not the one its peers agreed on;
     the serving node does not start."""

@@ -4,16 +4,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from party_node.runtime.training_mode import parse_training_mode
 from party_node.serving.limits import ServingLimits
+from wire import limits
 from wire.config_file import settings_data
 from wire.tls import TlsSettings
+
+#: Environment variable naming a node's TOML settings file when no --config is given.
+CONFIG_ENV = "HETERONN_NODE_CONFIG"
 
 
 class _PartySettings(BaseSettings):
@@ -24,6 +29,13 @@ class _PartySettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
+    tls_pins: dict[str, str] = Field(
+        default_factory=dict,
+        description="per peer name (node id, 'coordinator'): 'sha256:<hex>' of its certificate "
+        "or a PEM file of the CA(s) that may issue it; every name needs one when tls_ca_file "
+        "holds several CAs",
+    )
+    reflection: bool = Field(False, description="serve gRPC server reflection")
 
     @model_validator(mode="after")
     def _tls_or_plaintext(self) -> _PartySettings:
@@ -38,7 +50,10 @@ class _PartySettings(BaseSettings):
     @property
     def tls(self) -> TlsSettings:
         return TlsSettings(
-            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            pins=self.tls_pins,
         )
 
     @classmethod
@@ -51,8 +66,8 @@ class NodeSettings(_PartySettings):
 
     model_config = SettingsConfigDict(env_prefix="HETERONN_NODE_", extra="forbid")
 
-    node_id: str = Field(..., min_length=1, description="this node's id, as listed in the task")
-    task_id: str = Field(..., min_length=1, description="the task to join")
+    node_id: str = Field(..., description="this node's id, as listed in the task")
+    task_id: str = Field(..., description="the task to join")
     coordinator: str = Field(..., description="HOST:PORT of the coordinator")
     listen: str = Field("0.0.0.0:50061", description="HOST:PORT this node's PartyNode serves on")
     advertise: str = Field(
@@ -84,6 +99,42 @@ class NodeSettings(_PartySettings):
     def _known_mode(cls, value: Any) -> Any:
         parse_training_mode(value)  # a ConfigError (a ValueError) names the problem
         return value
+
+    max_payload_bytes: int = Field(
+        limits.MAX_PAYLOAD_BYTES, gt=0,
+        description="largest serialized Payload a peer may send in one call",
+    )
+    max_payload_bytes_by_kind: dict[str, int] = Field(
+        default_factory=dict,
+        description="per message kind (e.g. train.features), instead of max_payload_bytes",
+    )
+    max_queued_bytes_per_sender: int = Field(
+        limits.MAX_QUEUED_BYTES_PER_SENDER, gt=0,
+        description="bytes of a peer's messages waiting for the runtime; beyond it the "
+        "peer's next call waits (backpressure) until its deadline",
+    )
+    max_streams_per_sender: int = Field(
+        limits.MAX_STREAMS_PER_SENDER, ge=1, description="data calls a peer may have open at once"
+    )
+    max_call_s: float = Field(
+        limits.MAX_CALL_S, gt=0,
+        description="longest deadline a peer's call may carry (raised to this node's own "
+        "calculation_timeout + schedule_timeout when that is longer)",
+    )
+
+    @field_validator("node_id", "task_id")
+    @classmethod
+    def _one_path_component(cls, value: str, info: ValidationInfo) -> str:
+        """Ids name folders (<workdir>/<node_id>/<task_id>): one safe component each."""
+        return limits.check_id(str(info.field_name), value)
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> Any:
+        """Settings from `config` (else the file named by HETERONN_NODE_CONFIG, if set), the
+        environment and `overrides`."""
+        if config is None and os.environ.get(CONFIG_ENV):
+            config = Path(os.environ[CONFIG_ENV])
+        return cls(**settings_data(config, overrides))
 
 
 class ServingSettings(_PartySettings):

@@ -34,7 +34,7 @@ def mnist(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         raise MnistMissing(
             f"MNIST is not under DATA_ROOT={root} and could not be downloaded ({reason}); "
             "set DATA_ROOT to the folder that holds MNIST/raw, e.g. "
-            "`make demo DATA_ROOT=../shared/data`"
+            "`make demo DATA_ROOT=/path/to/data`"
         ) from None
     images = dataset.data.unsqueeze(1).float().div_(255.0)
     images = images.sub_(0.1307).div_(0.3081)

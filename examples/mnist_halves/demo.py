@@ -92,7 +92,7 @@ def main() -> int:
     logs = {name: open(out / f"{name}.log", "w") for name in ("coordinator", HOST, COLLABORATOR)}  # noqa: SIM115
     procs = [
         subprocess.Popen(
-            [*heteronn, "coordinator", "--listen", coordinator, "--db", str(db)],
+            [*heteronn, "coordinator", "--listen", coordinator, "--db", str(db), "--plaintext"],
             stdout=logs["coordinator"],
             stderr=subprocess.STDOUT,
         )

@@ -150,7 +150,7 @@ class HeteroNNScheduler(ABC):
         from party_node.app import run_node
         from party_node.settings import NodeSettings
 
-        node_settings = NodeSettings(task_id=task_id, recover=recover, **settings)
+        node_settings = NodeSettings.load(task_id=task_id, recover=recover, **settings)
         run_node(self, node_settings)
 
     def launch_serving(self, bundle: Any, **settings: Any) -> None:

@@ -1,5 +1,6 @@
-"""Every bound a serving node puts on its callers, in one place (the settings fill it; the
-transport's handlers enforce it). Each request is hostile until these checks pass."""
+"""Every bound a serving node puts on its callers (the settings fill it; the transport's
+handlers enforce it; the defaults live with every other network bound in wire.limits). Each
+request is hostile until these checks pass."""
 
 from __future__ import annotations
 
@@ -9,36 +10,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from party_node.errors import BadMessage
+from wire import limits
 
 
 @dataclass(frozen=True)
 class ServingLimits:
     #: Ids in one Predict call.
-    max_ids_per_call: int = 1024
+    max_ids_per_call: int = limits.SERVING_MAX_IDS_PER_CALL
     #: UTF-8 bytes of one id.
-    max_id_bytes: int = 256
+    max_id_bytes: int = limits.SERVING_MAX_ID_BYTES
     #: Calls being answered at once (Predict at the host; Embed/SecureEmbed at a
     #: collaborator); more are refused with RESOURCE_EXHAUSTED rather than queued.
-    max_calls_in_flight: int = 256
+    max_calls_in_flight: int = limits.SERVING_MAX_CALLS_IN_FLIGHT
     #: Ids waiting in the host's batcher.
-    max_queued_ids: int = 65_536
+    max_queued_ids: int = limits.SERVING_MAX_QUEUED_IDS
     #: Ids in one online Embed/SecureEmbed call (the host's max_batch must fit).
-    max_embed_ids: int = 4096
+    max_embed_ids: int = limits.SERVING_MAX_EMBED_IDS
     #: Ids in one Embed call of a batch prediction.
-    max_batch_embed_ids: int = 16_384
+    max_batch_embed_ids: int = limits.SERVING_MAX_BATCH_EMBED_IDS
     #: A collaborator's cap on ids per second answered online (0: no cap); bursts up to
     #: max(max_embed_ids, one second's worth).
-    max_ids_per_s: float = 0.0
+    max_ids_per_s: float = limits.SERVING_MAX_IDS_PER_S
     #: Batch predictions (their PSI sessions) open at once at a collaborator.
-    max_open_batches: int = 4
+    max_open_batches: int = limits.SERVING_MAX_OPEN_BATCHES
     #: Seconds a batch prediction may sit idle before a collaborator forgets it.
-    batch_idle_s: float = 600.0
+    batch_idle_s: float = limits.SERVING_BATCH_IDLE_S
     #: Secure sessions (a host's keys and Enc_H(U)) open at once at a collaborator, and how
     #: long one may sit idle before it is forgotten.
-    max_secure_sessions: int = 4
-    session_idle_s: float = 3600.0
+    max_secure_sessions: int = limits.SERVING_MAX_SECURE_SESSIONS
+    session_idle_s: float = limits.SERVING_SESSION_IDLE_S
     #: Deadline of a Predict call when the caller sets none, and the most it may set.
-    predict_timeout_s: float = 5.0
+    predict_timeout_s: float = limits.SERVING_PREDICT_TIMEOUT_S
 
 
 def check_ids(ids: Sequence[str], max_count: int, max_bytes: int, what: str) -> list[str]:

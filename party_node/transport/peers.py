@@ -19,8 +19,10 @@ from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
+from wire import limits
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import open_channel
+from wire.metrics import Metrics
 from wire.tls import TlsSettings
 
 
@@ -41,6 +43,8 @@ class GrpcPeers:
         tls: TlsSettings | None,
         send_timeout: float,
         interceptors: Sequence[Any] = (),
+        metrics: Metrics | None = None,
+        max_call_s: float = limits.MAX_CALL_S,
         psi_engine: EngineOptions | None = None,
     ):
         """`psi_engine`: run PSI through the engine (spu) with these options; None runs
@@ -50,7 +54,10 @@ class GrpcPeers:
         self.state = state
         self.role = role
         self.tls = tls
-        self.send_timeout = send_timeout
+        #: Every call to a peer carries a deadline no peer refuses (its max_call_s).
+        self.send_timeout = min(send_timeout, max_call_s)
+        self.max_call_s = max_call_s
+        self.metrics = metrics
         self._channels: dict[str, grpc.Channel] = {}
         self.stubs: dict[str, party_node_pb2_grpc.PartyNodeServiceStub] = {}
         self.participants: dict[str, Participant] = {}
@@ -71,6 +78,16 @@ class GrpcPeers:
             self._channels[p.node_id] = channel
             self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
             self._outboxes[p.node_id] = _Outbox()
+        self._count_channels()
+
+    def _count_channels(self) -> None:
+        if self.metrics is not None:
+            self.metrics.peers_connected.set(len(self._channels))
+
+    def _peer_psi_size(self, size: int) -> None:
+        """The peers' set sizes PSI revealed (the host: summed over its collaborators)."""
+        if self.metrics is not None:
+            self.metrics.psi_set_size.labels(task_id=self.state.task_id, which="peer").set(size)
 
     def describe(self, peer: str) -> str:
         p = self.participants.get(peer)
@@ -166,23 +183,35 @@ class GrpcPeers:
         stubs = {
             p: self.stubs[p] for p, info in self.participants.items() if info.role == "collaborator"
         }
+        sizes: dict[str, int] = {}
         try:
             if self.psi_engine is not None:
-                return run_host_engine_psi(
+                final = run_host_engine_psi(
                     stubs,
                     ids,
                     self._psi_header,
                     self.psi_engine,
-                    round_timeout,
+                    min(round_timeout, self.max_call_s),
                     cancel=self.state.abort,
                     peer_hosts={name: self._address_host(name) for name in stubs},
+                    peer_sizes=sizes,
                 )
+                self._peer_psi_size(sum(sizes.values()))
+                return final
             with PsiPool() as pool:
-                return run_host_psi(
-                    stubs, ids, self._psi_header, pool, round_timeout, cancel=self.state.abort
+                final = run_host_psi(
+                    stubs,
+                    ids,
+                    self._psi_header,
+                    pool,
+                    min(round_timeout, self.max_call_s),
+                    cancel=self.state.abort,
+                    peer_sizes=sizes,
                 )
         except (PsiError, TimeoutError) as exc:
             raise TaskFailed(self.state.abort.reason or str(exc)) from None
+        self._peer_psi_size(sum(sizes.values()))
+        return final
 
     def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
         host = next(p for p in self.participants.values() if p.role == "host")
@@ -209,13 +238,16 @@ class GrpcPeers:
         self.state.psi_session = session
         self.state.psi_ready.set()
         try:
-            return session.wait_result(timeout, cancel=self.state.abort)
+            final = session.wait_result(timeout, cancel=self.state.abort)
         except (PsiError, TimeoutError) as exc:
             raise TaskFailed(self.state.abort.reason or str(exc)) from None
         finally:
             session.close()
+        self._peer_psi_size(getattr(session, "peer_size", None) or 0)
+        return final
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+        self._count_channels()

@@ -19,7 +19,7 @@ from party_node.runtime.task import _check_ids
 from party_node.serving.audit import AuditLog
 from party_node.serving.limits import ServingLimits
 from party_node.transport.serving_handler import PeerCallHandler
-from wire.peer_auth import tls_identities
+from wire.peer_auth import Trust, tls_identities
 from wire.status_error import abort_with
 
 
@@ -126,9 +126,12 @@ class BatchSessions:
 class ServingPsiServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     """PartyNodeService on a collaborator's serving node: only Psi, only from the host."""
 
-    def __init__(self, handler: PeerCallHandler, sessions: BatchSessions) -> None:
+    def __init__(
+        self, handler: PeerCallHandler, sessions: BatchSessions, trust: Trust | None = None
+    ) -> None:
         self.handler = handler
         self.sessions = sessions
+        self.trust = trust
 
     def Psi(self, request_iterator, context) -> Iterator[object]:
         messages = iter(request_iterator)
@@ -137,7 +140,8 @@ class ServingPsiServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             if first is None:
                 raise BadMessage("Psi: the call carried no message")
             header = first.header
-            self.handler.check_caller(header.sender, frozenset(tls_identities(context)), "Psi")
+            names = frozenset(tls_identities(context, self.trust))
+            self.handler.check_caller(header.sender, names, "Psi")
             session = self.sessions.open(self.handler.check_batch_id(header.task_id))
         except NodeError as err:
             abort_with(context, err)

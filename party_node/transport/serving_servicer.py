@@ -25,7 +25,7 @@ from party_node.transport.serving_serde import (
     predict_response,
     rows_to_embed_response,
 )
-from wire.peer_auth import tls_identities
+from wire.peer_auth import Trust, tls_identities
 from wire.serving_metrics import ServingMetrics
 from wire.status_error import abort_with
 
@@ -95,16 +95,19 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
         serving: CollaboratorServing,
         metrics: ServingMetrics,
         secure: Any = None,
+        trust: Trust | None = None,
     ) -> None:
         self.handler = handler
         self.serving = serving
         self.metrics = metrics
         self.secure = secure
+        #: Which certificates may carry which names (settings tls_pins).
+        self.trust = trust
 
     def DescribeModel(self, request, context):
         def run() -> Any:
             self.handler.check_caller(
-                request.sender, frozenset(tls_identities(context)), "DescribeModel"
+                request.sender, frozenset(tls_identities(context, self.trust)), "DescribeModel"
             )
             return describe_to_proto(self.serving.describe())
 
@@ -118,7 +121,7 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
         started = time.perf_counter()
         call = PeerCall(
             rpc, request.sender, request.model_id, request.ids, request.batch_id,
-            frozenset(tls_identities(context)),
+            frozenset(tls_identities(context, self.trust)),
         )
 
         def run() -> Any:
@@ -164,7 +167,8 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
     def OpenSecureSession(self, request, context):
         def run() -> Any:
             h = self.handler
-            h.check_caller(request.sender, frozenset(tls_identities(context)), "OpenSecureSession")
+            names = frozenset(tls_identities(context, self.trust))
+            h.check_caller(request.sender, names, "OpenSecureSession")
             h.check_model(request.model_id)
             if self.secure is None:
                 raise ModelMismatch(f"{h.where} serves a plain bundle; it opens no secure session")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from party_node.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, NamedKeyError, TaskFailed
 from party_node.runtime.label_privacy import HostPrivacy
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
@@ -33,7 +33,7 @@ class FeatureProjection(dict):
 
     def __missing__(self, key: object) -> torch.Tensor:
         known = ", ".join(repr(k) for k in sorted(self))
-        raise KeyError(
+        raise NamedKeyError(
             f"no party has feature_key {key!r}; this task's feature keys are {known} — use the "
             "feature_key each party passes to its scheduler"
         )
