@@ -5,8 +5,9 @@ whether it fails the task."""
 from __future__ import annotations
 
 import math
+import re
 
-from services.domain import MODES, Participant, Role, Task, TaskSpec
+from services.domain import MODES, Participant, Report, Role, Task, TaskSpec
 from services.errors import InvalidRequest
 
 
@@ -41,8 +42,24 @@ def validate_spec(spec: TaskSpec) -> None:
         )
 
 
+#: Incarnations: random tokens, bounded because they are stored.
+INCARNATION = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+#: Incarnations of earlier attempts remembered per task (to ignore their late reports).
+MAX_RETIRED = 64
+
+
 def validate_join_request(task_id: str, node: Participant) -> None:
     """Raise InvalidRequest for a join that is malformed on its own."""
+    if not INCARNATION.match(node.incarnation):
+        raise InvalidRequest(
+            f"node '{node.node_id}' sent an incarnation that is not a token of at most 64 "
+            "letters, digits, '-' or '_'"
+        )
+    if node.checkpoint_round < 0 or node.checkpoint_batch < 0:
+        raise InvalidRequest(
+            f"node '{node.node_id}' sent a negative checkpoint position "
+            f"({node.checkpoint_round}, {node.checkpoint_batch})"
+        )
     if node.role not in (Role.HOST, Role.COLLABORATOR):
         raise InvalidRequest(
             f"node '{node.node_id}' joined task '{task_id}' without a role; "
@@ -97,13 +114,25 @@ def _differing_parts(a: str, b: str) -> tuple[str, str]:
 
 
 def same_join(old: Participant, new: Participant) -> bool:
-    """A reconnecting node repeating its earlier join (allowed in any running phase)."""
-    return (old.role, old.feature_key, old.address, old.agreement) == (
+    """A reconnecting node repeating its earlier join (allowed in any running phase): the
+    same process (incarnation) with the same details."""
+    return (old.role, old.feature_key, old.address, old.agreement, old.incarnation) == (
         new.role,
         new.feature_key,
         new.address,
         new.agreement,
+        new.incarnation,
     )
+
+
+def stale_report(task: Task, node: Participant, rep: Report) -> bool:
+    """A report from an earlier process of `node`: not the one joined in this attempt, or
+    one of an earlier attempt. Reports without an incarnation (older nodes) count as fresh."""
+    if not rep.incarnation:
+        return False
+    if node.joined:
+        return bool(node.incarnation) and rep.incarnation != node.incarnation
+    return rep.incarnation in task.retired
 
 
 def names(nodes: list[str]) -> str:

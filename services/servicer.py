@@ -101,7 +101,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def JoinTask(self, request, context):
         self._policy.require_node(context, "JoinTask", request.node.node_id)
         node = serde.join_from_proto(request)
-        task = _call(context, lambda: self._lifecycle.join(request.task_id, node))
+        task = _call(
+            context, lambda: self._lifecycle.join(request.task_id, node, recover=request.recover)
+        )
         return coordinator_pb2.JoinTaskResponse(task=serde.task_to_proto(task))
 
     def ReportPhase(self, request, context):
