@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["psi_bench", "plain_vs_centralized", "he_steps", "secure_vs_plain"]
+BENCHES = [
+    "psi_bench",
+    "plain_vs_centralized",
+    "he_steps",
+    "secure_vs_plain",
+    "checkpoint_cost",
+]
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 
 import grpc
 
@@ -42,6 +43,11 @@ class CoordinatorLink:
         self._threads: list[threading.Thread] = []
         self._patience = 30.0
         self._watch_call: WatchStream | None = None
+        #: This process's identity at the coordinator: a later process of this node (a
+        #: restart) has another, and this one's reports are then ignored.
+        self.incarnation = uuid.uuid4().hex
+        #: The attempt of the task this node joined; a later attempt ends this run.
+        self.attempt = 0
 
     # ---- join -----------------------------------------------------------------------------------
     def join(self, info: JoinInfo) -> tuple[Participant, ...]:
@@ -49,7 +55,12 @@ class CoordinatorLink:
         deadline = time.monotonic() + info.schedule_timeout
         node = participant_to_proto(
             Participant(
-                info.node_id, info.role, info.feature_key, info.address, info.checkpoint_round
+                info.node_id,
+                info.role,
+                info.feature_key,
+                info.address,
+                info.checkpoint_round,
+                info.checkpoint_batch,
             )
         )
         while True:
@@ -60,6 +71,8 @@ class CoordinatorLink:
                     schedule_timeout_s=info.schedule_timeout,
                     calculation_timeout_s=info.calculation_timeout,
                     agreement=info.agreement,
+                    incarnation=self.incarnation,
+                    recover=info.recover,
                 )
                 break
             except grpc.RpcError as exc:
@@ -79,6 +92,7 @@ class CoordinatorLink:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.attempt = task.attempt
         return tuple(participant_from_proto(p) for p in task.participants)
 
     # ---- commands -------------------------------------------------------------------------------
@@ -90,6 +104,8 @@ class CoordinatorLink:
                 for pb in self._watch_call:
                     last_contact = time.monotonic()
                     cmd = command_from_proto(pb)
+                    if cmd.attempt and self.attempt and cmd.attempt != self.attempt:
+                        cmd = self._superseded(cmd)
                     if cmd.phase == "FAILED":
                         self.abort.set(cmd.reason)
                     self._commands.put(cmd)
@@ -109,6 +125,19 @@ class CoordinatorLink:
                     return
             self._stop.wait(0.5)
 
+    def _superseded(self, cmd: Command) -> Command:
+        """A command of another attempt: this node's attempt ended (interrupted, because a
+        party restarted with recover=True); this process stops."""
+        why = f": {cmd.reason}" if cmd.reason else ""
+        return Command(
+            phase="FAILED",
+            reason=(
+                f"task '{self.task_id}' went on as attempt {cmd.attempt} without this process "
+                f"of node '{self.node_id}' (attempt {self.attempt}){why}; restart this node "
+                "with recover=True to take part"
+            ),
+        )
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             # Errors are ignored: the watch thread decides when the coordinator is gone.
@@ -125,7 +154,7 @@ class CoordinatorLink:
             ) from None
 
     def report(self, report: Report) -> None:
-        request = report_to_proto(self.task_id, self.node_id, report)
+        request = report_to_proto(self.task_id, self.node_id, report, self.incarnation)
         for attempt in range(5):
             try:
                 self._client.report(request)

@@ -31,11 +31,13 @@ class CollaboratorRole(Role):
         s.feature_model.train()
         what = f"iterate_train_feature in round {round_no}"
         count = 0
-        for b, item in self.batches(s.iterate_train_feature(s.feature_model, self.train_ids), what):
+        batches = s.iterate_train_feature(s.feature_model, self.train_ids)
+        for b, item in self.train_batches(round_no, batches, what):
             features = check_features(item, what)
             grad = self.exchange_batch(round_no, b, features, what)
             self.apply_gradient(features, grad, b)
             self.observer.batch(features.shape[0], "train")
+            self.after_batch(round_no, b)
             count = b + 1
         if count == 0:
             raise ConfigError(
@@ -43,6 +45,16 @@ class CollaboratorRole(Role):
             )
         self.send_end(host.node_id, self.features_kind, round_no, count)
         return {}
+
+    def expect(
+        self, peer: Participant, kind: str, round_no: int, batch: int, host_batches: str
+    ) -> Message:
+        """As Role.expect; a training message the host flagged makes this party checkpoint
+        after that batch, as the host does."""
+        msg = super().expect(peer, kind, round_no, batch, host_batches)
+        if msg.checkpoint and round_no > 0:
+            self.checkpoint_due = (round_no, batch)
+        return msg
 
     def exchange_batch(
         self, round_no: int, b: int, features: torch.Tensor, what: str

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from party_node.errors import ConfigError, TaskFailed
+from party_node.runtime.batch_checkpoints import CheckpointPolicy, MarkedPeers
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
 from party_node.runtime.roles.base import Role, check_features, evaluating
@@ -74,6 +75,9 @@ class HostRole(Role):
         if not isinstance(s.infer_model, torch.nn.Module):
             raise ConfigError("build_infer_model() must return a torch.nn.Module")
         s.optimizer = s.build_infer_optimizer(s.infer_model)
+        # The host decides when every party checkpoints inside a round (batch_checkpoints).
+        self.policy = CheckpointPolicy(s.checkpoint_every_batches, s.checkpoint_every_seconds)
+        self.peers = MarkedPeers(self.peers, lambda: self.checkpoint_due)
 
     @functools.cached_property
     def sender(self) -> ThreadPoolExecutor:
@@ -124,12 +128,15 @@ class HostRole(Role):
         s = self.s
         s.feature_model.train()
         s.infer_model.train()
-        batches = self.batches(
+        batches = self.train_batches(
+            round_no,
             s.iterate_train_feature(s.feature_model, self.train_ids),
             f"iterate_train_feature in round {round_no}",
         )
         count = 0
         for b, item in batches:
+            if self.policy is not None and self.policy.due(b):
+                self.checkpoint_due = (round_no, b)
             features, labels = self.unpack(item, "iterate_train_feature")
             own = self.own_projection(features)
             leaves = self.receive_features(round_no, b, features.shape[0])
@@ -143,6 +150,7 @@ class HostRole(Role):
                 s.train_a_batch(projection, labels)
             self.step_optimizers()
             self.observer.batch(features.shape[0], "train")
+            self.after_batch(round_no, b)
             count = b + 1
         if count == 0:
             raise ConfigError(
