@@ -6,6 +6,8 @@ DATA_ROOT ?= ./data
 # Absolute, so processes started in other working directories (tests, nodes) find it too.
 override DATA_ROOT := $(abspath $(DATA_ROOT))
 ROUNDS ?= 20
+# make demo SEED=n: every party seeds its process from n (reproducible for a seed).
+SEED ?= 1
 export DATA_ROOT
 
 PROTOS := $(wildcard proto/heteronn/v1/*.proto)
@@ -34,10 +36,12 @@ test-all: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m examples.mnist_halves.demo --mode plain --rounds $(ROUNDS) --data-root $(DATA_ROOT)
+	$(PY) -m examples.mnist_halves.demo --mode plain --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
+		--seed $(SEED)
 
 demo-secure: install
-	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT)
+	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
+		--seed $(SEED)
 
 bench: install
 	$(PY) -m bench.run_all

@@ -10,6 +10,8 @@ to fix it.
 
 from __future__ import annotations
 
+from wire.status_error import StatusError
+
 
 class TaskFailed(RuntimeError):
     """The task ended in failure; `reason` is the message every party shows."""
@@ -23,14 +25,8 @@ class ConfigError(ValueError):
     """The scheduler or node configuration is invalid; nothing was started."""
 
 
-class NodeError(Exception):
+class NodeError(StatusError):
     """A peer's RPC this node refuses; `code` is the gRPC status it maps to."""
-
-    code = "UNKNOWN"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class BadMessage(NodeError):

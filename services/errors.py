@@ -7,15 +7,11 @@ so the domain stays free of the transport.
 
 from __future__ import annotations
 
+from wire.status_error import StatusError
 
-class CoordinatorError(Exception):
+
+class CoordinatorError(StatusError):
     """Base class; `code` is a `grpc.StatusCode` member name."""
-
-    code = "UNKNOWN"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class TaskNotFound(CoordinatorError):

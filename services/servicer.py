@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -18,8 +18,9 @@ from heteronn.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services import serde
 from services.authz import CallerPolicy, open_policy, visible
 from services.broadcast import CommandHub
-from services.errors import CoordinatorError, InvalidRequest
+from services.errors import InvalidRequest
 from services.lifecycle import Lifecycle
+from wire.status_error import status_call
 
 log = logging.getLogger("heteronn.coordinator.rpc")
 T = TypeVar("T")
@@ -31,17 +32,8 @@ MAX_PAGE_SIZE = 1000
 WATCH_RECHECK_S = 5.0
 
 
-def _abort(context: grpc.ServicerContext, err: CoordinatorError) -> NoReturn:
-    context.abort(grpc.StatusCode[err.code], err.message)
-    raise AssertionError("unreachable")  # context.abort raises
-
-
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except CoordinatorError as err:
-        log.info("%s: %s", err.code, err.message)
-        _abort(context, err)
+    return status_call(context, fn, log)
 
 
 def paginate(tasks: list[T], page_size: int, page_token: str) -> tuple[list[T], str]:

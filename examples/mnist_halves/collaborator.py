@@ -6,6 +6,7 @@ from torch import nn, optim
 
 from examples.mnist_halves import data
 from examples.mnist_halves.model import HalfConvNet
+from examples.mnist_halves.seeding import pop_seed
 from party_node.hetero_nn import HeteroNNCollaboratorScheduler, aligned_order
 
 
@@ -63,5 +64,6 @@ class DemoHeteroCollaborator(HeteroNNCollaboratorScheduler):
 def make_scheduler(**kwargs) -> DemoHeteroCollaborator:
     """Factory for `heteronn node --scheduler examples.mnist_halves.collaborator:make_scheduler`."""
     kwargs.setdefault("feature_key", "demo_collaborator")
+    pop_seed(kwargs, "demo_collaborator")
     kwargs.setdefault("batch_size", 128)
     return DemoHeteroCollaborator(**kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from examples.mnist_halves.collaborator import DemoHeteroCollaborator
 from examples.mnist_halves.host_secure import PROJECT_LAYER_LR
+from examples.mnist_halves.seeding import pop_seed
 from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler
 
 
@@ -35,6 +36,7 @@ class DemoSecureHeteroCollaborator(DemoHeteroCollaborator, SecureHeteroNNCollabo
 def make_scheduler(**kwargs) -> DemoSecureHeteroCollaborator:
     """Factory for `heteronn node --scheduler examples.mnist_halves.collaborator_secure:...`."""
     kwargs.setdefault("feature_key", "demo_collaborator")
+    pop_seed(kwargs, "demo_collaborator")
     kwargs.setdefault("batch_size", 128)
     kwargs.setdefault("project_layer_lr", PROJECT_LAYER_LR)
     return DemoSecureHeteroCollaborator(**kwargs)

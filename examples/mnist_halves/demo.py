@@ -48,6 +48,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "./data"))
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed every party's process (reproducible runs)"
+    )
     args = parser.parse_args()
     try:  # before any process starts: a missing dataset is the user's first likely mistake
         data.mnist(args.data_root, True)
@@ -75,7 +78,9 @@ def main() -> int:
         create_task(coordinator, args.mode)
         secure = args.mode == "secure"
         suffix = "_secure" if secure else ""
-        common = {"data_root": str(Path(args.data_root).resolve())}
+        common: dict = {"data_root": str(Path(args.data_root).resolve())}
+        if args.seed is not None:
+            common["seed"] = args.seed
         write_config(
             out / "host.toml",
             HOST,

@@ -8,6 +8,7 @@ from torch import nn, optim
 
 from examples.mnist_halves import data
 from examples.mnist_halves.model import HalfConvNet, InferModule
+from examples.mnist_halves.seeding import pop_seed
 from party_node import logger
 from party_node.hetero_nn import HeteroNNHostScheduler, aligned_order
 
@@ -100,5 +101,6 @@ class DemoHeteroHost(HeteroNNHostScheduler):
 def make_scheduler(**kwargs) -> DemoHeteroHost:
     """Factory for `heteronn node --scheduler examples.mnist_halves.host:make_scheduler`."""
     kwargs.setdefault("feature_key", "demo_host")
+    pop_seed(kwargs, "demo_host")
     kwargs.setdefault("batch_size", 128)
     return DemoHeteroHost(**kwargs)

@@ -7,6 +7,7 @@ from torch import nn
 
 from examples.mnist_halves.host import DemoHeteroHost
 from examples.mnist_halves.model import FEATURE_DIM, InferModule
+from examples.mnist_halves.seeding import pop_seed
 from party_node.hetero_nn import SecureHeteroNNHostScheduler
 
 PROJECTED = 10
@@ -54,6 +55,7 @@ class DemoSecureHeteroHost(DemoHeteroHost, SecureHeteroNNHostScheduler):
 def make_scheduler(**kwargs) -> DemoSecureHeteroHost:
     """Factory for `heteronn node --scheduler examples.mnist_halves.host_secure:make_scheduler`."""
     kwargs.setdefault("feature_key", "demo_host")
+    pop_seed(kwargs, "demo_host")
     kwargs.setdefault("batch_size", 128)
     kwargs.setdefault("project_layer_config", PROJECT_LAYER_CONFIG)
     kwargs.setdefault("project_layer_lr", PROJECT_LAYER_LR)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.errors import BadMessage, NodeError
+from party_node.errors import BadMessage
 from party_node.transport.handler import Opening, PeerMessageHandler
 from wire.peer_auth import tls_identities
+from wire.status_error import abort_with, status_call
 
 log = logging.getLogger("heteronn")
 T = TypeVar("T")
@@ -22,17 +23,8 @@ T = TypeVar("T")
 SERVICE_NAME = party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name
 
 
-def _abort(context: grpc.ServicerContext, err: NodeError) -> NoReturn:
-    context.abort(grpc.StatusCode[err.code], err.message)
-    raise AssertionError("unreachable")  # context.abort raises
-
-
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except NodeError as err:
-        log.info("refused a peer's call: %s: %s", err.code, err.message)
-        _abort(context, err)
+    return status_call(context, fn, log)
 
 
 def _read_body(first: object, rest: Iterator[object], total: int) -> bytes:
@@ -61,7 +53,7 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     def _deliver(self, rpc: str, chunks: Iterator[object], context: grpc.ServicerContext) -> None:
         first = next(chunks, None)
         if first is None:
-            _abort(context, BadMessage(f"{rpc}: the call carried no chunk"))
+            abort_with(context, BadMessage(f"{rpc}: the call carried no chunk"))
         opening = Opening(
             rpc=rpc,
             header=first.header,  # type: ignore[attr-defined]
@@ -84,7 +76,7 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         messages = iter(request_iterator)
         first = next(messages, None)
         if first is None:
-            _abort(context, BadMessage("Psi: the call carried no message"))
+            abort_with(context, BadMessage("Psi: the call carried no message"))
         identities = frozenset(tls_identities(context))
 
         def caller_gone() -> bool:
