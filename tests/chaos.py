@@ -4,8 +4,9 @@ recover=True each time, and record what happened, for the chaos tests.
 Parties are the synthetic task's processes in the seed's mock_context workflow: the host's
 process embeds the coordinator, so killing it also kills the coordinator mid-write. A kill
 comes a random delay after the host joined (PSI, SPLIT, a batch, a test, a checkpoint write,
-or the end: whatever is running then) and hits one random live party, or all of them at once
-(a power loss). Every wait is bounded."""
+or the end: whatever is running then) and hits the host, a random collaborator, or every
+party at once (a power loss); each of the three comes once in every three kills, in a seeded
+order. Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def run_chaos(
     """Run the task, killing `kills` times at random; the last attempt runs to its end.
     Returns what was killed when; raises if a party hangs or the last attempt fails."""
     gen = random.Random(seed)
+    targets: list[str] = []
     logs_dir = workdir / "chaos-logs"
     logs_dir.mkdir(exist_ok=True)
     done: list[Kill] = []
@@ -112,13 +114,16 @@ def run_chaos(
             assert not failed, f"the last attempt failed: {codes}\n{failed}"
             return ChaosRun(done, attempt + 1, logs_dir)
         delay = gen.uniform(0.0, window)
-        power_loss = gen.random() < 0.25
+        if not targets:
+            targets = gen.sample(["host", "collaborator", "all"], 3)
+        target = targets.pop()
         if _joined(logs[nodes[0]], procs[nodes[0]], finish_timeout):
             end = time.monotonic() + delay
             while time.monotonic() < end and any(p.poll() is None for p in procs.values()):
                 time.sleep(0.01)
         live = [n for n, p in procs.items() if p.poll() is None]
-        victims = live if power_loss else [gen.choice(live)] if live else []
+        chosen = {"host": nodes[:1], "collaborator": [gen.choice(nodes[1:])], "all": nodes}
+        victims = [n for n in chosen[target] if n in live]
         for n in victims:
             procs[n].send_signal(signal.SIGKILL)
         codes = _wait(procs, SURVIVOR_EXIT_S, logs)
