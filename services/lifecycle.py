@@ -248,20 +248,16 @@ class Lifecycle:
             if mismatch:
                 self._fail(task, "split_mismatch", mismatch)
             elif task.resume_round and not task.resume_batch:
-                self._resume_after_round(task, hrep)
+                # Resuming at the end of round r: the host's SPLIT report says what that
+                # round's TRAIN report said, and whether its test is still to run.
+                self._after_round(task, task.resume_round, hrep)
             else:
                 self._enter(task, Phase.TRAIN, task.resume_round + 1)
         elif task.phase == Phase.TRAIN:
             for nid, rep in task.reports.items():
                 task.participants[nid].checkpoint_round = rep.checkpoint_round or task.round
                 task.participants[nid].checkpoint_batch = 0
-            task.finish_after_test = hrep.finished
-            if hrep.test_requested:
-                self._enter(task, Phase.TEST, task.round)
-            elif hrep.finished:
-                self._enter(task, Phase.FINISHED, task.round)
-            else:
-                self._enter(task, Phase.TRAIN, task.round + 1)
+            self._after_round(task, task.round, hrep)
         elif task.phase == Phase.TEST:
             task.metrics = dict(hrep.metrics)
             if task.finish_after_test:
@@ -269,16 +265,15 @@ class Lifecycle:
             else:
                 self._enter(task, Phase.TRAIN, task.round + 1)
 
-    def _resume_after_round(self, task: Task, hrep: Report) -> None:
-        """Resuming at the end of round r: the host's SPLIT report says what that round's
-        TRAIN report said and whether its test is still to run (it may have died in it)."""
+    def _after_round(self, task: Task, round_: int, hrep: Report) -> None:
+        """Round `round_` is trained: its test if asked, then FINISHED or the next round."""
         task.finish_after_test = hrep.finished
         if hrep.test_requested:
-            self._enter(task, Phase.TEST, task.resume_round)
+            self._enter(task, Phase.TEST, round_)
         elif hrep.finished:
-            self._enter(task, Phase.FINISHED, task.resume_round)
+            self._enter(task, Phase.FINISHED, round_)
         else:
-            self._enter(task, Phase.TRAIN, task.resume_round + 1)
+            self._enter(task, Phase.TRAIN, round_ + 1)
 
     def _restarted(self, task: Task, nid: str, recover: bool) -> Task:
         """Node `nid` joins a running task as a new process: its earlier process, and the
