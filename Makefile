@@ -13,7 +13,7 @@ export DATA_ROOT
 PROTOS := $(wildcard proto/heteronn/v1/*.proto)
 GEN := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: install proto test test-all demo demo-secure bench lint image compose-demo chart-lint certs deploy-checks clean
+.PHONY: install proto test test-all demo demo-secure privacy-eval bench lint image compose-demo chart-lint certs deploy-checks clean
 
 install: $(VENV)/.installed proto
 
@@ -42,6 +42,9 @@ demo: install
 demo-secure: install
 	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
 		--seed $(SEED)
+
+privacy-eval: install
+	$(PY) -m examples.mnist_halves.privacy_eval --rounds $(or $(PRIVACY_ROUNDS),5) --seed $(SEED)
 
 bench: install
 	$(PY) -m bench.run_all

@@ -11,6 +11,7 @@ BENCHES = [
     "plain_vs_centralized",
     "he_steps",
     "secure_vs_plain",
+    "label_leak",
     "checkpoint_cost",
 ]
 

@@ -35,6 +35,7 @@ def spawn(
     task: str,
     *extra: str,
     module: str = "tests.synthetic",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """One party: `python -m <module> --node ... --nodes ... --task ...` (the host initiates
     unless `--no-initiator` is among `extra`)."""
@@ -53,7 +54,7 @@ def spawn(
     if node == nodes[0] and "--no-initiator" not in extra:
         args.append("--initiator")
     args = [a for a in args if a != "--no-initiator"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

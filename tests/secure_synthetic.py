@@ -6,6 +6,7 @@ declares a wrong in_dim for the first collaborator (the seed's own mistake)."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from party_node.hetero_nn import SecureHeteroNNCollaboratorScheduler, SecureHeteroNNHostScheduler
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p = party_arguments(rounds=2, batch_size=64, schedule_timeout=20.0)
     p.add_argument("--lr", type=float, default=PROJECT_LR)
     p.add_argument("--bad-in-dim", action="store_true")
+    p.add_argument("--defence", default="null", help="label_defence as JSON")
     args = p.parse_args(argv)
     nodes = args.nodes.split(",")
     timeouts, faults = scheduler_timeouts(args), Faults(args.faults)
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = SecureSynthCollaborator(
             args.node, args.batch_size, faults, project_layer_lr=args.lr, **timeouts
         )
+    scheduler.label_defence = json.loads(args.defence)
     return run_party(scheduler, args, nodes)
 
 

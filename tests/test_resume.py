@@ -9,7 +9,7 @@ import json
 from tests.harness import run_task
 from tests.test_equivalence import BATCH, ROUNDS, assert_same_weights, centralized, final_weights
 
-COMMON = ["--rounds", str(ROUNDS), "--batch-size", str(BATCH), "--schedule-timeout", "4"]
+COMMON = ["--rounds", str(ROUNDS), "--batch-size", str(BATCH), "--schedule-timeout", "8"]
 
 
 def _finished(results, workdir, nodes, task) -> list[dict]:
@@ -40,7 +40,7 @@ def test_host_with_embedded_coordinator_killed_after_a_test(tmp_path):
     coordinator, whose SQLite state still says TRAIN round 4; restarting both parties with
     recover=True must resume that task, not refuse it as a conflict."""
     nodes, rounds = ["h", "c1"], 6
-    common = ["--rounds", str(rounds), "--batch-size", str(BATCH), "--schedule-timeout", "4"]
+    common = ["--rounds", str(rounds), "--batch-size", str(BATCH), "--schedule-timeout", "8"]
     first = run_task(
         tmp_path, nodes, "r", common=common, per_node={"h": ["--faults", "host_kill=4"]}
     )

@@ -42,6 +42,9 @@ def test_secure_task_trains_with_shares_at_their_owners(tmp_path, nodes):
     report = json.loads((tmp_path / "h" / "sec" / "report.json").read_text())
     assert report["status"] == "finished" and report["rounds"] == 2
     assert 0 <= report["final_test_accuracy"] <= 1  # run_test saw projections of the right width
+    # the live leak metric scores δ sent to each collaborator, every round
+    leak = {(e["round"], e["peer"]) for e in report["label_leak"]}
+    assert leak == {(r, c) for r in (1, 2) for c in nodes[1:]}
     host_shares = torch.load(tmp_path / "h" / "sec" / "projection_shares.pt", weights_only=True)
     assert set(host_shares) == set(nodes[1:])
     for c in nodes[1:]:

@@ -110,6 +110,18 @@ class Metrics(RpcMetrics):
             "heteronn_failures", "Task failures seen by this process, by reason.",
             ["reason"], registry=r,
         )
+        self.label_leak = Gauge(
+            "heteronn_label_leak_score",
+            "The host's live label-leak metric for the last round: an attack's score on the "
+            "gradients sent to a collaborator (cluster_accuracy, direction_auc, norm_auc) and "
+            "its chance level (cluster_chance; 0.5 for an AUC). docs/privacy.md.",
+            ["task_id", "peer", "attack"], registry=r,
+        )
+        self.label_leak_seconds = Gauge(
+            "heteronn_label_leak_scoring_seconds",
+            "Time the host spent sampling and scoring the last round's outgoing gradients.",
+            ["task_id", "peer"], registry=r,
+        )
         self.peers_connected = Gauge(
             "heteronn_peers_connected", "Peers this process currently holds a channel to.",
             registry=r,
@@ -143,6 +155,13 @@ class Metrics(RpcMetrics):
         self.psi_duration.labels(task_id=task_id).set(seconds)
         for which, size in (("local", local), ("peer", peer), ("intersection", intersection)):
             self.psi_set_size.labels(task_id=task_id, which=which).set(size)
+
+    def observe_label_leak(
+        self, task_id: str, peer: str, scores: dict[str, float], seconds: float
+    ) -> None:
+        for attack, value in scores.items():
+            self.label_leak.labels(task_id=task_id, peer=peer, attack=attack).set(value)
+        self.label_leak_seconds.labels(task_id=task_id, peer=peer).set(seconds)
 
     def time_he(self, op: str) -> Any:
         """Context manager timing one HE operation: ``with metrics.time_he("encrypt"):``."""

@@ -66,4 +66,7 @@ def make_scheduler(**kwargs) -> DemoHeteroCollaborator:
     kwargs.setdefault("feature_key", "demo_collaborator")
     pop_seed(kwargs, "demo_collaborator")
     kwargs.setdefault("batch_size", 128)
-    return DemoHeteroCollaborator(**kwargs)
+    defence = kwargs.pop("label_defence", None)  # every party must pass the same
+    scheduler = DemoHeteroCollaborator(**kwargs)
+    scheduler.label_defence = defence
+    return scheduler

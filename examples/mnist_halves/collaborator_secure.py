@@ -39,4 +39,7 @@ def make_scheduler(**kwargs) -> DemoSecureHeteroCollaborator:
     pop_seed(kwargs, "demo_collaborator")
     kwargs.setdefault("batch_size", 128)
     kwargs.setdefault("project_layer_lr", PROJECT_LAYER_LR)
-    return DemoSecureHeteroCollaborator(**kwargs)
+    defence = kwargs.pop("label_defence", None)  # every party must pass the same
+    scheduler = DemoSecureHeteroCollaborator(**kwargs)
+    scheduler.label_defence = defence
+    return scheduler

@@ -51,6 +51,12 @@ def main() -> int:
     parser.add_argument(
         "--seed", type=int, default=None, help="seed every party's process (reproducible runs)"
     )
+    parser.add_argument(
+        "--label-defence",
+        type=json.loads,
+        default=None,
+        help='label_defence of every party as JSON, e.g. \'{"kind": "marvell", "power": 1}\'',
+    )
     args = parser.parse_args()
     try:  # before any process starts: a missing dataset is the user's first likely mistake
         data.mnist(args.data_root, True)
@@ -81,6 +87,8 @@ def main() -> int:
         common: dict = {"data_root": str(Path(args.data_root).resolve())}
         if args.seed is not None:
             common["seed"] = args.seed
+        if args.label_defence is not None:
+            common["label_defence"] = args.label_defence
         write_config(
             out / "host.toml",
             HOST,

@@ -103,4 +103,7 @@ def make_scheduler(**kwargs) -> DemoHeteroHost:
     kwargs.setdefault("feature_key", "demo_host")
     pop_seed(kwargs, "demo_host")
     kwargs.setdefault("batch_size", 128)
-    return DemoHeteroHost(**kwargs)
+    defence = kwargs.pop("label_defence", None)  # every party must pass the same
+    scheduler = DemoHeteroHost(**kwargs)
+    scheduler.label_defence = defence
+    return scheduler

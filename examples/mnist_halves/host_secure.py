@@ -59,4 +59,7 @@ def make_scheduler(**kwargs) -> DemoSecureHeteroHost:
     kwargs.setdefault("batch_size", 128)
     kwargs.setdefault("project_layer_config", PROJECT_LAYER_CONFIG)
     kwargs.setdefault("project_layer_lr", PROJECT_LAYER_LR)
-    return DemoSecureHeteroHost(**kwargs)
+    defence = kwargs.pop("label_defence", None)  # every party must pass the same
+    scheduler = DemoSecureHeteroHost(**kwargs)
+    scheduler.label_defence = defence
+    return scheduler

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn, optim
 
 from party_node.errors import ConfigError
+from party_node.privacy.settings import parse_defence
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -87,6 +88,18 @@ class HeteroNNScheduler(ABC):
             raise ConfigError("build_feature_model() returned None; return an nn.Module")
         if self.feature_optimizer is None:
             raise ConfigError("build_feature_optimizer() returned None; return an optimizer")
+
+    # ---- label privacy (docs/privacy.md) ------------------------------------------------------
+    @property
+    def label_defence(self) -> Any:
+        """The task's label defence; every party must set the same (checked at join)."""
+        return getattr(self, "_label_defence", None) or parse_defence(None)
+
+    @label_defence.setter
+    def label_defence(self, value: Any) -> None:
+        """A dict such as ``{"kind": "marvell", "power": 4}``, a kind name, or None; checked
+        now, so a bad setting fails before anything runs."""
+        self._label_defence = parse_defence(value)
 
     # ---- framework-provided attributes -------------------------------------------------------
     @property

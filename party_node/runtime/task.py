@@ -215,6 +215,8 @@ class TaskRuntime:
             result = role.train_round(cmd.round)
             seconds = round(time.perf_counter() - started, 3)
             self.summary.setdefault("round_seconds", []).append(seconds)
+            if role.label_leak:
+                self.summary["label_leak"] = role.label_leak
             with self.watchdog.local("saving the checkpoint"):
                 self.checkpoints.save(Position(cmd.round), {**role.state(), "round_result": result})
             self.summary["rounds"] = cmd.round

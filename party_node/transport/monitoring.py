@@ -30,5 +30,8 @@ class NodeObserver(TaskObserver):
     def he(self, op: str, seconds: float) -> None:
         self.metrics.he_duration.labels(op=op).observe(seconds)
 
+    def label_leak(self, peer: str, scores: dict[str, float], seconds: float) -> None:
+        self.metrics.observe_label_leak(self.task_id, peer, scores, seconds)
+
     def failed(self, kind: str) -> None:
         self.metrics.failures.labels(reason=kind).inc()

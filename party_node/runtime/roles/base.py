@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from party_node.errors import ConfigError, TaskFailed
+from party_node.privacy import AGREEMENT_KEY as PRIVACY_KEY
+from party_node.privacy import parse_defence
 from party_node.runtime import rng
 from party_node.runtime.batch_checkpoints import CheckpointPolicy, Resume, skip_batches
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
@@ -48,6 +50,8 @@ class Role:
         #: Set by the runtime when the task resumes inside a round.
         self.resume: Resume | None = None
         self.round_start_rng: dict[str, Any] = {}
+        #: The host's live leak metric, one entry per round and collaborator (report.json).
+        self.label_leak: list[dict[str, Any]] = []
 
     # ---- setup ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -64,7 +68,10 @@ class Role:
 
     def agreement(self) -> dict[str, str]:
         """Settings every party must share; the coordinator compares them at join."""
-        return {"mode": "secure" if getattr(self.s, "_secure", False) else "plain"}
+        return {
+            "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
+            PRIVACY_KEY: parse_defence(getattr(self.s, "label_defence", None)).agreement(),
+        }
 
     def set_participants(self, participants: Sequence[Participant]) -> None:
         self.participants = tuple(participants)

@@ -14,6 +14,7 @@ import torch
 
 from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.batch_checkpoints import CheckpointPolicy, MarkedPeers
+from party_node.runtime.label_privacy import HostPrivacy
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
 from party_node.runtime.roles.base import Role, check_features, evaluating
@@ -48,9 +49,13 @@ class EarlyGradients:
                 f"train_a_batch backpropagated twice through the features of '{peer}' in one "
                 "batch; call loss.backward() once per batch"
             )
-        self.sent[peer] = self.role.sender.submit(self._deliver, peer, grad.detach().clone())
+        self.sent[peer] = self.role.sender.submit(
+            self._deliver, peer, grad.detach().clone(), self.role.batch_labels
+        )
 
-    def _deliver(self, peer: str, grad: torch.Tensor) -> None:
+    def _deliver(self, peer: str, grad: torch.Tensor, labels: torch.Tensor) -> None:
+        # The label defence and the leak sample, off the autograd thread.
+        grad = self.role.privacy.outgoing(peer, grad, labels)
         message = Message("train.gradient", self.round_no, self.batch, tensors={"gradient": grad})
         self.role.peers.send(peer, message)
 
@@ -78,6 +83,8 @@ class HostRole(Role):
         # The host decides when every party checkpoints inside a round (batch_checkpoints).
         self.policy = CheckpointPolicy(s.checkpoint_every_batches, s.checkpoint_every_seconds)
         self.peers = MarkedPeers(self.peers, lambda: self.checkpoint_due)
+        self.privacy = HostPrivacy(getattr(s, "label_defence", None))
+        self.batch_labels = torch.empty(0)
 
     @functools.cached_property
     def sender(self) -> ThreadPoolExecutor:
@@ -138,6 +145,7 @@ class HostRole(Role):
             if self.policy is not None and self.policy.due(b):
                 self.checkpoint_due = (round_no, b)
             features, labels = self.unpack(item, "iterate_train_feature")
+            self.batch_labels = labels
             own = self.own_projection(features)
             leaves = self.receive_features(round_no, b, features.shape[0])
             projection = FeatureProjection({s.feature_key: own})
@@ -147,7 +155,7 @@ class HostRole(Role):
                 self.deliver_gradients(round_no, b, leaves),
                 self.watchdog.local(f"train_a_batch (round {round_no} batch {b})"),
             ):
-                s.train_a_batch(projection, labels)
+                s.train_a_batch(projection, self.privacy.labels_for_training(labels))
             self.step_optimizers()
             self.observer.batch(features.shape[0], "train")
             self.after_batch(round_no, b)
@@ -158,9 +166,20 @@ class HostRole(Role):
             )
         for peer in self.collaborators:
             self.expect_end(peer, self.features_kind, round_no, count, self.me)
+        self.report_leak(round_no)
         finished = bool(s.is_task_finished())
         test_now = round_no == 1 or finished or (s.log_rounds > 0 and round_no % s.log_rounds == 0)
         return {"finished": finished, "test_requested": test_now}
+
+    def report_leak(self, round_no: int) -> None:
+        """The round's live leak metric: TensorBoard, report.json (via the runtime), Prometheus."""
+        for peer, score in self.privacy.end_round().items():
+            entry = {"round": round_no, "peer": peer, **score.scores()}
+            entry["seconds"] = round(score.seconds, 4)
+            self.label_leak.append(entry)
+            for name, value in score.scores().items():
+                self.s.tb_writer.add_scalar(f"label_leak/{peer}/{name}", value, round_no)
+            self.observer.label_leak(peer, score.scores(), score.seconds)
 
     # ---- per-batch steps the secure host replaces ---------------------------------------------
     def own_projection(self, features: torch.Tensor) -> torch.Tensor:
@@ -213,12 +232,15 @@ class HostRole(Role):
             **super().state(),
             "infer_model": self.s.infer_model.state_dict(),
             "infer_optimizer": self.s.optimizer.state_dict(),
+            "label_privacy": self.privacy.state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.s.infer_model.load_state_dict(state["infer_model"])
         self.s.optimizer.load_state_dict(state["infer_optimizer"])
+        if "label_privacy" in state:
+            self.privacy.load_state(state["label_privacy"])
 
     def save_final(self, out_dir: Path) -> None:
         super().save_final(out_dir)

@@ -142,6 +142,7 @@ class SecureHostRole(SecureExchange, HostRole):
         for peer in self.collaborators:
             leaf = leaves[peer.node_id]
             delta = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+            delta = self.privacy.outgoing(peer.node_id, delta.detach(), self.batch_labels)
             with protocol_errors(peer, f"the backward pass of batch {b}"):
                 msg = self.layers[peer.node_id].backward(delta.detach())
             self.reply(peer, kinds.KIND_BWD_ENC, round_no, b, msg)
