@@ -15,12 +15,23 @@ GEN := $(PROTOS:.proto=_pb2.py)
 
 .PHONY: install proto test test-all demo demo-secure privacy-eval bench lint image compose-demo chart-lint certs deploy-checks clean
 
-install: $(VENV)/.installed proto
+# The PSI engine (SecretFlow's spu) in its own venv: spu needs Python 3.10-3.11 and numpy < 2.
+PSI_VENV ?= .venv-psi
+PSI_PYTHON ?= python3
+
+install: $(VENV)/.installed $(PSI_VENV)/.installed proto
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(PSI_VENV)/.installed: requirements-psi.lock
+	test -x $(PSI_VENV)/bin/python || $(PSI_PYTHON) -m venv $(PSI_VENV)
+	$(PSI_VENV)/bin/python -c 'import sys; assert sys.version_info[:2] in ((3, 10), (3, 11)), \
+		"the PSI engine needs Python 3.10 or 3.11: make install PSI_PYTHON=python3.11"'
+	$(PSI_VENV)/bin/python -m pip install -q --no-deps -r requirements-psi.lock
 	touch $@
 
 proto: $(VENV)/.installed $(GEN)

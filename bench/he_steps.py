@@ -70,6 +70,11 @@ def main() -> None:
     coll = SecureCollaboratorLayer(
         "c", din, dout, 0.01, 0.9, coll_keys, PeerKeys(params.ckks, host_pub)
     )
+    m, init_up = wire_bytes(host.init_request())
+    m, init_down = wire_bytes(coll.init_reply(m))
+    host.init_finish(m)
+    m, _ = wire_bytes(host.share_message())
+    coll.set_host_share(m)
 
     times: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
@@ -77,31 +82,23 @@ def main() -> None:
     for _ in range(args.batches):
         x = torch.randn(rows, din)
         start = time.perf_counter()
-        m, sizes["enc_x"] = wire_bytes(timed(times, "c_encrypt_x", coll.encrypt_features, x))
-        m, sizes["fwd_masked"] = wire_bytes(timed(times, "h_forward_xu", host.forward, m))
-        m, sizes["fwd_share"] = wire_bytes(
-            timed(times, "c_combine_forward", coll.combine_forward, m)
-        )
-        z = timed(times, "h_finish_forward", host.finish_forward, m)
+        fwd, sizes["fwd"] = wire_bytes(timed(times, "c_forward_xw", coll.forward, x))
+        z = timed(times, "h_decrypt_z", host.forward, fwd)
+        enc_x, sizes["enc_x"] = wire_bytes(timed(times, "c_encrypt_x", coll.encrypt_features))
         delta = torch.randn_like(z) * 1e-3
-        m, sizes["bwd_enc"] = wire_bytes(timed(times, "h_encrypt_delta", host.backward, delta))
-        reply = timed(times, "c_backward_delta_vt", coll.backward, m)
-        w, sizes["bwd_weight"] = wire_bytes(timed(times, "h_weight_gradient", host.weight_gradient))
-        m, sizes["bwd_masked"] = wire_bytes(reply)
-        timed(times, "c_apply_weight_gradient", coll.apply_weight_gradient, w)
-        m, sizes["bwd_grad"] = wire_bytes(
-            timed(times, "h_finish_backward", host.finish_backward, m)
+        grad, sizes["bwd_grad"] = wire_bytes(timed(times, "h_backward_dwt", host.backward, delta))
+        weight, sizes["bwd_weight"] = wire_bytes(
+            timed(times, "h_weight_gradient", host.weight_gradient, enc_x)
         )
-        timed(times, "c_finish_backward", coll.finish_backward, m)
+        timed(times, "c_decrypt_dx", coll.finish_backward, grad)
+        timed(times, "c_step_share", coll.apply_weight_gradient, weight)
         totals.append(time.perf_counter() - start)
 
     test_rows = 2000
     x = torch.randn(test_rows, din)
     start = time.perf_counter()
-    m, test_up = wire_bytes(coll.encrypt_features(x, train=False))
-    m, test_down = wire_bytes(host.forward(m, train=False))
-    m, test_share = wire_bytes(coll.combine_forward(m))
-    host.finish_forward(m)
+    m, test_bytes = wire_bytes(coll.forward(x, train=False))
+    host.forward(m, train=False)
     test_s = time.perf_counter() - start
 
     steps_ms = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}
@@ -109,6 +106,8 @@ def main() -> None:
         print(f"{k:32s} {v:8.1f} ms")
     for k, v in sizes.items():
         print(f"{k:32s} {v / 1e6:8.3f} MB")
+    total = sum(sizes.values())
+    print(f"{'batch total':32s} {1000 * statistics.median(totals):8.1f} ms, {total / 1e6:.3f} MB")
     result = {
         "bench": "he_steps",
         "batch": rows,
@@ -116,12 +115,13 @@ def main() -> None:
         "out_dim": dout,
         "steps_ms": steps_ms,
         "batch_total_ms": round(1000 * statistics.median(totals), 1),
-        "bytes_per_batch": sum(sizes.values()),
+        "bytes_per_batch": total,
         "bytes_per_message": sizes,
         "public_key_bytes": {"collaborator": coll_key_bytes, "host": host_key_bytes},
+        "initial_share_bytes": init_up + init_down,
         "keygen_s": round(keygen_s, 2),
         "test_forward_2000_rows_s": round(test_s, 2),
-        "test_forward_2000_rows_bytes": test_up + test_down + test_share,
+        "test_forward_2000_rows_bytes": test_bytes,
     }
     print(json.dumps(result))
 

@@ -1,186 +1,170 @@
-"""PSI benchmark: host and collaborator as two processes talking real gRPC on 127.0.0.1,
-then openmined-psi on the same sets in the same run. N = env PSI_N (default 1,000,000) ids
-per party, half shared. The last stdout line is one JSON object.
+"""PSI benchmark, side by side in one run on the same id sets (N = env PSI_N, default 2^20
+ids per party, half shared):
 
-Run from the project root: `.venv/bin/python -m bench.psi_bench`. PSI_POOL=processes and
-PSI_WORKERS=k choose the worker pool. openmined-psi pins an older protobuf, so it runs from
-its own venv, `.venv-bench/`, created here on first use."""
+- heteronn: host and collaborator as two processes (`bench.psi_party`) over gRPC on
+  127.0.0.1, with the node's PSI engine (env PSI_ENGINE, default spu-rr22; `ecdh` runs the
+  in-process ECDH protocol), its engine link over mutual TLS;
+- SecretFlow's spu 0.9.5 (`psi_execute`, ECDH-25519 and RR22) as SecretFlow users run it:
+  two processes from the PSI engine's venv (.venv-psi, created by `make install`) over
+  spu's brpc link on 127.0.0.1, no TLS, one `id` CSV column per party.
+
+Each party reports its peak RSS (its process plus its engine worker). The last stdout line
+is one JSON object. Run from the project root: `.venv/bin/python -m bench.psi_bench`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
-from bench.psi_sets import collaborator_ids, host_ids, intersection_size
-from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.psi.pool import PsiPool
-from party_node.psi.rpc import CollaboratorPsiSession, run_host_psi, serve_psi
-from wire.grpc_factory import open_channel, start_server
+from bench.psi_sets import collaborator_ids, host_ids, intersection_size, write_csv
+from party_node.psi.engine import engine_python, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER_VENV = ROOT / ".venv-bench"
-PEER_PINS = ["openmined-psi==2.0.6", "protobuf==6.30.2"]
-TIMEOUT_S = 3600.0
+WORKER = ROOT / "party_node" / "psi" / "spu_worker.py"
+TIMEOUT_S = 7200
+SPU_LINK = "two processes over spu's brpc link on 127.0.0.1, no TLS"
 
 
-def _header(sender: str):
-    return lambda: common_pb2.Header(task_id="psi-bench", sender=sender, kind="psi")
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "proto")]))
 
 
-def _pool() -> PsiPool:
-    workers = os.environ.get("PSI_WORKERS")
-    kind = os.environ.get("PSI_POOL", "threads")
-    return PsiPool(int(workers) if workers else None, kind=kind)  # type: ignore[arg-type]
-
-
-class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
-    """Creates its session when the host first calls, so its work starts with the clock."""
-
-    def __init__(self, ids: list[str], pool: PsiPool):
-        self._ids, self._pool = ids, pool
-        self._lock = threading.Lock()
-        self.session: CollaboratorPsiSession | None = None
-        self.called = threading.Event()
-
-    def Psi(self, request_iterator, context):
-        with self._lock:
-            if self.session is None:
-                self.session = CollaboratorPsiSession(self._ids, self._pool, _header("collab"))
-        self.called.set()
-        return serve_psi(self.session, request_iterator, context)
-
-
-def run_collaborator(n: int) -> None:
-    """Child process: serve PSI, print the port, then the result size when it arrives."""
-    ids = collaborator_ids(n)
-    with _pool() as pool:
-        servicer = _Collaborator(ids, pool)
-
-        def register(server: grpc.Server) -> list[str]:
-            party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
-            return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name]
-
-        server = start_server("127.0.0.1:0", register)
-        print(f"PORT {server.port}", flush=True)
-        servicer.called.wait(TIMEOUT_S)
-        assert servicer.session is not None
-        result = servicer.session.wait_result(TIMEOUT_S)
-        print(f"RESULT {len(result)}", flush=True)
-        server.stop(1.0)
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children: a load-independent figure."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def run_ours(n: int) -> float:
-    """Both parties over gRPC; seconds until both know the intersection."""
-    cpu_before = _cpu_seconds()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "proto")]))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.psi_bench", "--collaborator", str(n)],
+def run_ours(n: int, engine: str) -> dict:
+    """Both parties of heteronn's PSI; seconds until both know the intersection."""
+    party = [sys.executable, "-m", "bench.psi_party"]
+    collab = subprocess.Popen(
+        [*party, "collaborator", str(n), engine],
         cwd=ROOT,
-        env=env,
+        env=_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert child.stdout is not None
-        line = child.stdout.readline().split()
+        assert collab.stdout is not None
+        line = collab.stdout.readline().split()
         if line[:1] != ["PORT"]:
             raise SystemExit(f"collaborator did not start: {line}")
-        ids = host_ids(n)
-        channel = open_channel(f"127.0.0.1:{line[1]}")
-        stub = party_node_pb2_grpc.PartyNodeServiceStub(channel)
-        with _pool() as pool:
-            start = time.perf_counter()
-            final = run_host_psi({"collab": stub}, ids, _header("host"), pool, TIMEOUT_S)
-            host_done = time.perf_counter() - start
-            result = child.stdout.readline().split()
-            seconds = time.perf_counter() - start
-        channel.close()
-        child.wait(60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    want = intersection_size(n)
-    if len(final) != want or result != ["RESULT", str(want)]:
-        raise SystemExit(
-            f"wrong intersection: host {len(final)}, collaborator {result}, expected {want}"
+        started = time.perf_counter()
+        host = subprocess.run(
+            [*party, "host", str(n), engine, line[1]],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
         )
-    cpu = _cpu_seconds() - cpu_before
-    print(
-        f"heteronn PSI: host done {host_done:.1f} s, both done {seconds:.1f} s, "
-        f"{cpu:.1f} CPU s in both parties ({2 * n / cpu:.0f} ids per CPU second)",
-        flush=True,
-    )
-    return seconds
+        if host.returncode != 0:
+            raise SystemExit(f"heteronn's host failed:\n{host.stderr[-3000:]}")
+        collab_report = json.loads(collab.stdout.readline())
+        seconds = time.perf_counter() - started
+        collab.wait(60)
+    finally:
+        if collab.poll() is None:
+            collab.kill()
+    host_report = json.loads(host.stdout.strip().splitlines()[-1])
+    want = intersection_size(n)
+    if host_report["result"] != want or collab_report["result"] != want:
+        raise SystemExit(
+            f"wrong intersection: host {host_report['result']}, collaborator "
+            f"{collab_report['result']}, expected {want}"
+        )
+    print(f"heteronn ({engine}): {seconds:.1f} s", flush=True)
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": {
+            "host": host_report["peak_rss_mb"],
+            "collaborator": collab_report["peak_rss_mb"],
+        },
+    }
 
 
-def _peer_python() -> Path:
-    python = PEER_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import private_set_intersection.python"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating {PEER_VENV} for openmined-psi ({' '.join(PEER_PINS)})", flush=True)
-    subprocess.run(["python3", "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PINS], check=True)
-    return python
-
-
-def run_peer(n: int) -> float:
-    script = ROOT / "bench" / "psi_peer_openmined.py"
-    python = _peer_python()
-    cpu_before = _cpu_seconds()
-    out = subprocess.run(
-        [str(python), str(script), str(n)], check=True, capture_output=True, text=True
-    )
-    seconds = float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
-    cpu = _cpu_seconds() - cpu_before
-    print(
-        f"openmined-psi: {seconds:.1f} s, {cpu:.1f} CPU s ({2 * n / cpu:.0f} ids per CPU second)",
-        flush=True,
-    )
-    return seconds
+def run_spu(n: int, protocol: str, folder: Path) -> dict:
+    """spu's own PSI, both ends as processes of the engine venv; the slower end's time."""
+    python = engine_python()
+    inputs = [folder / "host.csv", folder / "collaborator.csv"]
+    ports = [free_port(), free_port()]
+    parties = [["host", f"127.0.0.1:{ports[0]}"], ["collaborator", f"127.0.0.1:{ports[1]}"]]
+    procs = []
+    for rank in (0, 1):
+        config = {
+            "rank": rank,
+            "parties": parties,
+            "link_id": f"bench-{protocol}",
+            "protocol": protocol,
+            "input": str(inputs[rank]),
+            "output": str(folder / f"out-{protocol}-{rank}.csv"),
+            "key_column": "id",
+            "receiver_rank": 0,
+            "broadcast": True,
+            "bucket_size": 1 << 20,
+            "checkpoint": "",
+            "tls": None,
+            "connect_timeout_ms": 60000,
+            "recv_timeout_ms": TIMEOUT_S * 1000,
+        }
+        path = folder / f"spu-{protocol}-{rank}.json"
+        path.write_text(json.dumps(config))
+        procs.append(
+            subprocess.Popen(
+                [str(python), "-I", str(WORKER), str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    results, rss = [], []
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert proc.stdout is not None
+        out = json.loads(proc.stdout.read().decode().strip().splitlines()[-1])
+        if os.waitstatus_to_exitcode(status) != 0 or "error" in out:
+            raise SystemExit(f"spu {protocol} failed: {out}")
+        results.append(out)
+        rss.append(round(usage.ru_maxrss / 1024, 1))
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if any(r["intersection"] != intersection_size(n) for r in results):
+        raise SystemExit(f"spu {protocol} found {results}, expected {intersection_size(n)}")
+    seconds = max(r["seconds"] for r in results)
+    print(f"spu {protocol}: {seconds:.1f} s", flush=True)
+    return {"seconds": seconds, "peak_rss_mb": {"host": rss[0], "collaborator": rss[1]}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--collaborator", type=int, metavar="N", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.collaborator is not None:
-        run_collaborator(args.collaborator)
-        return
-    n = int(os.environ.get("PSI_N", "1000000"))
+    n = int(os.environ.get("PSI_N", str(1 << 20)))
+    engine = os.environ.get("PSI_ENGINE", "spu-rr22")
+    peers = os.environ.get("PSI_PEERS", "ecdh,rr22").split(",")
     cores = len(os.sched_getaffinity(0))
-    print(f"PSI benchmark: N={n} per party, {cores} cores, load {os.getloadavg()}", flush=True)
-    seconds = run_ours(n)
-    peer_seconds = run_peer(n)
-    print(f"load after: {os.getloadavg()}", flush=True)
-    print(
-        json.dumps(
-            {
-                "bench": "psi",
-                "n": n,
-                "seconds": round(seconds, 2),
-                "ids_per_s_per_core": round(2 * n / (seconds * cores), 1),
-                "peer": "openmined-psi",
-                "peer_seconds": round(peer_seconds, 2),
-            }
-        )
-    )
+    load_before = os.getloadavg()
+    print(f"PSI benchmark: N={n} per party, {cores} cores, load {load_before}", flush=True)
+    ours = run_ours(n, engine)
+    spu = {}
+    with tempfile.TemporaryDirectory(prefix="psi-bench-spu-") as tmp:
+        folder = Path(tmp)
+        if any(peers):
+            write_csv(folder / "host.csv", host_ids(n))
+            write_csv(folder / "collaborator.csv", collaborator_ids(n))
+        for protocol in filter(None, peers):
+            spu[protocol] = run_spu(n, protocol, folder)
+    load_after = os.getloadavg()
+    print(f"load after: {load_after}", flush=True)
+    line = {
+        "bench": "psi",
+        "n": n,
+        "engine": engine,
+        "seconds": round(ours["seconds"], 2),
+        "ids_per_s_per_core": round(2 * n / (ours["seconds"] * cores), 1),
+        "peak_rss_mb": ours["peak_rss_mb"],
+    }
+    for protocol, figures in spu.items():
+        line[f"spu_{protocol}_seconds"] = round(figures["seconds"], 2)
+        line[f"spu_{protocol}_peak_rss_mb"] = figures["peak_rss_mb"]
+    line["spu_link"] = SPU_LINK
+    line["load"] = [round(x, 2) for x in (*load_before[:1], *load_after[:1])]
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def run_mode(mode: str, rounds: int, data_root: str, workdir: Path) -> dict:
 
 
 def secure_bytes_per_batch() -> int:
+    """Serialized Payload bytes of one training batch of the demo's shape (both directions)."""
     from bench.he_steps import wire_bytes
     from party_node.secure import (
         OwnKeys,
@@ -124,22 +125,19 @@ def secure_bytes_per_batch() -> int:
     hk = OwnKeys(p.ckks, SecureHostLayer.key_steps(20, 10, p))
     host = SecureHostLayer("c", 20, 10, 0.01, 0.9, hk, PeerKeys(p.ckks, ck.public_blobs()))
     coll = SecureCollaboratorLayer("c", 20, 10, 0.01, 0.9, ck, PeerKeys(p.ckks, hk.public_blobs()))
+    host.init_finish(coll.init_reply(host.init_request()))
+    coll.set_host_share(host.share_message())
     total = 0
-    m, n = wire_bytes(coll.encrypt_features(torch.randn(128, 20)))
+    fwd, n = wire_bytes(coll.forward(torch.randn(128, 20)))
     total += n
-    m, n = wire_bytes(host.forward(m))
+    z = host.forward(fwd)
+    enc_x, n = wire_bytes(coll.encrypt_features())
     total += n
-    m, n = wire_bytes(coll.combine_forward(m))
+    grad, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3))
     total += n
-    z = host.finish_forward(m)
-    m, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3))
-    total += n
-    reply, n = wire_bytes(coll.backward(m))
-    total += n
-    w, n = wire_bytes(host.weight_gradient())
-    total += n
-    coll.apply_weight_gradient(w)
-    m, n = wire_bytes(host.finish_backward(reply))
+    weight, n = wire_bytes(host.weight_gradient(enc_x))
+    coll.finish_backward(grad)
+    coll.apply_weight_gradient(weight)
     return total + n
 
 

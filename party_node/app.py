@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from party_node.errors import ConfigError, TaskFailed
 from party_node.mock import current_mock
+from party_node.psi.engine_rpc import EngineOptions
 from party_node.runtime.links import AbortSignal
-from party_node.runtime.outputs import atomic_write_bytes
+from party_node.runtime.outputs import atomic_write_bytes, output_dir
 from party_node.runtime.task import RunSettings, TaskRuntime
 from party_node.settings import NodeSettings
 from party_node.transport.control_link import CoordinatorLink
@@ -70,6 +71,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         tls,
         send_timeout=scheduler.calculation_timeout,
         interceptors=[metrics.client_interceptor()],
+        psi_engine=psi_engine_options(settings, advertise),
     )
     run = RunSettings(
         node_id=settings.node_id,
@@ -190,6 +192,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def psi_engine_options(settings: NodeSettings, advertise: str) -> EngineOptions | None:
+    """Where this node's PSI engine listens and keeps its files; None for in-process ECDH."""
+    if settings.psi_engine == "ecdh":
+        return None
+    listen_host = settings.listen.rsplit(":", 1)[0] or "0.0.0.0"
+    return EngineOptions(
+        engine=settings.psi_engine,
+        folder=output_dir(settings.workdir, settings.node_id, settings.task_id) / "psi",
+        listen_host=listen_host.strip("[]"),
+        advertise_host=advertise.rsplit(":", 1)[0],
+        port=settings.psi_link_port,
+        recover=settings.recover,
+    )
 
 
 def default_advertise(listen: str, port: int) -> str:

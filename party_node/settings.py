@@ -4,7 +4,7 @@ read from ``HETERONN_NODE_*`` env vars, an optional TOML file, and explicit argu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +32,14 @@ class NodeSettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_plaintext: bool = Field(False, description="must be true to run without TLS certificates")
+    psi_engine: Literal["spu-rr22", "spu-ecdh", "ecdh"] = Field(
+        "spu-rr22",
+        description="PSI: SecretFlow's RR22 or ECDH engine as a worker process (needs the "
+        "engine venv, `make install`), or heteronn's in-process ECDH; the same on every party",
+    )
+    psi_link_port: int = Field(
+        0, ge=0, le=65535, description="port of the PSI engine's link; 0: any free port"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; set when parties share a machine"
     )

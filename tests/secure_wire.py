@@ -14,14 +14,14 @@ import torch
 
 from heteronn.v1 import common_pb2
 from party_node.secure import (
-    KIND_BWD_ENC,
     KIND_BWD_GRAD,
-    KIND_BWD_MASKED,
     KIND_BWD_WEIGHT,
     KIND_ENC_X,
-    KIND_FWD_MASKED,
-    KIND_FWD_SHARE,
+    KIND_FWD,
+    KIND_INIT_SHARE,
     KIND_PUBLIC_KEYS,
+    KIND_SHARE,
+    KIND_TEST_FWD,
     OwnKeys,
     PeerKeys,
     SecureCollaboratorLayer,
@@ -88,9 +88,12 @@ def make_parties(
     dims: dict[str, tuple[int, int]],
     lr: float,
     momentum: float,
-    initial_w: dict[str, np.ndarray],
+    initial_w: dict[str, np.ndarray] | None,
     params: SecureParams | None = None,
 ) -> Parties:
+    """Keys exchanged and shares set up over the recorded wire: with `initial_w`, W = that
+    (shares U0 random, V0 = W - U0, for equivalence tests); without, the protocol's own
+    initial exchange (W0 = a ⊙ b)."""
     params = params or SecureParams()
     wire = Wire()
     steps: set[int] = set()
@@ -103,8 +106,11 @@ def make_parties(
         coll_keys[key] = ck
         to_host = wire.send(key, "host", KIND_PUBLIC_KEYS, ck.public_blobs())
         to_coll = wire.send("host", key, KIND_PUBLIC_KEYS, host_keys.public_blobs())
-        u0 = np.random.default_rng(len(key)).normal(size=(din, dout))
-        hosts[key] = SecureHostLayer(
+        u0 = v0 = None
+        if initial_w is not None:
+            u0 = np.random.default_rng(len(key)).normal(0, 8, size=(din, dout))
+            v0 = initial_w[key] - u0
+        host = SecureHostLayer(
             key,
             din,
             dout,
@@ -116,7 +122,7 @@ def make_parties(
             initial_share=u0,
             dtype=torch.float64,
         )
-        colls[key] = SecureCollaboratorLayer(
+        coll = SecureCollaboratorLayer(
             key,
             din,
             dout,
@@ -125,28 +131,31 @@ def make_parties(
             ck,
             PeerKeys(params.ckks, to_coll),
             params,
-            initial_share=initial_w[key] - u0,
+            initial_share=v0,
         )
+        if initial_w is None:
+            m = wire.send("host", key, KIND_INIT_SHARE, host.init_request())
+            host.init_finish(wire.send(key, "host", KIND_INIT_SHARE, coll.init_reply(m)))
+        coll.set_host_share(wire.send("host", key, KIND_SHARE, host.share_message()))
+        hosts[key], colls[key] = host, coll
     return Parties(wire, host_keys, coll_keys, hosts, colls)
 
 
 def secure_forward(p: Parties, key: str, x: torch.Tensor, train: bool = True) -> torch.Tensor:
     host, coll, w = p.hosts[key], p.colls[key], p.wire
-    m = w.send(key, "host", KIND_ENC_X, coll.encrypt_features(x, train=train))
-    m = w.send("host", key, KIND_FWD_MASKED, host.forward(m, train=train))
-    m = w.send(key, "host", KIND_FWD_SHARE, coll.combine_forward(m))
-    return host.finish_forward(m)
+    kind = KIND_FWD if train else KIND_TEST_FWD
+    m = w.send(key, "host", kind, coll.forward(x, train=train))
+    return host.forward(m, train=train)
 
 
 def secure_backward(p: Parties, key: str, delta: torch.Tensor) -> torch.Tensor:
     host, coll, w = p.hosts[key], p.colls[key], p.wire
-    m = w.send("host", key, KIND_BWD_ENC, host.backward(delta))
-    reply = coll.backward(m)  # meanwhile the host computes the weight gradient
-    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient())
-    m = w.send(key, "host", KIND_BWD_MASKED, reply)
+    enc_x = w.send(key, "host", KIND_ENC_X, coll.encrypt_features())
+    grad = w.send("host", key, KIND_BWD_GRAD, host.backward(delta))
+    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient(enc_x))
+    dx = coll.finish_backward(grad)
     coll.apply_weight_gradient(weight)
-    m = w.send("host", key, KIND_BWD_GRAD, host.finish_backward(m))
-    return coll.finish_backward(m)
+    return dx
 
 
 __all__ = ["Parties", "Wire", "make_parties", "secure_backward", "secure_forward"]

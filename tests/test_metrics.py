@@ -111,7 +111,10 @@ def test_all_four_handler_kinds_record_latency_code_and_bytes(setup):
     samples = _scrape(endpoint.port)
     req_bytes, resp_bytes = request.ByteSize(), Resp(status=Resp.SERVING).ByteSize()
     expected = {  # method: (requests, responses)
-        "Unary": (1, 1), "ClientStream": (2, 1), "ServerStream": (1, 3), "Bidi": (4, 4),
+        "Unary": (1, 1),
+        "ClientStream": (2, 1),
+        "ServerStream": (1, 3),
+        "Bidi": (4, 4),
     }
     for kind, (n_req, n_resp) in expected.items():
         method = f"{SERVICE}/{kind}"
@@ -140,12 +143,36 @@ def test_error_codes_are_labelled(setup):
 
     samples = _scrape(endpoint.port)
     label = {"side": "server"}
-    assert _value(samples, "heteronn_rpc_duration_seconds_count",
-                  method=f"{SERVICE}/Unary", code="INVALID_ARGUMENT", **label) == 1
-    assert _value(samples, "heteronn_rpc_duration_seconds_count",
-                  method=f"{SERVICE}/Bidi", code="PERMISSION_DENIED", **label) == 1
-    assert _value(samples, "heteronn_rpc_duration_seconds_count",
-                  method=f"{SERVICE}/Unary", code="OK", **label) == 0
+    assert (
+        _value(
+            samples,
+            "heteronn_rpc_duration_seconds_count",
+            method=f"{SERVICE}/Unary",
+            code="INVALID_ARGUMENT",
+            **label,
+        )
+        == 1
+    )
+    assert (
+        _value(
+            samples,
+            "heteronn_rpc_duration_seconds_count",
+            method=f"{SERVICE}/Bidi",
+            code="PERMISSION_DENIED",
+            **label,
+        )
+        == 1
+    )
+    assert (
+        _value(
+            samples,
+            "heteronn_rpc_duration_seconds_count",
+            method=f"{SERVICE}/Unary",
+            code="OK",
+            **label,
+        )
+        == 0
+    )
 
 
 def test_client_interceptor_counts_its_side(setup):
@@ -170,12 +197,32 @@ def test_client_interceptor_counts_its_side(setup):
     assert _value(samples, "heteronn_rpc_received_bytes_total", method=stream, side="client") == (
         3 * Resp(status=Resp.SERVING).ByteSize()
     )
-    assert _value(samples, "heteronn_rpc_duration_seconds_count",
-                  method=unary, code="INVALID_ARGUMENT", side="client") == 1
-    assert _value(samples, "heteronn_rpc_duration_seconds_count",
-                  method=stream, code="OK", side="client") == 1
-    assert _value(samples, "heteronn_rpc_duration_seconds_count",
-                  method="grpc.health.v1.Health/Check", code="OK", side="client") == 1
+    assert (
+        _value(
+            samples,
+            "heteronn_rpc_duration_seconds_count",
+            method=unary,
+            code="INVALID_ARGUMENT",
+            side="client",
+        )
+        == 1
+    )
+    assert (
+        _value(
+            samples, "heteronn_rpc_duration_seconds_count", method=stream, code="OK", side="client"
+        )
+        == 1
+    )
+    assert (
+        _value(
+            samples,
+            "heteronn_rpc_duration_seconds_count",
+            method="grpc.health.v1.Health/Check",
+            code="OK",
+            side="client",
+        )
+        == 1
+    )
 
 
 def test_domain_metrics_use_prometheus_names():

@@ -1,9 +1,9 @@
-"""The CKKS projection protocol: equivalence with plain training, privacy from wire bytes.
+"""The CKKS projection protocol: numerical equivalence with plain training.
 
 Tolerances (docs/secure-protocol.md): after every one of >= 20 SGD steps of secure and plain
 training run side by side (each on its own trajectory), |z - z_plain| <= 1e-5,
-|(U + V) - W_plain| <= 1e-6, |∂L/∂X - ∂L/∂X_plain| <= 1e-7. Measured maxima over repeated
-runs: ~1.2e-6, ~2e-8 and ~8e-9.
+|(U + V) - W_plain| <= 1e-6, |∂L/∂X - ∂L/∂X_plain| <= 1e-7. What each party sees on the wire
+is checked in test_secure_wire_privacy.py, the audit's attacks in test_secure_attacks.py.
 """
 
 from __future__ import annotations
@@ -17,31 +17,12 @@ import tenseal as ts
 import torch
 from torch import nn
 
-from party_node.secure import (
-    KIND_BWD_ENC,
-    KIND_BWD_MASKED,
-    KIND_BWD_WEIGHT,
-    KIND_ENC_X,
-    KIND_FWD_MASKED,
-    KIND_FWD_SHARE,
-    KIND_PUBLIC_KEYS,
-    SecureProtocolError,
-)
+from party_node.secure import KIND_PUBLIC_KEYS, SecureProtocolError
 from party_node.secure.context import CONTEXT_BLOB
 from tests.secure_wire import make_parties, secure_backward, secure_forward
 
 Z_TOL, W_TOL, DX_TOL = 1e-5, 1e-6, 1e-7
 STEPS = 20
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    return float(abs(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
-
-
-def _max_col_corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |corr| between any column of a and any column of b (same rows)."""
-    return max(_corr(a[:, i], b[:, j]) for i in range(a.shape[1]) for j in range(b.shape[1]))
 
 
 class Run:
@@ -69,7 +50,7 @@ class Run:
             momentum=momentum,
         )
         self.opt_head = torch.optim.SGD(self.head_secure.parameters(), lr=lr, momentum=momentum)
-        self.record: dict[str, list] = {"x": [], "delta": [], "u": [], "xu": [], "g": []}
+        self.record: dict[str, list] = {k: [] for k in ("x", "delta", "u", "v", "w", "g")}
 
     def step(self) -> dict[str, float]:
         xs = {k: torch.randn(self.rows, d[0], dtype=torch.float64) for k, d in self.dims.items()}
@@ -90,10 +71,12 @@ class Run:
         errs = {"z": 0.0, "w": 0.0, "dx": 0.0}
         for k, x in xs.items():
             host = self.parties.hosts[k]
+            coll = self.parties.colls[k]
             self.record["x"].append((k, x.numpy()))
             self.record["delta"].append((k, zs[k].grad.numpy().copy()))
             self.record["u"].append((k, host.share.u.copy()))
-            self.record["xu"].append((k, x.numpy() @ host.share.u))
+            self.record["v"].append((k, coll.share.v.copy()))
+            self.record["w"].append((k, host.share.u + coll.share.v))
             self.record["g"].append((k, x.numpy().T @ zs[k].grad.numpy()))
             dx = secure_backward(self.parties, k, zs[k].grad)
             errs["z"] = max(errs["z"], float((zs[k].detach() - zp[k].detach()).abs().max()))
@@ -144,97 +127,6 @@ def test_batched_test_forward_needs_no_backward(two_party_run: Run) -> None:
         p.hosts[k].backward(torch.zeros(300, 3, dtype=torch.float64))
 
 
-# ---- privacy, from the recorded bytes -------------------------------------------------------
-
-
-def _decrypt_all(keys, payloads, prefix, levels=1):
-    """Every slot (real and imaginary) the receiver can decrypt from these payloads."""
-    from tenseal import sealapi
-
-    out = []
-    for pl in payloads:
-        for name, data in pl.blobs.items():
-            if name.startswith(prefix):
-                ct = keys.engine.load_ciphertext(bytes(data), name, levels)
-                pt = sealapi.Plaintext()
-                keys._decryptor.decrypt(ct, pt)
-                out.append(np.asarray(keys.engine.encoder.decode_complex(pt)))
-    return out
-
-
-def test_host_learns_nothing_correlated_with_x(two_party_run: Run) -> None:
-    run, p = two_party_run, two_party_run.parties
-    xs = np.concatenate([x for _, x in run.record["x"]])
-    readable = np.concatenate(
-        [
-            pl_t
-            for pl_t in (
-                np.frombuffer(pl.tensors["z_masked"].data, "<f8").reshape(-1, 3)
-                for pl in p.wire.received_by("host", KIND_FWD_SHARE)[:STEPS]
-            )
-        ]
-    )
-    assert _max_col_corr(xs, readable) < 0.2
-    # detector sanity: the unmasked projection does correlate with X
-    z = xs @ run.w0["bank"]
-    assert _max_col_corr(xs, z) > 0.3
-    # what the host decrypts (δ·Vᵀ + N) is mask-sized in every slot and uncorrelated with X
-    dec = _decrypt_all(p.host_keys, p.wire.received_by("host", KIND_BWD_MASKED), "grad_x/")
-    bound = p.hosts["bank"].params.mask_bound
-    for vec in dec:
-        assert np.abs(vec.real).mean() > bound / 4 and np.abs(vec.imag).mean() > bound / 4
-    assert _max_col_corr(xs, np.concatenate([geo_unpack(p, v.real, 6) for v in dec])) < 0.2
-    # X's ciphertexts are under the collaborator's key: the host's key decrypts garbage,
-    # and the raw bytes read as numbers do not correlate with X either
-    enc_x = p.wire.received_by("host", KIND_ENC_X)[:STEPS]
-    wrong = _decrypt_all(p.host_keys, enc_x, "enc_x/", levels=0)
-    x_steps = [x for _, x in run.record["x"]]
-    for vec, x in zip(wrong, x_steps, strict=True):
-        assert _max_col_corr(x, geo_unpack(p, vec.real, 6)) < 0.6
-        assert np.abs(vec.real).mean() > 1e6
-    raw = np.frombuffer(enc_x[0].blobs["enc_x/0/0"][: 48 * 6 * 8], "<u4").astype(float)
-    assert _corr(raw.reshape(-1)[: 48 * 6], x_steps[0].reshape(-1)) < 0.3
-
-
-def geo_unpack(p, vec: np.ndarray, cols: int) -> np.ndarray:
-    geo = p.hosts["bank"].geo
-    return geo.unpack({(0, 0): vec}, 48, cols)
-
-
-def test_collaborator_learns_nothing_correlated_with_delta_or_u(two_party_run: Run) -> None:
-    run, p = two_party_run, two_party_run.parties
-    ck = p.coll_keys["bank"]
-    geo = p.colls["bank"].geo
-    fwd = _decrypt_all(ck, p.wire.received_by("bank", KIND_FWD_MASKED)[:STEPS], "fwd/")
-    grads = _decrypt_all(ck, p.wire.received_by("bank", KIND_BWD_WEIGHT), "grad_w/")
-    assert len(fwd) == STEPS and len(grads) == STEPS
-    # every decrypted slot, rotation leftovers, padding and imaginary parts included, is masked
-    for vec in fwd:
-        assert np.abs(vec.real).min() > 1.0 and np.abs(vec.imag).mean() > 2.0**28
-    for vec in grads:
-        assert np.abs(vec.imag).mean() > 50 and np.abs(vec.real).mean() > 50
-    # decrypted forward values vs the true X·U at the same slots, and vs U itself
-    xu = np.stack([v for _, v in run.record["xu"]])  # (steps, rows, 3)
-    dec_xu = np.stack([geo.unpack({(0, 0): v.real}, 48, 3) for v in fwd])
-    assert _corr(dec_xu, xu) < 0.1
-    u = np.stack([v for _, v in run.record["u"]])
-    assert _corr(dec_xu[:, :6, :].reshape(STEPS, -1), u.reshape(STEPS, -1)[:, :18]) < 0.2
-    # decrypted weight gradient vs the true Xᵀδ, and vs δ
-    g = np.stack([v for _, v in run.record["g"]])
-    dec_g = np.stack(
-        [[v.real[t * geo.stride : t * geo.stride + 3] for t in range(6)] for v in grads]
-    )
-    assert _corr(dec_g, g) < 0.2
-    delta = np.stack([d for _, d in run.record["delta"]])
-    assert _corr(dec_g.reshape(STEPS, -1), delta.reshape(STEPS, -1)[:, :18]) < 0.2
-    # Enc_H(δ) is under the host's key: the collaborator's key decrypts garbage
-    wrong = _decrypt_all(ck, p.wire.received_by("bank", KIND_BWD_ENC), "enc_delta/", levels=0)
-    assert len(wrong) == STEPS
-    for vec, d in zip(wrong, delta, strict=True):
-        assert np.abs(vec.real).mean() > 1e6
-        assert _max_col_corr(d, geo.unpack({(0, 0): vec.real}, 48, 3)) < 0.6
-
-
 def test_public_contexts_carry_no_secret_key(two_party_run: Run) -> None:
     p = two_party_run.parties
     key_msgs = [s for s in p.wire.log if s.kind == KIND_PUBLIC_KEYS]
@@ -245,7 +137,7 @@ def test_public_contexts_carry_no_secret_key(two_party_run: Run) -> None:
         blob = common_pb2.Payload.FromString(sent.data).blobs[CONTEXT_BLOB]
         ctx = ts.context_from(bytes(blob))
         assert not ctx.is_private() and not ctx.has_secret_key()
-        vec = ts.ckks_vector(ctx, [1.0, 2.0])
+        vec = ts.ckks_vector(ctx, [1.0, 2.0], scale=2.0**40)
         with pytest.raises(ValueError):
             vec.decrypt()
     with pytest.raises(TypeError):
@@ -255,7 +147,7 @@ def test_public_contexts_carry_no_secret_key(two_party_run: Run) -> None:
 
 def test_no_secret_key_in_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    run = Run({"bank": (3, 2)}, lr=0.05, momentum=0.9, rows=8)
+    run = Run({"bank": (3, 2)}, lr=0.05, momentum=0.9, rows=32)
     run.step()
     secret = run.parties.host_keys._ctx.serialize(save_secret_key=True)
     public = run.parties.host_keys.public_blobs()[CONTEXT_BLOB]

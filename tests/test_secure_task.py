@@ -50,7 +50,7 @@ def test_secure_task_trains_with_shares_at_their_owners(tmp_path, nodes):
     for c in nodes[1:]:
         v = torch.load(tmp_path / c / "sec" / "projection_share.pt", weights_only=True)["v"]
         w = host_shares[c] + v
-        assert w.shape == (4, 4) and float(w.abs().max()) < 5  # a sane sum of large shares
+        assert w.shape == (4, 3) and float(w.abs().max()) < 5  # a sane sum of large shares
         assert float(host_shares[c].abs().max()) > 1  # each share alone is noise-dominated
         assert not (tmp_path / c / "sec" / "projection_shares.pt").exists()
 
@@ -59,11 +59,44 @@ def test_wrong_in_dim_stops_every_party_with_the_fix(tmp_path):
     results = run_secure(tmp_path, ["h", "c1"], "bad", "--rounds", "1", host_extra=["--bad-in-dim"])
     expected = (
         "project_layer_config declares in_dim=10 for 'c1' but its feature model outputs 4 "
-        "columns; set ('c1', 4, 4)"
+        "columns; set ('c1', 4, 3)"
     )
     for name, r in results.items():
         assert r.code != 0, name
         assert expected in r.stderr, f"{name}:\n{r.stderr}"
+
+
+def test_host_alone_cannot_choose_a_projection_that_keeps_the_width(tmp_path):
+    """The audit's third attack: with out_dim >= in_dim, z = X·W determines X. The host's
+    config alone must not decide it: the collaborator refuses before it sends anything."""
+    results = run_secure(tmp_path, ["h", "c1"], "wide", "--rounds", "1", host_extra=["--wide"])
+    expected = (
+        "the host's project_layer_config projects 'c1' from 4 to 4 columns, which does not "
+        "reduce its width"
+    )
+    for name, r in results.items():
+        assert r.code != 0, name
+        assert expected in r.stderr, f"{name}:\n{r.stderr}"
+        assert "project_layer_allow_full_width=True" in r.stderr, f"{name}:\n{r.stderr}"
+
+
+def test_projection_shapes_are_agreed_at_join(tmp_path):
+    """A collaborator that declares its projection shape is checked against the host's config
+    by the coordinator, before any key or data is exchanged."""
+    results = run_secure(
+        tmp_path,
+        ["h", "c1"],
+        "shape",
+        "--rounds",
+        "1",
+        "--schedule-timeout",
+        "5",
+        coll_extra=["--declare-shape", "4,2"],
+    )
+    for name, r in results.items():
+        assert r.code != 0, name
+        for said in ("secure_projection_shape:c1", "'h' has 4->3", "'c1' has 4->2"):
+            assert said in r.stderr, f"{name}:\n{r.stderr}"
 
 
 def test_different_project_layer_lr_is_refused_at_join(tmp_path):

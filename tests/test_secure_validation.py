@@ -84,39 +84,57 @@ def parties():
 def test_non_finite_and_out_of_range_are_protocol_errors(parties) -> None:
     host, coll = parties.hosts["bank"], parties.colls["bank"]
     with pytest.raises(SecureProtocolError, match="NaN or infinite"):
-        coll.encrypt_features(torch.tensor([[1.0, math.nan, 0.0]]))
-    with pytest.raises(SecureProtocolError, match="exceeds the agreed bound"):
-        coll.encrypt_features(torch.full((2, 3), 1e9))
+        coll.forward(torch.tensor([[1.0, math.nan, 0.0]]))
+    with pytest.raises(SecureProtocolError) as err:
+        coll.forward(torch.full((2, 3), 100.0))
+    assert str(err.value) == (
+        "'bank' feature tensor: value 100 exceeds the agreed bound 64; raise "
+        "project_layer_feature_bound at every party"
+    )
     with pytest.raises(SecureProtocolError, match="expected \\(rows, 3\\)"):
-        coll.encrypt_features(torch.zeros(2, 4))
-    msg = host.forward(coll.encrypt_features(torch.ones(4, 3)))
-    reply = coll.combine_forward(msg)
-    nan = {"z_masked": torch.full_like(reply["z_masked"], math.nan)}
-    with pytest.raises(SecureProtocolError, match="NaN"):
-        host.finish_forward(nan)
-    with pytest.raises(SecureProtocolError, match="exceeds"):
-        host.finish_forward({"z_masked": reply["z_masked"] * 1e6})
+        coll.forward(torch.zeros(2, 4))
+    host.forward(coll.forward(torch.ones(4, 3)))
+    with pytest.raises(SecureProtocolError, match="project_layer_delta_bound"):
+        host.backward(torch.full((4, 2), 0.5))
     with pytest.raises(SecureProtocolError, match="shape"):
-        host.finish_forward({"z_masked": reply["z_masked"][:2]})
+        host.backward(torch.zeros(3, 2))
 
 
 def test_tampered_or_misordered_messages_are_refused(parties) -> None:
     host, coll = parties.hosts["bank"], parties.colls["bank"]
-    msg = coll.encrypt_features(torch.ones(4, 3))
+    msg = coll.forward(torch.ones(4, 3))
     bad = dict(msg)
-    bad["enc_x/0/0"] = msg["enc_x/0/0"][:1000]
+    bad["z/0"] = msg["z/0"][:1000]
     with pytest.raises(SecureProtocolError, match="not a valid SEAL object"):
         host.forward(bad)
     with pytest.raises(SecureProtocolError, match="missing"):
         host.forward({"rows": msg["rows"]})
-    extra = dict(msg, **{"enc_x/1/0": msg["enc_x/0/0"]})
+    extra = dict(msg, **{"z/1": msg["z/0"]})
     with pytest.raises(SecureProtocolError, match="unexpected"):
         host.forward(extra)
+    # a fresh (level-2) ciphertext where a finished result belongs: wrong level
+    swapped = dict(msg, **{"z/0": msg["v/0/0"]})
+    with pytest.raises(SecureProtocolError, match="unexpected level"):
+        host.forward(swapped)
     fresh = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
     with pytest.raises(SecureProtocolError, match="out of order"):
-        fresh.colls["bank"].combine_forward({})
+        fresh.colls["bank"].finish_backward({})
     with pytest.raises(SecureProtocolError, match="without a pending"):
         fresh.hosts["bank"].backward(torch.zeros(4, 2))
+    with pytest.raises(SecureProtocolError, match="weight_gradient before backward"):
+        fresh.hosts["bank"].weight_gradient({})
+
+
+def test_result_at_a_scale_of_the_senders_choosing_is_refused(parties) -> None:
+    """The owner decodes with the scale it expects, never one the sender wrote."""
+    from tests.secure_attacks import crafted_ciphertext
+
+    host, coll = parties.hosts["bank"], parties.colls["bank"]
+    msg = coll.forward(torch.ones(4, 3))
+    like = host.own.engine.load_ciphertext(msg["z/0"], "z", 1, host.share_result_scale)
+    msg["z/0"] = crafted_ciphertext(host.own.engine, like, 2**40, 2.0**20)
+    with pytest.raises(SecureProtocolError, match="unexpected scale"):
+        host.forward(msg)
 
 
 def test_peer_context_with_secret_key_is_refused(parties) -> None:
@@ -126,7 +144,7 @@ def test_peer_context_with_secret_key_is_refused(parties) -> None:
         PeerKeys(CkksParams(), {CONTEXT_BLOB: secret_ctx, GALOIS_BLOB: b""})
     with pytest.raises(SecureProtocolError, match="parameters differ"):
         PeerKeys(
-            CkksParams(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60, 40, 40, 40, 60)),
+            CkksParams(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60, 60, 60)),
             own.public_blobs(),
         )
 
@@ -134,7 +152,7 @@ def test_peer_context_with_secret_key_is_refused(parties) -> None:
 def test_checkpoint_round_trip_restores_shares(parties) -> None:
     host, coll = parties.hosts["bank"], parties.colls["bank"]
     hs, cs = host.state_dict(), coll.state_dict()
-    assert set(hs) == {"u", "buf", "q_prev"} and set(cs) == {"v", "buf"}
+    assert set(hs) == {"u", "buf", "u0", "slow"} and set(cs) == {"v", "buf"}
     u = host.share.u.copy()
     host.share.u += 1.0
     host.load_state_dict(hs)
@@ -180,3 +198,19 @@ def test_secure_schedulers_check_their_arguments() -> None:
         _Host("demo_host", project_layer_config=[("demo_host", "20", 10)], project_layer_lr=0.1)
     with pytest.raises(ConfigError, match="momentum"):
         _Collaborator("demo_collaborator", project_layer_lr=0.1, project_layer_momentum=1.0)
+    with pytest.raises(ConfigError, match="project_layer_feature_bound must be a finite number"):
+        _Host(
+            "demo_host",
+            project_layer_config=config,
+            project_layer_lr=0.1,
+            project_layer_feature_bound=0,
+        )
+    with pytest.raises(ConfigError, match="too large for the weight-gradient masks"):
+        _Collaborator("demo_collaborator", project_layer_lr=0.1, project_layer_feature_bound=1e9)
+    with pytest.raises(ConfigError, match="project_layer_shape for 'demo_collaborator'"):
+        _Collaborator("demo_collaborator", project_layer_lr=0.1, project_layer_shape=(20,))
+    declared = _Collaborator(
+        "demo_collaborator", project_layer_lr=0.1, project_layer_shape=[20, 10]
+    )
+    assert declared.project_layer_shape == (20, 10)
+    assert not declared.project_layer_allow_full_width

@@ -52,7 +52,9 @@ def host_server(certs):
         return ["test.Echo"]
 
     server = start_server(
-        "127.0.0.1:0", register, tls=_tls(ours, "host"),
+        "127.0.0.1:0",
+        register,
+        tls=_tls(ours, "host"),
         interceptors=[PeerAuthInterceptor(lambda: PARTICIPANTS)],
     )
     yield server
@@ -61,7 +63,8 @@ def host_server(certs):
 
 def _echo(channel: grpc.Channel) -> Resp:
     call = channel.unary_unary(
-        "/test.Echo/Unary", request_serializer=Req.SerializeToString,
+        "/test.Echo/Unary",
+        request_serializer=Req.SerializeToString,
         response_deserializer=Resp.FromString,
     )
     return call(Req(), timeout=5)
@@ -72,8 +75,9 @@ def test_participant_with_valid_certificate_is_accepted(certs, host_server):
     with open_channel(f"127.0.0.1:{host_server.port}", tls=_tls(ours, "bank")) as channel:
         assert _echo(channel).status == Resp.SERVING
     # the server is verified by its node name too (what peers dial in compose/helm)
-    with open_channel(f"127.0.0.1:{host_server.port}", tls=_tls(ours, "coordinator"),
-                      server_name="host") as channel:
+    with open_channel(
+        f"127.0.0.1:{host_server.port}", tls=_tls(ours, "coordinator"), server_name="host"
+    ) as channel:
         assert _echo(channel).status == Resp.SERVING
 
 
@@ -128,8 +132,9 @@ def test_allowed_set_is_read_per_call_and_guards_streams(certs):
     allowed: set[str] = {"host"}
     # no exemptions: the health service's server-streaming Watch is then a guarded method
     guarded = PeerAuthInterceptor(lambda: allowed, exempt_methods=())
-    server = start_server("127.0.0.1:0", lambda server: [], tls=_tls(ours, "host"),
-                          interceptors=[guarded])
+    server = start_server(
+        "127.0.0.1:0", lambda server: [], tls=_tls(ours, "host"), interceptors=[guarded]
+    )
     try:
         with open_channel(f"127.0.0.1:{server.port}", tls=_tls(ours, "bank")) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -164,17 +169,25 @@ def test_extra_san_lets_peers_dial_a_public_name(tmp_path, certs):
     out = tmp_path / "certs"
     shutil.copytree(ours, out)
     assert dev_certs.main(["--out", str(out), "--dns", "bank.org-b.example", "bank"]) == 0
-    server = start_server("127.0.0.1:0", lambda server: [], tls=_tls(out, "bank"),
-                          interceptors=[PeerAuthInterceptor(lambda: PARTICIPANTS)])
+    server = start_server(
+        "127.0.0.1:0",
+        lambda server: [],
+        tls=_tls(out, "bank"),
+        interceptors=[PeerAuthInterceptor(lambda: PARTICIPANTS)],
+    )
     try:
-        with open_channel(f"127.0.0.1:{server.port}", tls=_tls(out, "host"),
-                          server_name="bank.org-b.example") as channel:
+        with open_channel(
+            f"127.0.0.1:{server.port}", tls=_tls(out, "host"), server_name="bank.org-b.example"
+        ) as channel:
             assert health_pb2_grpc.HealthStub(channel).Check(Req(), timeout=5).status == (
                 Resp.SERVING
             )
-        with open_channel(f"127.0.0.1:{server.port}", tls=_tls(out, "host"),
-                          server_name="elsewhere.example") as channel, \
-                pytest.raises(grpc.RpcError) as error:
+        with (
+            open_channel(
+                f"127.0.0.1:{server.port}", tls=_tls(out, "host"), server_name="elsewhere.example"
+            ) as channel,
+            pytest.raises(grpc.RpcError) as error,
+        ):
             health_pb2_grpc.HealthStub(channel).Check(Req(), timeout=5)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:

@@ -241,7 +241,67 @@ def run_host_psi(
     return final
 
 
-class CollaboratorPsiSession:
+class SessionState:
+    """The state every collaborator-side PSI session keeps: where the exchange is, its
+    error, its result; `wait_result` for the runtime, `close` when the task ends."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self._lock = threading.Lock()
+        self._state = "waiting"
+        self._error: str | None = None
+        self._finished = threading.Event()
+        self._result: set[str] | None = None
+
+    def _stopped(self) -> None:
+        """Stop this session's own work (blinding, a worker); called once, on failure."""
+
+    def _advance(self, expected: str, new: str, wrong: str) -> None:
+        with self._lock:
+            if self._state != expected:
+                if self._state == "failed":
+                    raise PsiError(f"PSI already failed: {self._error}")
+                raise PsiError(f"the {self.peer} sent {wrong} (PSI is {self._state})")
+            self._state = new
+
+    def _done(self, result: set[str]) -> None:
+        with self._lock:
+            self._result = result
+            self._state = "done"
+        self._finished.set()
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self._state in ("done", "failed"):
+                return
+            self._state = "failed"
+            self._error = reason
+        self._stopped()
+        self._finished.set()
+
+    def wait_result(self, timeout: float, cancel: Cancellation | None = None) -> set[str]:
+        """Block until this party knows the final intersection; raise PsiError when PSI
+        failed, PsiCancelled on cancel, TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._finished.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if cancel is not None and cancel.is_set():
+                self._fail("cancelled")
+                raise PsiCancelled("PSI cancelled: the task is stopping")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the {self.peer} did not complete PSI within {timeout:g} s "
+                    f"(PSI is {self._state}); check that the {self.peer} is running"
+                )
+        with self._lock:
+            if self._result is None:
+                raise PsiError(f"PSI failed: {self._error}")
+            return set(self._result)
+
+    def close(self) -> None:
+        self._fail("closed")
+
+
+class CollaboratorPsiSession(SessionState):
     """A collaborator's PSI for one task. The node's servicer calls `handle` for each Psi
     call from the host (the exchange, then the result); the task runtime blocks in
     `wait_result`. Blinding of this party's ids starts at construction."""
@@ -256,15 +316,10 @@ class CollaboratorPsiSession:
         check_header: HeaderCheck | None = None,
         chunk_points: int = CHUNK_POINTS,
     ) -> None:
+        super().__init__(peer)  # waiting -> exchanging -> exchanged -> done | failed
         self._psi = CollaboratorPsi(ids, pool, peer=peer, chunk_points=chunk_points)
-        self.peer = peer
         self._header = header_factory
         self._check = check_header
-        self._lock = threading.Lock()
-        self._state = "waiting"  # -> exchanging -> exchanged -> done | failed
-        self._error: str | None = None
-        self._finished = threading.Event()
-        self._result: set[str] | None = None
 
     def handle(
         self, request_iterator: Iterable[PsiMessage], context: grpc.ServicerContext | None = None
@@ -301,55 +356,16 @@ class CollaboratorPsiSession:
                 yield frame_to_proto(frame, self._header(), party_node_pb2.PsiResponse)
         elif first.step == RESULT_INDICES:
             self._advance("exchanged", "accepting", "the PSI result before finishing the exchange")
-            result = self._psi.accept_result(stream)
-            with self._lock:
-                self._result = result
-                self._state = "done"
-            self._finished.set()
+            self._done(self._psi.accept_result(stream))
         else:
             raise PsiError(f"the {self.peer} opened a PSI call with a {first.step!r} chunk")
 
-    def _advance(self, expected: str, new: str, wrong: str) -> None:
-        with self._lock:
-            if self._state != expected:
-                if self._state == "failed":
-                    raise PsiError(f"PSI already failed: {self._error}")
-                raise PsiError(f"the {self.peer} sent {wrong} (PSI is {self._state})")
-            self._state = new
-
-    def _fail(self, reason: str) -> None:
-        with self._lock:
-            if self._state in ("done", "failed"):
-                return
-            self._state = "failed"
-            self._error = reason
+    def _stopped(self) -> None:
         self._psi.close()
-        self._finished.set()
-
-    def wait_result(self, timeout: float, cancel: Cancellation | None = None) -> set[str]:
-        """Block until the host has sent the final intersection; raise PsiError when the
-        exchange failed, PsiCancelled on cancel, TimeoutError after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while not self._finished.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
-            if cancel is not None and cancel.is_set():
-                self._fail("cancelled")
-                raise PsiCancelled("PSI cancelled: the task is stopping")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"the {self.peer} did not complete PSI within {timeout:g} s "
-                    f"(PSI is {self._state}); check that the {self.peer} is running"
-                )
-        with self._lock:
-            if self._result is None:
-                raise PsiError(f"PSI failed: {self._error}")
-            return set(self._result)
 
     @property
     def size(self) -> int:
         return self._psi.size
-
-    def close(self) -> None:
-        self._fail("closed")
 
 
 def serve_psi(

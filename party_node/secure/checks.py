@@ -49,11 +49,15 @@ def rows_of(msg: Mapping[str, object], step: str) -> int:
     return rows
 
 
-def in_range(values: np.ndarray, bound: float, what: str) -> np.ndarray:
-    """Finite and |v| <= bound, else a protocol error (never a NaN model)."""
+def in_range(values: np.ndarray, bound: float, what: str, fix: str = "") -> np.ndarray:
+    """Finite and |v| <= bound, else a protocol error (never a NaN model); `fix` says which
+    setting to change when the bound is a user setting."""
     if not np.isfinite(values).all():
         raise SecureProtocolError(f"{what}: contains NaN or infinite values")
     peak = float(np.abs(values).max()) if values.size else 0.0
     if peak > bound:
-        raise SecureProtocolError(f"{what}: value {peak:.3g} exceeds the agreed bound {bound:.3g}")
+        tail = f"; {fix}" if fix else ""
+        raise SecureProtocolError(
+            f"{what}: value {peak:.3g} exceeds the agreed bound {bound:.3g}{tail}"
+        )
     return values

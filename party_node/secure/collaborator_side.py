@@ -1,30 +1,51 @@
 """The collaborator's half of the secure projection layer (pure: message dicts in and out).
 
-Per training batch: `encrypt_features` -> (host) -> `combine_forward` -> (host) -> `backward`
--> (host) -> `apply_weight_gradient` -> (host) -> `finish_backward`.
-Test: `encrypt_features(x, train=False)` -> (host) -> `combine_forward`.
-The collaborator never sees δ, U or W, only masked values.
+Per training batch: `forward(X)` computes Enc_H(X·W) itself (the host's Enc_H(U) with our V
+added in, times our plaintext X), floods and re-randomises it, and sends Enc_C(Vᵀ) along;
+`encrypt_features()` sends Enc_C(X) for the weight gradient; `finish_backward(bwd_grad)`
+decrypts ∂L/∂X; `apply_weight_gradient(bwd_weight)` decrypts λ(Xᵀδ + M), steps V and keeps
+the host's next Enc_H(U). The collaborator never sees δ, U or W, and returns nothing it
+decrypted.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
+from tenseal import sealapi
 
-from party_node.secure import checks
+from party_node.secure import checks, products
+from party_node.secure.background import Background, NoisePool, noise_ciphertext
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
 from party_node.secure.params import (
-    KIND_BWD_ENC,
     KIND_BWD_GRAD,
-    KIND_BWD_MASKED,
     KIND_BWD_WEIGHT,
-    KIND_FWD_SHARE,
+    KIND_ENC_X,
+    KIND_INIT_SHARE,
+    KIND_SHARE,
     Message,
     SecureParams,
 )
-from party_node.secure.share_layer import ShareLayer, geometry
-from party_node.secure.shares import CollaboratorShare
+from party_node.secure.share_layer import Geometry, ShareLayer
+from party_node.secure.shares import (
+    CollaboratorShare,
+    collaborator_init_half,
+    initial_offset,
+    secure_uniform,
+)
+
+
+@dataclass
+class _Prepared:
+    """Our share's data-independent work for the next forward passes, made ahead."""
+
+    v_plain: dict[tuple[int, int], Any]  # V's baby copies, encoded for X·W
+    v_message: Message  # Enc_C(Vᵀ) baby copies, for the host's λδ·Wᵀ
 
 
 class SecureCollaboratorLayer(ShareLayer):
@@ -44,21 +65,96 @@ class SecureCollaboratorLayer(ShareLayer):
     ) -> None:
         super().__init__(feature_key, in_dim, out_dim, own_keys, params)
         self.host = host_keys
-        self.share = CollaboratorShare(self.initial_share(initial_share), lr, momentum)
+        self.lr, self.momentum = lr, momentum
+        self.background = Background()
+        p = self.params
+        self._z_noise = NoisePool(self.background, self.host, p.product_scale, p.z_noise)
+        self.share: CollaboratorShare | None = None
+        self._prepared: Future[_Prepared] | None = None
+        if initial_share is not None:
+            self._set_share(
+                CollaboratorShare(self.check_shape(initial_share, "initial share"), lr, momentum)
+            )
+        self._u_cts: dict[tuple[int, int], Any] | None = None
         self._x: np.ndarray | None = None
-        self._train = False
-        self._noise: np.ndarray | None = None
-        self._weight_pending = False
+        self._grad_pending = self._weight_pending = False
         self._dtype = torch.float32
 
     @staticmethod
     def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
-        """Rotation steps the collaborator's own Galois keys must cover."""
-        return geometry(in_dim, out_dim, params).collaborator_key_steps()
+        """Rotations our own Galois keys must cover (the host folds λδ·Wᵀ)."""
+        return Geometry(in_dim, out_dim, params or SecureParams()).bwd.key_steps()
 
-    # ---- forward --------------------------------------------------------------------------
-    def encrypt_features(self, x: torch.Tensor, train: bool = True) -> Message:
-        """Enc_C(X), packed column-wise; X stays here for X·V and the gradient step."""
+    # ---- fresh tasks -----------------------------------------------------------------------
+    def init_reply(self, msg: Message) -> Message:
+        """Enc_H(a) -> Enc_H(a ⊙ b - V_0): W_0 = a ⊙ b, our share V_0 a large fresh offset."""
+        names = self.names("a", self.compact_count())
+        checks.expect_names(msg, names, KIND_INIT_SHARE)
+        p = self.params
+        cts = self.load(self.host.engine, msg, names, KIND_INIT_SHARE, 2, p.share_scale)
+        b = collaborator_init_half(self.in_dim, self.out_dim)
+        v0 = initial_offset(self.in_dim, self.out_dim, self.params)
+        ev, out = self.host.engine.evaluator, {}
+        for name, ct, bv, vv in zip(
+            self.names("w0", len(cts)),
+            cts,
+            self.compact_pack(b),
+            self.compact_pack(v0),
+            strict=True,
+        ):
+            prod = sealapi.Ciphertext()
+            b_dithered = bv + secure_uniform(bv.size, p.dither(p.operand_scale))
+            ev.multiply_plain(
+                ct, self.host.engine.encode(b_dithered, p.operand_scale, ct.parms_id()), prod
+            )
+            products.add_plain(self.host, prod, -vv, prod.scale)
+            noise = noise_ciphertext(self.host, prod.parms_id(), prod.scale, self.params.z_noise)
+            out[name] = products.finish(self.host, prod, noise)
+        self._set_share(CollaboratorShare(v0, self.lr, self.momentum))
+        return out
+
+    def share_names(self) -> dict[tuple[int, int], str]:
+        plan = self.geo.fwd
+        return {(t, h): f"u/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
+
+    def set_host_share(self, msg: Message, step: str = KIND_SHARE) -> None:
+        """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes."""
+        names = self.share_names()
+        if step == KIND_SHARE:
+            checks.expect_names(msg, names.values(), step)
+        missing = [n for n in names.values() if n not in msg]
+        if missing:
+            raise SecureProtocolError(f"{step}: missing {missing}")
+        cts = self.load(
+            self.host.engine, msg, list(names.values()), step, 2, self.params.share_scale
+        )
+        self._u_cts = dict(zip(names, cts, strict=True))
+
+    # ---- work made ahead --------------------------------------------------------------------
+    def _set_share(self, share: CollaboratorShare) -> None:
+        self.share = share
+        self._prepared = self.background.submit(self._make_prepared, share.v.copy())
+
+    def _make_prepared(self, v: np.ndarray) -> _Prepared:
+        scale, fwd, bwd = self.params.share_scale, self.geo.fwd, self.geo.bwd
+        parms = self.host.engine.seal_context.first_parms_id()
+        v_plain = {
+            (tile, h): self.host.engine.encode(baby, scale, parms)
+            for tile, vec in enumerate(fwd.pack_b(v))
+            for h, baby in enumerate(fwd.babies(vec))
+        }
+        message: Message = {}
+        for tile, vec in enumerate(bwd.pack_b(v.T)):
+            for h, baby in enumerate(bwd.babies(vec)):
+                message[f"v/{tile}/{h}"] = self.own.encrypt_bytes(baby, scale)
+        return _Prepared(v_plain, message)
+
+    # ---- forward ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, train: bool = True) -> Message:
+        """Enc_H(X·(U + V)) per chunk of rows, computed here; plus Enc_C(Vᵀ) when training."""
+        self._require_share()
+        if self._u_cts is None:
+            raise SecureProtocolError("forward before the host's share arrived")
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise SecureProtocolError(
                 f"'{self.feature_key}' feature tensor has shape {list(x.shape)}, "
@@ -66,102 +162,113 @@ class SecureCollaboratorLayer(ShareLayer):
             )
         self._dtype = x.dtype if x.is_floating_point() else torch.float32
         xs = x.detach().cpu().to(torch.float64).numpy()
-        checks.in_range(xs, self.params.value_bound, f"'{self.feature_key}' feature tensor")
-        self._x, self._train, self._noise, self._weight_pending = xs, train, None, False
-        msg: Message = {"rows": torch.tensor(xs.shape[0], dtype=torch.int64)}
-        for (r, c), vec in self.geo.pack(xs).items():
-            msg[f"enc_x/{r}/{c}"] = self.own.encrypt_bytes(vec)
-        return msg
-
-    def combine_forward(self, msg: Message) -> Message:
-        """Decrypt X·U + R, add X·V: the host learns z after removing R, nothing more."""
-        x = self._require_x(KIND_FWD_SHARE)
-        rows = x.shape[0]
-        tiles = self.tile_names("fwd", rows, self.out_dim)
-        checks.expect_names(msg, tiles.values(), KIND_FWD_SHARE)
-        masked = self.geo.unpack(self.decrypt_tiles(msg, tiles, "decrypt"), rows, self.out_dim)
-        z_masked = masked + x @ self.share.v
-        if not self._train:
-            self._x = None
-        return {"z_masked": torch.from_numpy(z_masked)}
-
-    # ---- backward -------------------------------------------------------------------------
-    def backward(self, msg: Message) -> Message:
-        """Enc_H(λδ) -> Enc_H(λδ·Vᵀ + N), with V before this batch's step."""
-        x = self._require_x(KIND_BWD_MASKED)
-        if not self._train or self._noise is not None:
-            raise SecureProtocolError("backward after a test forward or twice for one batch")
-        rows = x.shape[0]
-        delta_tiles = self.tile_names("enc_delta", rows, self.out_dim)
-        checks.expect_names(msg, ["rows", *delta_tiles.values()], KIND_BWD_MASKED)
-        if checks.rows_of(msg, KIND_BWD_MASKED) != rows:
-            raise SecureProtocolError(f"{KIND_BWD_MASKED}: row count differs from the forward pass")
-        cts = self.load_tiles(self.host, msg, delta_tiles, KIND_BWD_MASKED)
-        # V before this batch's step, transposed: δ-blocks in, X-columns out.
-        tiles, masks = self.masked_matmul(self.host, cts, self.share.v.T, rows, "grad_x")
-        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64), **tiles}
-        self._noise = self.geo.unpack(masks, rows, self.in_dim) / 2.0**self.params.delta_scale_bits
-        self._weight_pending = True
+        checks.in_range(
+            xs,
+            self.params.feature_bound,
+            f"'{self.feature_key}' feature tensor",
+            "raise project_layer_feature_bound at every party",
+        )
+        assert self._prepared is not None
+        prepared = self._prepared.result()
+        ev, baby = self.host.engine.evaluator, {}
+        for key, ct in self._u_cts.items():
+            total = sealapi.Ciphertext()
+            ev.add_plain(ct, prepared.v_plain[key], total)
+            baby[key] = total
+        out = self.rows_entry(xs.shape[0])
+        p = self.params
+        results = products.diag_products(
+            self.host, self.geo.fwd, baby, xs, p.operand_scale, p.dither(p.operand_scale)
+        )
+        for i, ct in enumerate(results):
+            out[f"z/{i}"] = products.finish(self.host, ct, self._z_noise.take())
+        if train:
+            out.update(prepared.v_message)
+            self._x, self._grad_pending, self._weight_pending = xs, True, True
         return out
 
+    def encrypt_features(self) -> Message:
+        """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ."""
+        x, plan = self._require_x(KIND_ENC_X), self.geo.gram
+        out = self.rows_entry(x.shape[0])
+        scale = self.params.x_scale
+        for tp in range(plan.t_parts):
+            vecs = plan.pack_x(x, tp)
+            for name, vec in zip(self.names(f"x/{tp}", len(vecs)), vecs, strict=True):
+                out[name] = self.own.encrypt_bytes(vec, scale)
+        return out
+
+    # ---- backward ---------------------------------------------------------------------------
+    def finish_backward(self, msg: Message) -> torch.Tensor:
+        """Decrypt λδ·Wᵀ: ∂L/∂X, the only gradient the collaborator learns."""
+        x = self._require_x(KIND_BWD_GRAD)
+        if not self._grad_pending:
+            raise SecureProtocolError(f"{KIND_BWD_GRAD} arrived twice for one batch")
+        rows = x.shape[0]
+        names = self.names("dx", self.geo.bwd.chunks(rows))
+        checks.expect_names(msg, ["rows", *names], KIND_BWD_GRAD)
+        if checks.rows_of(msg, KIND_BWD_GRAD) != rows:
+            raise SecureProtocolError(f"{KIND_BWD_GRAD}: row count differs from the forward pass")
+        vecs = self.decrypt(msg, names, KIND_BWD_GRAD, self.share_result_scale)
+        scaled = np.concatenate([self.geo.bwd.unpack(v, rows, i) for i, v in enumerate(vecs)])
+        checks.in_range(scaled, self.params.output_limit, "gradient w.r.t. features")
+        self._grad_pending = False
+        self._release()
+        return torch.from_numpy(scaled / self.params.lam).to(self._dtype)
+
     def apply_weight_gradient(self, msg: Message) -> None:
-        """Decrypt Xᵀδ + M and step V (SGD with momentum on the share)."""
+        """Decrypt λ(Xᵀδ + M) (summing the groups), step V; keep the next Enc_H(U)."""
         x = self._require_x(KIND_BWD_WEIGHT)
         if not self._weight_pending:
-            raise SecureProtocolError(f"{KIND_BWD_WEIGHT} arrived before {KIND_BWD_ENC}")
-        grad_tiles = {
-            (c, j): f"grad_w/{c}/{j}"
-            for c in range(self.geo.col_tiles(self.in_dim))
-            for j in range(-(-self.out_dim // self.geo.wrap))
+            raise SecureProtocolError(f"{KIND_BWD_WEIGHT} arrived twice for one batch")
+        plan = self.geo.gram
+        names = {
+            (tp, jp): f"y/{tp}/{jp}" for tp in range(plan.t_parts) for jp in range(plan.j_parts)
         }
-        checks.expect_names(msg, ["rows", *grad_tiles.values()], KIND_BWD_WEIGHT)
+        u_names = self.share_names().values()
+        checks.expect_names(msg, ["rows", *names.values(), *u_names], KIND_BWD_WEIGHT)
         if checks.rows_of(msg, KIND_BWD_WEIGHT) != x.shape[0]:
             raise SecureProtocolError(f"{KIND_BWD_WEIGHT}: row count differs from the forward pass")
-        self.share.step(self._masked_weight_gradient(msg, grad_tiles))
+        sums = {}
+        for key, name in names.items():
+            (vec,) = self.decrypt(msg, [name], KIND_BWD_WEIGHT, self.gram_result_scale)
+            checks.in_range(np.abs(vec), self.params.gram_limit, f"decrypted '{name}'")
+            sums[key] = plan.group_sum(vec)
+        y = plan.place(np.zeros((self.in_dim, self.out_dim)), sums)
+        checks.in_range(y, self.params.gram_limit, "masked weight gradient")
+        share = self._require_share()
+        share.step(y / self.params.lam)
+        self._set_share(share)
+        self.set_host_share(msg, KIND_BWD_WEIGHT)
         self._weight_pending = False
-
-    def finish_backward(self, msg: Message) -> torch.Tensor:
-        """Remove N from δ·Wᵀ + N: ∂L/∂X, the only gradient the collaborator learns."""
-        x = self._require_x("secure.bwd_grad")
-        if self._noise is None:
-            raise SecureProtocolError("secure.bwd_grad arrived before secure.bwd_enc")
-        if self._weight_pending:
-            raise SecureProtocolError(f"{KIND_BWD_GRAD} arrived before {KIND_BWD_WEIGHT}")
-        checks.expect_names(msg, ["dx_masked"], "secure.bwd_grad")
-        masked = checks.tensor(msg, "dx_masked", x.shape, "secure.bwd_grad")
-        grad = checks.in_range(
-            masked - self._noise, self.params.value_bound, "gradient w.r.t. features"
-        )
-        self._x, self._noise = None, None
-        return torch.from_numpy(grad).to(self._dtype)
+        self._release()
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """V and its momentum buffer (keys are never checkpointed)."""
-        return {
-            "v": torch.from_numpy(self.share.v.copy()),
-            "buf": torch.from_numpy(self.share.buf.copy()),
-        }
+        share = self._require_share()
+        return {"v": torch.from_numpy(share.v.copy()), "buf": torch.from_numpy(share.buf.copy())}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.check_state_shapes(state, ("v", "buf"))
-        self.share.v = state["v"].to(torch.float64).numpy().copy()
-        self.share.buf = state["buf"].to(torch.float64).numpy().copy()
+        share = CollaboratorShare(state["v"].to(torch.float64).numpy(), self.lr, self.momentum)
+        share.buf = state["buf"].to(torch.float64).numpy().copy()
+        self._set_share(share)
 
-    # ---- helpers --------------------------------------------------------------------------
+    def close(self) -> None:
+        self.background.close()
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _require_share(self) -> CollaboratorShare:
+        if self.share is None:
+            raise SecureProtocolError("our share is not set up yet (no initial exchange)")
+        return self.share
+
     def _require_x(self, step: str) -> np.ndarray:
         if self._x is None:
-            raise SecureProtocolError(f"{step} arrived out of order (no features pending)")
+            raise SecureProtocolError(f"{step} arrived out of order (no training batch pending)")
         return self._x
 
-    def _masked_weight_gradient(
-        self, msg: Message, tiles: dict[tuple[int, int], str]
-    ) -> np.ndarray:
-        """Xᵀδ + M, read from the gram layout (column t of X, output j at slot t*stride + j)."""
-        geo, y = self.geo, np.zeros((self.in_dim, self.out_dim))
-        for (c, j), vec in self.decrypt_tiles(msg, tiles, "decrypt").items():
-            c0, c1 = geo.col_range(c, self.in_dim)
-            j0, j1 = j * geo.wrap, min(self.out_dim, (j + 1) * geo.wrap)
-            for t, col in enumerate(range(c0, c1)):
-                y[col, j0:j1] = vec[t * geo.stride : t * geo.stride + (j1 - j0)]
-        return y
+    def _release(self) -> None:
+        if not (self._grad_pending or self._weight_pending):
+            self._x = None

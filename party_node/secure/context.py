@@ -2,18 +2,19 @@
 
 - `CkksParams`: the agreed parameters. N = 8192 with a coefficient modulus of 60+60+60 = 180
   bits, below 218, the HomomorphicEncryption.org standard's bound for 128-bit security at
-  N = 8192 (ternary secret). Ciphertexts at scale 2^50 are multiplied by plaintexts at scale
-  2^30 (weights) or 2^40 (δ) and never rescaled: the 120-bit data modulus holds results at
-  2^80 / 2^90 with 2^38 / 2^28 of headroom for masked values, and every ciphertext and
-  rotation stays at two primes (faster and smaller than a 60-40-40-60 chain with a rescale).
+  N = 8192 (ternary secret). Two 60-bit data primes hold every product; the third is SEAL's
+  special prime (key switching for the few fold rotations).
 - `OwnKeys`: a party's own key pair (the secret key never leaves it; not picklable, no repr).
-- `PeerKeys`: what a party holds of a peer: its public context and Galois keys, no secret.
+  Encrypts its own values (seeded symmetric ciphertexts: half the bytes) and decrypts results.
+- `PeerKeys`: what a party holds of a peer: its public key (to re-randomise results it sends
+  back) and Galois keys (to fold), never a secret.
 
-Only `OwnKeys.public_blobs()` produces bytes for the wire, once per task.
+Only `OwnKeys.public_blobs()` produces key bytes for the wire, once per task.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -39,9 +40,6 @@ class CkksParams:
 
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 60, 60)
-    scale_bits: int = 50
-    plain_scale_bits: int = 30
-    gram_scale_bits: int = 40
 
     def __post_init__(self) -> None:
         bound = _MAX_COEFF_BITS_128.get(self.poly_modulus_degree)
@@ -52,23 +50,17 @@ class CkksParams:
                 f"coefficient modulus of {sum(self.coeff_mod_bit_sizes)} bits exceeds {bound}, "
                 f"the 128-bit security bound for N={self.poly_modulus_degree}"
             )
-        if len(self.coeff_mod_bit_sizes) < 3:
-            raise ValueError("need a special prime and at least two data primes")
-        if self.headroom_bits(self.gram_scale_bits) < 8:
-            raise ValueError("scales leave no headroom for masked values; use larger primes")
-
-    def headroom_bits(self, plain_scale_bits: int) -> int:
-        """log2 of the largest |value| a product at this plaintext scale can carry."""
-        data_bits = sum(self.coeff_mod_bit_sizes[:-1])
-        return data_bits - 2 - self.scale_bits - plain_scale_bits
+        if len(self.coeff_mod_bit_sizes) != 3:
+            raise ValueError("need two data primes and SEAL's special prime")
 
     @property
     def slots(self) -> int:
         return self.poly_modulus_degree // 2
 
     @property
-    def scale(self) -> float:
-        return float(2**self.scale_bits)
+    def data_bits(self) -> int:
+        """Bits of the data modulus fresh ciphertexts live in (the special prime excluded)."""
+        return sum(self.coeff_mod_bit_sizes[:-1])
 
     def galois_element(self, step: int) -> int:
         """SEAL's Galois element for a left rotation by `step` slots (3^step mod 2N)."""
@@ -101,22 +93,25 @@ class HeEngine:
             self.encoder.encode(data, parms_id, scale, pt)
         return pt
 
-    def load_ciphertext(self, data: bytes, what: str, max_levels: int) -> Any:
-        """Load a peer's ciphertext, checking its level (`max_levels` below the top allowed;
-        this protocol never rescales, so callers pass 0)."""
+    def load_ciphertext(self, data: bytes, what: str, primes: int, scale: float) -> Any:
+        """A peer's ciphertext, checked to be at `primes` data primes and at exactly `scale`
+        (a ciphertext with a scale of the sender's choosing would let it pick how we decode)."""
         ct = seal_io.load_ciphertext(self.seal_context, data, what)
-        n_primes = len(self.params.coeff_mod_bit_sizes) - 1
-        if not n_primes - max_levels <= ct.coeff_modulus_size() <= n_primes:
+        if ct.coeff_modulus_size() != primes:
             raise SecureProtocolError(f"{what}: ciphertext at an unexpected level")
+        if not math.isclose(ct.scale, scale, rel_tol=1e-12):
+            raise SecureProtocolError(f"{what}: ciphertext at an unexpected scale")
         return ct
+
+    def last_prime(self) -> int:
+        """The data prime a rescale divides by (the second one)."""
+        parms = self.seal_context.first_context_data().parms()
+        return int(parms.coeff_modulus()[-1].value())
 
 
 class OwnKeys:
-    """A party's CKKS key pair. Decrypts; hands out only public material.
-
-    Refuses pickling and prints no key material, so it cannot end up on the wire or in a log
-    by accident.
-    """
+    """A party's CKKS key pair. Encrypts its own values, decrypts results; hands out only
+    public material. Refuses pickling and prints no key material."""
 
     def __init__(self, params: CkksParams, galois_steps: Iterable[int]) -> None:
         self.params = params
@@ -125,7 +120,6 @@ class OwnKeys:
             params.poly_modulus_degree,
             coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
         )
-        self._ctx.global_scale = params.scale
         seal_ctx = self._ctx.seal_context().data
         self.engine = HeEngine(params, seal_ctx)
         secret = self._ctx.secret_key().data
@@ -160,20 +154,21 @@ class OwnKeys:
         )
         return {CONTEXT_BLOB: ctx_bytes, GALOIS_BLOB: self._galois_blob}
 
-    def encrypt_bytes(self, slots: np.ndarray) -> bytes:
+    def encrypt_bytes(self, slots: np.ndarray, scale: float) -> bytes:
         """Encrypt a slot vector; the serialized, seeded ciphertext (half the usual size)."""
-        pt = self.engine.encode(slots, self.params.scale)
+        pt = self.engine.encode(slots, scale)
         return seal_io.save_bytes(self._encryptor.encrypt_symmetric(pt))
 
     def decrypt(self, ct: Any) -> np.ndarray:
-        """Decrypt to the real parts of all slots (imaginary parts are masks' noise)."""
+        """Decrypt to the complex values of all slots."""
         pt = sealapi.Plaintext()
         self._decryptor.decrypt(ct, pt)
-        return np.asarray(self.engine.encoder.decode_double(pt), dtype=np.float64)
+        return np.asarray(self.engine.encoder.decode_complex(pt), dtype=np.complex128)
 
 
 class PeerKeys:
-    """A peer's public CKKS context and Galois keys: encode, evaluate, rotate; never decrypt."""
+    """A peer's public CKKS context and Galois keys: encode, evaluate, rotate, re-randomise
+    with the peer's public key; never decrypt."""
 
     def __init__(self, params: CkksParams, blobs: Mapping[str, bytes]) -> None:
         missing = {CONTEXT_BLOB, GALOIS_BLOB} - set(blobs)
@@ -198,6 +193,7 @@ class PeerKeys:
         self.params = params
         self.context = ctx
         self.engine = HeEngine(params, seal_ctx)
+        self._encryptor = sealapi.Encryptor(seal_ctx, ctx.public_key().data)
         galois = bytes(blobs[GALOIS_BLOB])
         self.galois_keys = (
             seal_io.load_galois_keys(seal_ctx, galois, "peer Galois keys") if galois else None
@@ -205,6 +201,14 @@ class PeerKeys:
 
     def __repr__(self) -> str:
         return f"PeerKeys(N={self.params.poly_modulus_degree})"
+
+    def encrypt_zero(self, parms_id: Any) -> Any:
+        """A fresh public-key encryption of zero at `parms_id`: adding it re-randomises a
+        ciphertext we computed (its second component becomes uniform, so the key owner cannot
+        solve it for our plaintext operands)."""
+        ct = sealapi.Ciphertext()
+        self._encryptor.encrypt_zero(parms_id, ct)
+        return ct
 
     def rotate(self, ct: Any, step: int) -> Any:
         """Left-rotate all slots by `step` with the peer's keys (the step must be agreed)."""

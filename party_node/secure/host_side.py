@@ -1,24 +1,53 @@
 """The host's half of the secure projection layer for one collaborator (pure: dicts in/out).
 
-Per training batch: `forward` -> (collaborator) -> `finish_forward` gives z = X·W; the host's
-model produces δ = ∂L/∂z; `backward(δ)` -> (collaborator, computing) while the host runs
-`weight_gradient()` -> (collaborator) ; `finish_backward` on the collaborator's reply. Test:
-`forward(msg, train=False)` -> (collaborator) -> `finish_forward`. The host never sees X or V.
+Per training batch: `forward(fwd)` decrypts z = X·W (the collaborator computed it under our
+key); the host's model gives δ; `backward(δ)` computes Enc_C(λδ·Wᵀ) for the collaborator;
+`weight_gradient(enc_x)` computes Enc_C(λ(Xᵀδ + M)), steps U and returns the next Enc_H(U).
+Test: `forward(test_fwd, train=False)`. The host decrypts only z; it never sees X, V or W,
+and returns nothing it decrypted. Everything that does not depend on the batch (the next step
+of U's path, its encryption, the masks, the finishing noise) is made ahead on a worker thread.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from party_node.secure import checks, he_linear, seal_io
+from party_node.secure import checks, products
+from party_node.secure.background import Background, NoisePool, flood_std_per_group
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
-from party_node.secure.params import KIND_BWD_GRAD, KIND_FWD_MASKED, Message, SecureParams
-from party_node.secure.share_layer import ShareLayer, accumulate, geometry
-from party_node.secure.shares import HostShare
+from party_node.secure.params import (
+    KIND_ENC_X,
+    KIND_FWD,
+    KIND_INIT_SHARE,
+    KIND_TEST_FWD,
+    Message,
+    SecureParams,
+)
+from party_node.secure.share_layer import Geometry, ShareLayer
+from party_node.secure.shares import (
+    HostShare,
+    ShareStep,
+    host_init_half,
+    init_bound,
+    projection_init_bound,
+)
+
+
+@dataclass
+class _Prepared:
+    """One batch's data-independent host work, made ahead."""
+
+    u_plain: dict[tuple[int, int], Any]  # U_tᵀ baby copies, encoded for λδ·Wᵀ
+    step: ShareStep  # U_{t+1} and M_t
+    masks: dict[tuple[int, int], Any]  # per weight-gradient part: group masks + λM, encoded
+    mask_rows: int  # rows per group the group masks were sized for
+    next_share: Message  # Enc_H(U_{t+1})
 
 
 class SecureHostLayer(ShareLayer):
@@ -39,137 +68,242 @@ class SecureHostLayer(ShareLayer):
     ) -> None:
         super().__init__(feature_key, in_dim, out_dim, own_keys, params)
         self.peer = collaborator_keys
-        self.share = HostShare(
-            self.initial_share(initial_share),
-            lr,
-            momentum,
-            self.params.share_noise,
-            self.params.max_gradient_mask,
-        )
+        self.lr, self.momentum = lr, momentum
         self.dtype = dtype
-        self._cts: dict[tuple[int, int], Any] | None = None
+        self.background = Background()
+        p, gram = self.params, self.geo.gram
+        self._dx_noise = NoisePool(self.background, self.peer, p.product_scale, p.dx_noise)
+        self._g_noise = NoisePool(
+            self.background,
+            self.peer,
+            p.gram_product_scale,
+            flood_std_per_group(p.g_noise, gram.groups),
+        )
+        self.share: HostShare | None = None
+        self._prepared: Future[_Prepared] | None = None
+        self._a: np.ndarray | None = None
+        self._v_cts: dict[tuple[int, int], Any] | None = None
         self._rows = 0
-        self._mask: np.ndarray | None = None
-        self._du: np.ndarray | None = None
         self._delta: np.ndarray | None = None
+        if initial_share is not None:
+            self.start(self.check_shape(initial_share, "initial share"))
 
     @staticmethod
     def key_steps(in_dim: int, out_dim: int, params: SecureParams | None = None) -> set[int]:
-        """Rotation steps the host's own Galois keys must cover for this collaborator."""
-        return geometry(in_dim, out_dim, params).host_key_steps()
+        """Rotations the host's own Galois keys must cover (the collaborator folds X·W)."""
+        return Geometry(in_dim, out_dim, params or SecureParams()).fwd.key_steps()
 
-    # ---- forward --------------------------------------------------------------------------
-    def forward(self, msg: Message, train: bool = True) -> Message:
-        """Enc_C(X) -> Enc_C(X·U + R), R fresh in every slot (real and imaginary)."""
-        step = KIND_FWD_MASKED
-        rows = checks.rows_of(msg, step)
-        if rows > self.params.value_bound:
-            raise SecureProtocolError(f"{step}: {rows} rows is more than the protocol allows")
-        names = self.tile_names("enc_x", rows, self.in_dim)
-        checks.expect_names(msg, ["rows", *names.values()], step)
-        cts = self.load_tiles(self.peer, msg, names, step)
-        out, masks = self.masked_matmul(self.peer, cts, self.share.u, rows, "fwd")
-        self._mask = self.geo.unpack(masks, rows, self.out_dim)
-        self._rows = rows
-        self._cts = cts if train else None
-        self._du, self._delta = None, None
+    def start(self, u: np.ndarray) -> None:
+        self.share = HostShare(u, self.lr, self.momentum, self.params, self.in_dim)
+        self._prepare()
+
+    # ---- fresh tasks: W_0 = a ⊙ b without anyone learning it --------------------------------
+    def init_request(self) -> Message:
+        """Enc_H(a), a ~ U[-w, w] (our factor of W_0)."""
+        self._a = host_init_half(self.in_dim, self.out_dim)
+        vecs = self.compact_pack(self._a)
+        names = self.names("a", len(vecs))
+        scale = self.params.share_scale
+        return {n: self.own.encrypt_bytes(v, scale) for n, v in zip(names, vecs, strict=True)}
+
+    def init_finish(self, msg: Message) -> None:
+        """U_0 = a ⊙ b - V_0 (the collaborator's b and offset V_0 stay unknown to us)."""
+        if self._a is None:
+            raise SecureProtocolError(f"{KIND_INIT_SHARE} arrived before our request")
+        names = self.names("w0", self.compact_count())
+        checks.expect_names(msg, names, KIND_INIT_SHARE)
+        vecs = self.decrypt(msg, names, KIND_INIT_SHARE, self.share_result_scale)
+        u0 = self.compact_unpack(vecs)
+        bound = projection_init_bound(self.in_dim) + self.params.share_offset * init_bound(
+            self.in_dim
+        )
+        checks.in_range(u0, bound + 1.0, "initial share")
+        self._a = None
+        self.start(u0)
+
+    def share_message(self) -> Message:
+        """Enc_H(U) (its baby-step copies in the forward packing), for the collaborator."""
+        return self._encrypt_share(self._require_share().u)
+
+    def _encrypt_share(self, u: np.ndarray) -> Message:
+        plan, out = self.geo.fwd, {}
+        for tile, vec in enumerate(plan.pack_b(u)):
+            for h, baby in enumerate(plan.babies(vec)):
+                out[f"u/{tile}/{h}"] = self.own.encrypt_bytes(baby, self.params.share_scale)
         return out
 
-    def finish_forward(self, msg: Message) -> torch.Tensor:
-        """X·U + R + X·V minus R: the projected features z = X·W (rows x out_dim)."""
-        if self._mask is None:
-            raise SecureProtocolError("secure.fwd_share arrived out of order")
-        checks.expect_names(msg, ["z_masked"], "secure.fwd_share")
-        masked = checks.tensor(msg, "z_masked", (self._rows, self.out_dim), "secure.fwd_share")
-        checks.in_range(
-            masked, self.params.mask_bound + self.params.value_bound, "masked projection"
-        )
-        z = checks.in_range(
-            masked - self._mask, self.params.value_bound, f"projection of '{self.feature_key}'"
-        )
-        self._mask = None
+    # ---- work made ahead --------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self._prepared = self.background.submit(self._make_prepared)
+
+    def _make_prepared(self) -> _Prepared:
+        share, p, plan = self._require_share(), self.params, self.geo.bwd
+        parms = self.peer.engine.seal_context.first_parms_id()
+        u_plain = {
+            (tile, h): self.peer.engine.encode(baby, p.share_scale, parms)
+            for tile, vec in enumerate(plan.pack_b(share.u.T))
+            for h, baby in enumerate(plan.babies(vec))
+        }
+        step = share.draw()
+        mask_rows = self.geo.gram.rows_per_group(p.block_rows)
+        masks = self._encode_masks(step.mask, mask_rows)
+        return _Prepared(u_plain, step, masks, mask_rows, self._encrypt_share(step.target))
+
+    def _encode_masks(self, mask: np.ndarray, rows_per_group: int) -> dict[tuple[int, int], Any]:
+        """Per weight-gradient part: zero-sum group masks sized for `rows_per_group` plus λM
+        in group 0, encoded at the product's scale."""
+        p, gram = self.params, self.geo.gram
+        parms = self.peer.engine.seal_context.first_parms_id()
+        bound = p.partial_mask(rows_per_group)
+        scale = p.gram_product_scale
+        masks = {}
+        for tp in range(gram.t_parts):
+            for jp in range(gram.j_parts):
+                vec = products.zero_sum_masks(gram, bound)
+                vec[: gram.group] += self._mask_block(mask * p.lam, tp, jp).ravel()
+                masks[(tp, jp)] = self.peer.engine.encode(vec, scale, parms)
+        return masks
+
+    # ---- forward ----------------------------------------------------------------------------
+    def forward(self, msg: Message, train: bool = True) -> torch.Tensor:
+        """Decrypt z = X·W; for training also keep Enc_C(Vᵀ) for the backward pass."""
+        step = KIND_FWD if train else KIND_TEST_FWD
+        rows = self.check_rows(msg, step)
+        z_names = self.names("z", self.geo.fwd.chunks(rows))
+        bwd = self.geo.bwd
+        v_names = {(t, h): f"v/{t}/{h}" for t in range(bwd.tiles) for h in range(bwd.n1) if train}
+        checks.expect_names(msg, ["rows", *z_names, *v_names.values()], step)
+        vecs = self.decrypt(msg, z_names, step, self.share_result_scale)
+        z = np.concatenate([self.geo.fwd.unpack(v, rows, i) for i, v in enumerate(vecs)])
+        checks.in_range(z, self.params.output_limit, f"projection of '{self.feature_key}'")
+        self._delta = None
+        self._v_cts = None
+        if train:
+            scale = self.params.share_scale
+            cts = self.load(self.peer.engine, msg, list(v_names.values()), step, 2, scale)
+            self._v_cts = dict(zip(v_names, cts, strict=True))
+            self._rows = rows
         return torch.from_numpy(z).to(self.dtype)
 
-    # ---- backward -------------------------------------------------------------------------
+    # ---- backward ---------------------------------------------------------------------------
     def backward(self, delta: torch.Tensor) -> Message:
-        """δ = ∂L/∂z -> Enc_H(λδ) for the collaborator's δ·Vᵀ. δ itself never leaves.
-
-        Send this first, then compute `weight_gradient()` while the collaborator works.
-        """
-        if self._cts is None or self._delta is not None:
+        """δ = ∂L/∂z -> Enc_C(λδ·(U + V)ᵀ): the collaborator decrypts ∂L/∂X. δ never leaves."""
+        if self._v_cts is None or self._delta is not None:
             raise SecureProtocolError("backward without a pending training forward")
-        rows, geo = self._rows, self.geo
+        rows = self._rows
         if tuple(delta.shape) != (rows, self.out_dim):
             raise SecureProtocolError(
                 f"δ has shape {list(delta.shape)}, expected {[rows, self.out_dim]}"
             )
-        d = checks.in_range(
-            delta.detach().cpu().to(torch.float64).numpy(), self.params.value_bound, "δ"
+        d = delta.detach().cpu().to(torch.float64).numpy()
+        checks.in_range(
+            d,
+            self.params.delta_bound,
+            "δ = ∂L/∂z",
+            "raise project_layer_delta_bound at every party",
         )
-        self._du = d @ self.share.u.T  # δ·Uᵀ with the pre-step U
-        self._delta = d
-        scaled = d * 2.0**self.params.delta_scale_bits
-        checks.in_range(scaled, self.params.value_bound, "scaled δ")
-        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
-        for (r, a), vec in geo.pack(scaled).items():
-            out[f"enc_delta/{r}/{a}"] = self.own.encrypt_bytes(vec)
+        self._delta = d * self.params.lam
+        prepared = self._require_prepared()
+        ev = self.peer.engine.evaluator
+        for key, ct in self._v_cts.items():
+            ev.add_plain_inplace(ct, prepared.u_plain[key])
+        out = self.rows_entry(rows)
+        p = self.params
+        results = products.diag_products(
+            self.peer,
+            self.geo.bwd,
+            self._v_cts,
+            self._delta,
+            p.operand_scale,
+            p.dither(p.operand_scale),
+        )
+        for i, ct in enumerate(results):
+            out[f"dx/{i}"] = products.finish(self.peer, ct, self._dx_noise.take())
+        self._v_cts = None
         return out
 
-    def weight_gradient(self) -> Message:
-        """Enc_C(Xᵀδ + M) for the collaborator's share; steps U (see shares.HostShare)."""
-        if self._cts is None or self._delta is None:
+    def weight_gradient(self, msg: Message) -> Message:
+        """Enc_C(X) -> Enc_C(λ(Xᵀδ + M)) per packing part, masked per group; steps U (see
+        shares.HostShare) and appends Enc_H(U) of the next step."""
+        if self._delta is None:
             raise SecureProtocolError("weight_gradient before backward")
-        rows, geo, d = self._rows, self.geo, self._delta
-        mask = self.share.next_mask()
-        out: Message = {"rows": torch.tensor(rows, dtype=torch.int64)}
-        for c in range(geo.col_tiles(self.in_dim)):
-            c0, c1 = geo.col_range(c, self.in_dim)
-            for j in range(-(-self.out_dim // geo.wrap)):
-                j0, j1 = j * geo.wrap, min(self.out_dim, (j + 1) * geo.wrap)
-                acc = None
-                for r in range(geo.row_tiles(rows)):
-                    part = np.zeros((geo.block_rows, geo.wrap))
-                    chunk = d[r * geo.block_rows : (r + 1) * geo.block_rows, j0:j1]
-                    part[: chunk.shape[0], : j1 - j0] = chunk
-                    term = he_linear.block_gram(self.peer, geo, self._cts[(r, c)], part, c1 - c0)
-                    acc = term if acc is None else accumulate(self.peer, acc, term)
-                he_linear.gram_reduce(self.peer, geo, acc)
-                idx = np.array(
-                    [t * geo.stride + jj for t in range(c1 - c0) for jj in range(j1 - j0)],
-                    dtype=np.int64,
+        plan, rows, p = self.geo.gram, self._rows, self.params
+        names = {tp: self.names(f"x/{tp}", plan.x_cts(rows)) for tp in range(plan.t_parts)}
+        all_names = [n for part in names.values() for n in part]
+        checks.expect_names(msg, ["rows", *all_names], KIND_ENC_X)
+        if checks.rows_of(msg, KIND_ENC_X) != rows:
+            raise SecureProtocolError(f"{KIND_ENC_X}: row count differs from the forward pass")
+        x_cts = {
+            tp: self.load(self.peer.engine, msg, n, KIND_ENC_X, 2, p.x_scale)
+            for tp, n in names.items()
+        }
+        prepared = self._require_prepared()
+        masks = prepared.masks
+        if plan.rows_per_group(rows) > prepared.mask_rows:  # a batch larger than block_rows
+            masks = self._encode_masks(prepared.step.mask, plan.rows_per_group(rows))
+        out = self.rows_entry(rows)
+        for tp in range(plan.t_parts):
+            for jp in range(plan.j_parts):
+                ct = products.gram_product(
+                    self.peer,
+                    plan,
+                    x_cts[tp],
+                    self._delta,
+                    jp,
+                    p.gram_scale,
+                    p.dither(p.gram_scale),
                 )
-                fixed = mask[c0:c1, j0:j1].reshape(-1)
-                # Leftover slots get masks of the same size as M (they hold partial sums of
-                # Xᵀδ): a 2^30 mask there would cost the gradient precision for nothing.
-                he_linear.add_mask(self.peer, acc, self.share.max_mask, (idx, fixed))
-                out[f"grad_w/{c}/{j}"] = seal_io.save_bytes(acc)
-        self._cts, self._delta = None, None
+                self.peer.engine.evaluator.add_plain_inplace(ct, masks[(tp, jp)])
+                out[f"y/{tp}/{jp}"] = products.finish(self.peer, ct, self._g_noise.take())
+        self._require_share().commit(prepared.step)
+        self._delta = None
+        out.update(prepared.next_share)
+        self._prepare()
         return out
 
-    def finish_backward(self, msg: Message) -> Message:
-        """Decrypt δ·Vᵀ + N, add δ·Uᵀ: the collaborator gets δ·Wᵀ + N and removes N."""
-        if self._du is None:
-            raise SecureProtocolError(f"{KIND_BWD_GRAD}: no backward pending")
-        rows, geo = self._rows, self.geo
-        tiles = self.tile_names("grad_x", rows, self.in_dim)
-        checks.expect_names(msg, ["rows", *tiles.values()], KIND_BWD_GRAD)
-        if checks.rows_of(msg, KIND_BWD_GRAD) != rows:
-            raise SecureProtocolError(f"{KIND_BWD_GRAD}: row count differs from the forward pass")
-        vecs = self.decrypt_tiles(msg, tiles, KIND_BWD_GRAD)
-        # (λδVᵀ + N)/λ + δUᵀ = δWᵀ + N/λ; the collaborator knows λ and removes N/λ.
-        lam = 2.0**self.params.delta_scale_bits
-        masked = geo.unpack(vecs, rows, self.in_dim) / lam + self._du
-        self._du = None
-        return {"dx_masked": torch.from_numpy(masked)}
+    def _mask_block(self, mask: np.ndarray, tp: int, jp: int) -> np.ndarray:
+        """λM for one packing part, as the (h_part, o_part) complex block of group 0."""
+        plan = self.geo.gram
+        block = np.zeros((plan.h_part, plan.o_part), dtype=np.complex128)
+        j0 = jp * plan.o_part
+        cols = slice(j0, min(self.out_dim, j0 + plan.o_part))
+        width = cols.stop - cols.start
+        for i in range(plan.h_part):
+            t = tp * plan.h_part + i
+            if t < self.in_dim:
+                block[i, :width] += mask[t, cols]
+            if t + plan.h < self.in_dim:
+                block[i, :width] += 1j * mask[t + plan.h, cols]
+        return block
 
-    # ---- checkpoints ----------------------------------------------------------------------
+    # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """U, its momentum buffer and the last telescoping mask (keys are never saved)."""
-        s = self.share
-        return {name: torch.from_numpy(getattr(s, name).copy()) for name in ("u", "buf", "q_prev")}
+        """U, its momentum buffer and its re-sharing state (keys are never saved)."""
+        return {k: torch.from_numpy(v.copy()) for k, v in self._require_share().state().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        names = ("u", "buf", "q_prev")
+        names = ("u", "buf", "u0", "slow")
         self.check_state_shapes(state, names)
-        for name in names:
-            setattr(self.share, name, state[name].to(torch.float64).numpy().copy())
+        if self.share is None:
+            self.share = HostShare(
+                state["u"].to(torch.float64).numpy(),
+                self.lr,
+                self.momentum,
+                self.params,
+                self.in_dim,
+            )
+        self.share.load({n: state[n].to(torch.float64).numpy() for n in names})
+        self._prepare()
+
+    def close(self) -> None:
+        self.background.close()
+
+    def _require_share(self) -> HostShare:
+        if self.share is None:
+            raise SecureProtocolError("the host's share is not set up yet (no initial exchange)")
+        return self.share
+
+    def _require_prepared(self) -> _Prepared:
+        if self._prepared is None:
+            raise SecureProtocolError("the host's share is not set up yet (no initial exchange)")
+        return self._prepared.result()

@@ -1,9 +1,12 @@
 """SEAL objects to bytes and back.
 
-TenSEAL's low-level ``sealapi`` only saves to and loads from files, so we go through a private
-temporary directory (mode 0700, in RAM when ``/dev/shm`` exists). Loading validates the object
-against the context before any arithmetic touches it: a malformed blob from a peer is a
-`SecureProtocolError`, never a crash in C++.
+TenSEAL's low-level ``sealapi`` only saves to and loads from paths. On Linux each thread keeps
+one anonymous in-memory file (``memfd``) and SEAL reads and writes it through
+``/proc/self/fd/N``: no directory entry is created or removed per object (on a loaded machine
+that was several ms per ciphertext). Elsewhere a private temporary directory is used (mode 0700,
+in RAM when ``/dev/shm`` exists). Loading validates the object against the context before any
+arithmetic touches it: a malformed blob from a peer is a `SecureProtocolError`, never a crash in
+C++.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from party_node.secure.errors import SecureProtocolError
 
 _lock = threading.Lock()
 _dir: Path | None = None
+_local = threading.local()
 
 
 def _scratch_dir() -> Path:
@@ -35,32 +39,50 @@ def _scratch_dir() -> Path:
         return _dir
 
 
-def _path() -> Path:
-    return _scratch_dir() / f"{os.getpid()}-{threading.get_ident()}-{os.urandom(6).hex()}"
+class _Scratch:
+    """This thread's scratch file: a memfd when the platform has one, else a private file."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            self.fd = os.memfd_create("heteronn-he", os.MFD_CLOEXEC)
+            self.path = f"/proc/self/fd/{self.fd}"
+        else:
+            self.path = str(_scratch_dir() / f"{os.getpid()}-{threading.get_ident()}")
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def write(self, data: bytes) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def read(self) -> bytes:
+        return os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+
+
+def _scratch() -> _Scratch:
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None or scratch.pid != os.getpid():
+        scratch = _Scratch()
+        scratch.pid = os.getpid()  # a forked child makes its own
+        _local.scratch = scratch
+    return scratch
 
 
 def save_bytes(obj: Any) -> bytes:
     """Serialize a SEAL object (ciphertext, Galois keys, serializable keys) to bytes."""
-    path = _path()
-    try:
-        obj.save(str(path))
-        return path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
+    scratch = _scratch()
+    obj.save(scratch.path)
+    return scratch.read()
 
 
 def _load(obj: Any, seal_context: Any, data: bytes, what: str) -> Any:
     if not isinstance(data, bytes | bytearray) or not data:
         raise SecureProtocolError(f"{what}: expected non-empty bytes, got {type(data).__name__}")
-    path = _path()
+    scratch = _scratch()
+    scratch.write(bytes(data))
     try:
-        path.write_bytes(bytes(data))
-        try:
-            obj.load(seal_context, str(path))
-        except Exception as exc:  # SEAL raises plain ValueError/RuntimeError on bad data
-            raise SecureProtocolError(f"{what}: not a valid SEAL object ({exc})") from exc
-    finally:
-        path.unlink(missing_ok=True)
+        obj.load(seal_context, scratch.path)
+    except Exception as exc:  # SEAL raises plain ValueError/RuntimeError on bad data
+        raise SecureProtocolError(f"{what}: not a valid SEAL object ({exc})") from exc
     if not sealapi.is_valid_for(obj, seal_context):
         raise SecureProtocolError(f"{what}: not valid for the agreed CKKS parameters")
     return obj

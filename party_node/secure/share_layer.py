@@ -1,8 +1,9 @@
 """What both halves of one collaborator's projection share: its shape, the agreed parameters,
-the packing geometry, and the tile loops that load, multiply and decrypt packed ciphertexts.
+the three packings, the scales results arrive at, and the loops that name, load and decrypt
+ciphertexts in messages.
 
 `SecureHostLayer` and `SecureCollaboratorLayer` derive from `ShareLayer`, so the two sides
-cannot drift apart on how a tile is named, packed or bounded.
+cannot drift apart on how an entry is named, packed, scaled or bounded.
 """
 
 from __future__ import annotations
@@ -12,19 +13,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from party_node.secure import checks, he_linear, seal_io
-from party_node.secure.context import OwnKeys, PeerKeys
-from party_node.secure.layout import Geometry
+from party_node.secure import checks
+from party_node.secure.context import OwnKeys
+from party_node.secure.errors import SecureProtocolError
 from party_node.secure.params import Message, SecureParams
-from party_node.secure.shares import half_init
-
-Tiles = dict[tuple[int, int], str]
+from party_node.secure.plans import DiagPlan, GramPlan
 
 
-def geometry(in_dim: int, out_dim: int, params: SecureParams | None = None) -> Geometry:
-    """The packing both parties derive (never send) for an (in_dim, out_dim) projection."""
-    p = params or SecureParams()
-    return Geometry(p.ckks.slots, in_dim, out_dim, p.block_rows)
+class Geometry:
+    """The packings both parties derive (never send) for an (in_dim, out_dim) projection:
+    `fwd` for X·W (B = W, in x out), `bwd` for λδ·Wᵀ (B = Wᵀ, out x in), `gram` for Xᵀλδ."""
+
+    def __init__(self, in_dim: int, out_dim: int, params: SecureParams) -> None:
+        slots, rows = params.ckks.slots, params.block_rows
+        self.fwd = DiagPlan.make(slots, in_dim, out_dim, rows)
+        self.bwd = DiagPlan.make(slots, out_dim, in_dim, rows)
+        self.gram = GramPlan.make(slots, in_dim, out_dim, rows)
 
 
 class ShareLayer:
@@ -41,17 +45,20 @@ class ShareLayer:
         self.feature_key = feature_key
         self.in_dim, self.out_dim = in_dim, out_dim
         self.params = params or SecureParams()
-        self.geo = geometry(in_dim, out_dim, self.params)
+        self.geo = Geometry(in_dim, out_dim, self.params)
         self.own = own_keys
+        p, q = self.params, float(own_keys.engine.last_prime())
+        #: Scales finished results arrive at (products over the dropped prime).
+        self.share_result_scale = p.product_scale / q
+        self.gram_result_scale = p.gram_product_scale / q
 
-    def initial_share(self, given: np.ndarray | torch.Tensor | None) -> np.ndarray:
-        """A fresh half-init share, or the given one if it has the layer's shape."""
-        share = half_init(self.in_dim, self.out_dim) if given is None else np.asarray(given)
-        if share.shape != (self.in_dim, self.out_dim):
+    def check_shape(self, given: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+        arr = np.asarray(given, dtype=np.float64)
+        if arr.shape != (self.in_dim, self.out_dim):
             raise ValueError(
-                f"initial share has shape {share.shape}, expected {(self.in_dim, self.out_dim)}"
+                f"{what} has shape {arr.shape}, expected {(self.in_dim, self.out_dim)}"
             )
-        return share
+        return arr
 
     def check_state_shapes(self, state: dict[str, torch.Tensor], names: tuple[str, ...]) -> None:
         """A checkpoint's share tensors must have the layer's (in_dim, out_dim)."""
@@ -59,60 +66,44 @@ class ShareLayer:
             if tuple(state[name].shape) != (self.in_dim, self.out_dim):
                 raise ValueError(f"checkpoint '{name}' has shape {list(state[name].shape)}")
 
-    # ---- tiles ----------------------------------------------------------------------------
-    def tile_names(self, prefix: str, rows: int, cols: int) -> Tiles:
-        """Message entry names of a packed (rows x cols) matrix, by (row tile, column tile)."""
-        return {
-            (r, c): f"{prefix}/{r}/{c}"
-            for r in range(self.geo.row_tiles(rows))
-            for c in range(self.geo.col_tiles(cols))
-        }
+    # ---- messages ---------------------------------------------------------------------------
+    @staticmethod
+    def names(prefix: str, count: int) -> list[str]:
+        return [f"{prefix}/{i}" for i in range(count)]
 
     @staticmethod
-    def load_tiles(keys: PeerKeys, msg: Message, tiles: Tiles, step: str) -> dict:
-        """The peer's ciphertexts named by `tiles`, loaded against the peer's context."""
-        return {
-            k: keys.engine.load_ciphertext(checks.blob(msg, n, step), n, 0)
-            for k, n in tiles.items()
-        }
+    def load(engine: Any, msg: Message, names: list[str], step: str, primes: int, scale: float):
+        """Ciphertexts named `names`, each checked for level and scale."""
+        return [engine.load_ciphertext(checks.blob(msg, n, step), n, primes, scale) for n in names]
 
-    def masked_matmul(
-        self, keys: PeerKeys, cts: dict, weight: np.ndarray, rows: int, prefix: str
-    ) -> tuple[Message, dict[tuple[int, int], np.ndarray]]:
-        """Enc(A)·weight + fresh masks, tile by tile: the masked product and the masks.
-
-        `cts` holds A's (row tile, column tile) ciphertexts under the peer's keys; `weight`
-        is (k x n), so the result has n columns, named `prefix/r/o`."""
-        geo = self.geo
-        k_dim, n_dim = weight.shape
-        plan = geo.matmul_plan(k_dim, n_dim)
-        out: Message = {}
-        masks: dict[tuple[int, int], np.ndarray] = {}
-        for r in range(geo.row_tiles(rows)):
-            for o in range(geo.col_tiles(n_dim)):
-                o0, o1 = geo.col_range(o, n_dim)
-                acc = None
-                for c in range(geo.col_tiles(k_dim)):
-                    c0, c1 = geo.col_range(c, k_dim)
-                    term = he_linear.block_matmul(
-                        keys, geo, cts[(r, c)], weight[c0:c1, o0:o1], plan
-                    )
-                    acc = term if acc is None else accumulate(keys, acc, term)
-                masks[(r, o)] = he_linear.add_mask(keys, acc, self.params.mask_bound)
-                out[f"{prefix}/{r}/{o}"] = seal_io.save_bytes(acc)
-        return out, masks
-
-    def decrypt_tiles(self, msg: Message, tiles: Tiles, step: str) -> dict:
-        """Decrypt our own ciphertexts; each slot must be within the mask plus value bound."""
-        bound = self.params.mask_bound + self.params.value_bound
-        out = {}
-        for key, name in tiles.items():
-            ct = self.own.engine.load_ciphertext(checks.blob(msg, name, step), name, 0)
-            out[key] = checks.in_range(self.own.decrypt(ct), bound, f"decrypted '{name}'")
+    def decrypt(self, msg: Message, names: list[str], step: str, scale: float) -> list:
+        """Our own finished results (one prime, `scale`), decrypted to complex slots."""
+        out = []
+        for ct in self.load(self.own.engine, msg, names, step, 1, scale):
+            vec = self.own.decrypt(ct)
+            if not np.isfinite(vec).all():
+                raise SecureProtocolError(f"{step}: decrypted values are not finite")
+            out.append(vec)
         return out
 
+    @staticmethod
+    def rows_entry(rows: int) -> Message:
+        return {"rows": torch.tensor(rows, dtype=torch.int64)}
 
-def accumulate(keys: PeerKeys, acc: Any, term: Any) -> Any:
-    """acc += term in place (same keys, same level); returns acc."""
-    keys.engine.evaluator.add_inplace(acc, term)
-    return acc
+    def check_rows(self, msg: Message, step: str) -> int:
+        rows = checks.rows_of(msg, step)
+        if rows > 1 << 20:
+            raise SecureProtocolError(f"{step}: {rows} rows is more than the protocol allows")
+        return rows
+
+    # ---- compact layout (the initial share exchange) ------------------------------------
+    def compact_pack(self, matrix: np.ndarray) -> list[np.ndarray]:
+        flat, slots = matrix.ravel(), self.params.ckks.slots
+        return [flat[i : i + slots] for i in range(0, flat.size, slots)]
+
+    def compact_count(self) -> int:
+        return -(-(self.in_dim * self.out_dim) // self.params.ckks.slots)
+
+    def compact_unpack(self, vecs: list[np.ndarray]) -> np.ndarray:
+        n = self.in_dim * self.out_dim
+        return np.concatenate([v.real for v in vecs])[:n].reshape(self.in_dim, self.out_dim)

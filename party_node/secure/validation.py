@@ -99,3 +99,61 @@ def check_agreement(values: Mapping[str, str]) -> None:
             "parties disagree on the secure projection settings (project_layer_lr must be equal "
             f"at every party): {listing}"
         )
+
+
+#: Prefix of the coordinator agreement keys that carry one projection's shape each.
+SHAPE_AGREEMENT_PREFIX = "secure_projection_shape:"
+
+
+def shape_agreement(shapes: Mapping[str, tuple[int, int]]) -> dict[str, str]:
+    """One agreement entry per projection, '<in_dim>-><out_dim>': a collaborator that declares
+    its projection_shape reports its own, and the coordinator refuses any difference."""
+    return {f"{SHAPE_AGREEMENT_PREFIX}{key}": f"{i}->{o}" for key, (i, o) in shapes.items()}
+
+
+def check_reduces_width(feature_key: str, in_dim: int, out_dim: int, allow: bool) -> None:
+    """A projection that keeps the width lets the host solve z = X·W for X; the collaborator
+    refuses it unless it opted in."""
+    if out_dim >= in_dim and not allow:
+        raise SecureConfigError(
+            f"the host's project_layer_config projects '{feature_key}' from {in_dim} to "
+            f"{out_dim} columns, which does not reduce its width, so z = X·W would reveal the "
+            f"features; refusing. Declare out_dim < {in_dim} in the host's project_layer_config, "
+            "or pass project_layer_allow_full_width=True to this collaborator's scheduler to "
+            "accept it"
+        )
+
+
+def secure_params(feature_bound: object, delta_bound: object) -> SecureParams:
+    """The agreed parameters for the given bounds (positive finite numbers)."""
+    for name, value in (
+        ("project_layer_feature_bound", feature_bound),
+        ("project_layer_delta_bound", delta_bound),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise SecureConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    try:
+        return SecureParams(feature_bound=float(feature_bound), delta_bound=float(delta_bound))
+    except ValueError as exc:
+        raise SecureConfigError(str(exc)) from None
+
+
+def validate_projection_shape(shape: object, feature_key: str) -> tuple[int, int] | None:
+    """A collaborator's optional declared (in_dim, out_dim)."""
+    if shape is None:
+        return None
+    if not (
+        isinstance(shape, tuple | list)
+        and len(shape) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+    ):
+        raise SecureConfigError(
+            f"project_layer_shape for '{feature_key}' must be (in_dim, out_dim) with positive "
+            f"ints, got {shape!r}"
+        )
+    return int(shape[0]), int(shape[1])

@@ -11,6 +11,8 @@ import grpc
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import TaskFailed
 from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
+from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
+from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
@@ -27,8 +29,12 @@ class GrpcPeers:
         tls: TlsSettings | None,
         send_timeout: float,
         interceptors: Sequence[Any] = (),
+        psi_engine: EngineOptions | None = None,
     ):
+        """`psi_engine`: run PSI through the engine (spu) with these options; None runs
+        the in-process ECDH protocol."""
         self.interceptors = list(interceptors)
+        self.psi_engine = psi_engine
         self.state = state
         self.role = role
         self.tls = tls
@@ -88,11 +94,24 @@ class GrpcPeers:
     def _psi_header(self) -> common_pb2.Header:
         return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")
 
+    def _address_host(self, node_id: str) -> str:
+        return self.participants[node_id].address.rpartition(":")[0]
+
     def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]:
         stubs = {
             p: self.stubs[p] for p, info in self.participants.items() if info.role == "collaborator"
         }
         try:
+            if self.psi_engine is not None:
+                return run_host_engine_psi(
+                    stubs,
+                    ids,
+                    self._psi_header,
+                    self.psi_engine,
+                    round_timeout,
+                    cancel=self.state.abort,
+                    peer_hosts={name: self._address_host(name) for name in stubs},
+                )
             with PsiPool() as pool:
                 return run_host_psi(
                     stubs, ids, self._psi_header, pool, round_timeout, cancel=self.state.abort
@@ -102,18 +121,34 @@ class GrpcPeers:
 
     def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
         host = next(p for p in self.participants.values() if p.role == "host")
+        if self.psi_engine is not None:
+            session = EngineCollaboratorSession(
+                ids,
+                self.psi_engine,
+                self._psi_header,
+                node_id=self.state.node_id,
+                timeout=timeout,
+                peer=f"host '{host.node_id}'",
+                peer_host=self._address_host(host.node_id),
+            )
+            return self._serve_psi(session, timeout)
         with PsiPool() as pool:
             session = CollaboratorPsiSession(
                 ids, pool, self._psi_header, peer=f"host '{host.node_id}'"
             )
-            self.state.psi_session = session
-            self.state.psi_ready.set()
-            try:
-                return session.wait_result(timeout, cancel=self.state.abort)
-            except (PsiError, TimeoutError) as exc:
-                raise TaskFailed(self.state.abort.reason or str(exc)) from None
-            finally:
-                session.close()
+            return self._serve_psi(session, timeout)
+
+    def _serve_psi(
+        self, session: CollaboratorPsiSession | EngineCollaboratorSession, timeout: float
+    ) -> set[str]:
+        self.state.psi_session = session
+        self.state.psi_ready.set()
+        try:
+            return session.wait_result(timeout, cancel=self.state.abort)
+        except (PsiError, TimeoutError) as exc:
+            raise TaskFailed(self.state.abort.reason or str(exc)) from None
+        finally:
+            session.close()
 
     def close(self) -> None:
         for channel in self._channels.values():

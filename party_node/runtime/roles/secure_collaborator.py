@@ -9,41 +9,64 @@ from typing import Any
 
 import torch
 
-from party_node.errors import ConfigError
+from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.roles.base import check_features, evaluating
 from party_node.runtime.roles.collaborator import CollaboratorRole
 from party_node.runtime.roles.secure_common import SecureExchange, protocol_errors
-from party_node.secure import SecureCollaboratorLayer, check_feature_width
+from party_node.secure import (
+    SecureCollaboratorLayer,
+    check_feature_width,
+    check_reduces_width,
+    shape_agreement,
+    validate_projection_shape,
+)
 from party_node.secure import params as kinds
 
 
 class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
-    features_kind = kinds.KIND_ENC_X
+    features_kind = kinds.KIND_FWD
 
     def build_extra(self) -> None:
         self.init_secure()
         self.layer: SecureCollaboratorLayer | None = None
         self.pending_layer_state: dict[str, Any] | None = None
 
-    # ---- once per task: keys ------------------------------------------------------------
+    def agreement(self) -> dict[str, str]:
+        """The secure settings, plus our projection's shape if we declared it."""
+        shape = validate_projection_shape(self.s.project_layer_shape, self.s.feature_key)
+        extra = shape_agreement({self.s.feature_key: shape}) if shape else {}
+        return {**super().agreement(), **extra}
+
+    # ---- once per task: keys and shares --------------------------------------------------
     def setup(self, round_no: int, width: int) -> SecureCollaboratorLayer:
-        """Take the host's public keys and this party's (in_dim, out_dim); send ours."""
+        """Take the host's public keys and our (in_dim, out_dim), refuse a projection that
+        would reveal X, send our keys; then the initial share exchange (fresh tasks) and the
+        host's Enc_H(U)."""
         if self.layer is not None:
             self.check_width(self.layer.in_dim, self.layer.out_dim, width)
             return self.layer
         host = self.host
         msg = self.expect(host, kinds.KIND_PUBLIC_KEYS, round_no, 0, self.me)
-        shape = msg.tensors.get("shape")
-        if shape is None or shape.numel() != 2:
+        shape, fresh = msg.tensors.get("shape"), msg.tensors.get("fresh")
+        if shape is None or shape.numel() != 2 or fresh is None or fresh.numel() != 1:
             raise ConfigError(f"host '{host.node_id}' sent no projection shape for this party")
         in_dim, out_dim = (int(v) for v in shape.tolist())
         self.check_width(in_dim, out_dim, width)
+        s = self.s
+        with protocol_errors(host, "the configuration check"):
+            check_reduces_width(s.feature_key, in_dim, out_dim, s.project_layer_allow_full_width)
+        resumed = self.pending_layer_state is not None
+        if bool(fresh.item()) == resumed:
+            raise TaskFailed(
+                f"host '{host.node_id}' {'starts fresh' if resumed else 'resumes'} the secure "
+                f"projection but this party {'resumes' if resumed else 'has no checkpoint'}; "
+                "restart every party with the same recover setting"
+            )
         host_keys = self.peer_keys(host, msg)
         keys = self.make_keys(SecureCollaboratorLayer.key_steps(in_dim, out_dim, self.params))
         self.send_keys(host, round_no)
-        s = self.s
-        self.layer = SecureCollaboratorLayer(
+        layer = SecureCollaboratorLayer(
             s.feature_key,
             in_dim,
             out_dim,
@@ -53,10 +76,17 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
             host_keys,
             self.params,
         )
-        if self.pending_layer_state is not None:
-            self.layer.load_state_dict(self.pending_layer_state)
+        if resumed:
+            layer.load_state_dict(self.pending_layer_state)
             self.pending_layer_state = None
-        return self.layer
+        else:
+            kind_pair = (kinds.KIND_INIT_SHARE, kinds.KIND_INIT_SHARE)
+            self.step(host, kind_pair, round_no, 0, layer.init_reply, "the initial share exchange")
+        msg = self.receive(host, kinds.KIND_SHARE, round_no, 0)
+        with protocol_errors(host, "the initial share exchange"):
+            layer.set_host_share(msg)
+        self.layer = layer
+        return layer
 
     def check_width(self, in_dim: int, out_dim: int, width: int) -> None:
         with protocol_errors(self.host, "the configuration check"):
@@ -66,7 +96,8 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
     def exchange_batch(
         self, round_no: int, b: int, features: torch.Tensor, what: str
     ) -> torch.Tensor:
-        """Batch b through the protocol: Enc(X) out, masked shares both ways; ∂L/∂X back."""
+        """Batch b: Enc_H(X·W) (computed here) and Enc_C(X) out; ∂L/∂X back. The weight step
+        follows in apply_gradient, after our feature backward."""
         host = self.host
         if features.dim() != 2:
             raise ConfigError(f"{what} must yield (rows, columns) features in secure mode")
@@ -74,25 +105,29 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
         where = f"the forward pass of batch {b}"
         started = time.perf_counter()
         with protocol_errors(host, where):
-            enc = layer.encrypt_features(features.detach())
-        self.observer.he("encrypt_features", time.perf_counter() - started)
+            fwd = layer.forward(features.detach())
+        self.observer.he("forward", time.perf_counter() - started)
+        self.reply(host, kinds.KIND_FWD, round_no, b, fwd)
+        with protocol_errors(host, where):
+            enc = layer.encrypt_features()
         self.reply(host, kinds.KIND_ENC_X, round_no, b, enc)
-        forward = (kinds.KIND_FWD_MASKED, kinds.KIND_FWD_SHARE)
-        self.step(host, forward, round_no, b, layer.combine_forward, where)
-        where = f"the backward pass of batch {b}"
-        backward = (kinds.KIND_BWD_ENC, kinds.KIND_BWD_MASKED)
-        self.step(host, backward, round_no, b, layer.backward, where)
-        msg = self.receive(host, kinds.KIND_BWD_WEIGHT, round_no, b)
-        with protocol_errors(host, where):
-            layer.apply_weight_gradient(msg)
         msg = self.receive(host, kinds.KIND_BWD_GRAD, round_no, b)
-        with protocol_errors(host, where):
+        self._batch = (round_no, b)
+        with protocol_errors(host, f"the backward pass of batch {b}"):
             return layer.finish_backward(msg)
+
+    def apply_gradient(self, features: torch.Tensor, grad: torch.Tensor | None, b: int) -> None:
+        """Our feature backward, then the host's masked weight gradient steps V."""
+        super().apply_gradient(features, grad, b)
+        round_no, _ = self._batch
+        msg = self.receive(self.host, kinds.KIND_BWD_WEIGHT, round_no, b)
+        assert self.layer is not None
+        with protocol_errors(self.host, f"the backward pass of batch {b}"):
+            self.layer.apply_weight_gradient(msg)
 
     # ---- evaluation -----------------------------------------------------------------------
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
-        host = self.host
         with evaluating(s.feature_model):
             parts = [
                 check_features(item, "iterate_test_feature") for _, item in self.test_batches()
@@ -101,11 +136,9 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
             raise ConfigError("iterate_test_feature yielded no batches; check test_ids/batch_size")
         features = torch.cat(parts)
         layer = self.setup(int(s.current_round), int(features.shape[1]))
-        with protocol_errors(host, "the test forward pass"):
-            enc = layer.encrypt_features(features, train=False)
-        self.reply(host, kinds.KIND_TEST_ENC_X, 0, 0, enc)
-        kind_pair = (kinds.KIND_TEST_FWD_MASKED, kinds.KIND_TEST_FWD_SHARE)
-        self.step(host, kind_pair, 0, 0, layer.combine_forward, "the test forward pass")
+        with protocol_errors(self.host, "the test forward pass"):
+            msg = layer.forward(features, train=False)
+        self.reply(self.host, kinds.KIND_TEST_FWD, 0, 0, msg)
         return {}
 
     # ---- state ----------------------------------------------------------------------------

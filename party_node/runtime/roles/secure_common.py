@@ -18,6 +18,7 @@ from party_node.secure import (
     SecureParams,
     SecureProtocolError,
     agreement_value,
+    secure_params,
 )
 
 #: Key of the coordinator's agreement map that must be equal at every party.
@@ -66,8 +67,11 @@ class SecureExchange:
     expect: Callable[..., Message]
 
     def init_secure(self) -> None:
-        """Parameters now; keys once the layer shapes are known (the first batch)."""
-        self.params = SecureParams()
+        """Parameters now (the bounds are scheduler settings); keys once the layer shapes are
+        known (the first batch)."""
+        self.params = secure_params(
+            self.s.project_layer_feature_bound, self.s.project_layer_delta_bound
+        )
         self.keys: OwnKeys | None = None
 
     def agreement(self) -> dict[str, str]:

@@ -20,6 +20,8 @@ from party_node.runtime.roles.secure_common import SecureExchange, protocol_erro
 from party_node.secure import (
     SecureHostLayer,
     check_feature_width,
+    projection_init_bound,
+    shape_agreement,
     validate_host_config,
     validate_project_layer_config,
 )
@@ -27,7 +29,7 @@ from party_node.secure import params as kinds
 
 
 class SecureHostRole(SecureExchange, HostRole):
-    features_kind = kinds.KIND_ENC_X
+    features_kind = kinds.KIND_FWD
 
     def build_extra(self) -> None:
         super().build_extra()
@@ -39,6 +41,8 @@ class SecureHostRole(SecureExchange, HostRole):
         # The host's own projection is plaintext: bias-free like the secure ones (the
         # inference model after the concatenation has the bias).
         self.projection = nn.Linear(int(in_dim), int(out_dim), bias=False)
+        bound = projection_init_bound(int(in_dim))  # same init as the secure projections
+        nn.init.uniform_(self.projection.weight, -bound, bound)
         self.projection_optimizer = torch.optim.SGD(
             self.projection.parameters(),
             lr=s.project_layer_lr,
@@ -54,9 +58,20 @@ class SecureHostRole(SecureExchange, HostRole):
             self.s.project_layer_config, [p.feature_key for p in self.participants]
         )
 
-    # ---- once per task: keys ------------------------------------------------------------
+    def agreement(self) -> dict[str, str]:
+        """The secure settings plus every projection's shape (a collaborator that declares its
+        project_layer_shape is checked against it at join)."""
+        return {
+            **super().agreement(),
+            **shape_agreement(
+                validate_host_config(self.s.project_layer_config, self.s.feature_key)
+            ),
+        }
+
+    # ---- once per task: keys and shares ------------------------------------------------------
     def setup(self, round_no: int) -> None:
-        """Send each collaborator the host's public keys and its (in_dim, out_dim); take theirs."""
+        """Keys both ways (ours carry each collaborator's (in_dim, out_dim) and whether the
+        shares start fresh); fresh shares by the initial exchange; then Enc_H(U) to each."""
         if self.keys is not None:
             return
         steps: set[int] = set()
@@ -65,10 +80,10 @@ class SecureHostRole(SecureExchange, HostRole):
         keys = self.make_keys(steps)
         for peer in self.collaborators:
             shape = torch.tensor(self.shapes[peer.feature_key], dtype=torch.int64)
-            self.send_keys(peer, round_no, shape=shape)
+            fresh = torch.tensor(peer.feature_key not in self.pending_layer_state)
+            self.send_keys(peer, round_no, shape=shape, fresh=fresh.to(torch.int64))
         for peer in self.collaborators:
             msg = self.expect(peer, kinds.KIND_PUBLIC_KEYS, round_no, 0, self.me)
-            peer_keys = self.peer_keys(peer, msg)
             in_dim, out_dim = self.shapes[peer.feature_key]
             layer = SecureHostLayer(
                 peer.feature_key,
@@ -77,13 +92,22 @@ class SecureHostRole(SecureExchange, HostRole):
                 self.s.project_layer_lr,
                 self.s.project_layer_momentum,
                 keys,
-                peer_keys,
+                self.peer_keys(peer, msg),
                 self.params,
                 dtype=torch.get_default_dtype(),
             )
             if peer.feature_key in self.pending_layer_state:
                 layer.load_state_dict(self.pending_layer_state.pop(peer.feature_key))
+            else:
+                self.reply(peer, kinds.KIND_INIT_SHARE, round_no, 0, layer.init_request())
             self.layers[peer.node_id] = layer
+        for peer in self.collaborators:
+            layer = self.layers[peer.node_id]
+            if layer.share is None:
+                msg = self.receive(peer, kinds.KIND_INIT_SHARE, round_no, 0)
+                with protocol_errors(peer, "the initial share exchange"):
+                    layer.init_finish(msg)
+            self.reply(peer, kinds.KIND_SHARE, round_no, 0, layer.share_message())
 
     def own_projection(self, features: torch.Tensor) -> torch.Tensor:
         in_dim, out_dim = self.shapes[self.s.feature_key]
@@ -103,18 +127,12 @@ class SecureHostRole(SecureExchange, HostRole):
     def receive_features(self, round_no: int, b: int, rows: int) -> dict[str, torch.Tensor]:
         """The collaborators' projections z = X·W of batch b, as leaves that collect δ."""
         self.setup(round_no)
-        for peer in self.collaborators:
-            msg = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
-            self.check_peer_rows(peer, msg, rows, f"batch {b} of round {round_no}")
-            with protocol_errors(peer, f"the forward pass of batch {b}"):
-                self.reply(
-                    peer, kinds.KIND_FWD_MASKED, round_no, b, self.layers[peer.node_id].forward(msg)
-                )
         leaves = {}
         for peer in self.collaborators:
-            msg = self.receive(peer, kinds.KIND_FWD_SHARE, round_no, b)
+            msg = self.receive(peer, kinds.KIND_FWD, round_no, b)
+            self.check_peer_rows(peer, msg, rows, f"batch {b} of round {round_no}")
             with protocol_errors(peer, f"the forward pass of batch {b}"):
-                leaves[peer.node_id] = self.layers[peer.node_id].finish_forward(msg)
+                leaves[peer.node_id] = self.layers[peer.node_id].forward(msg)
             leaves[peer.node_id].requires_grad_(True)
         return leaves
 
@@ -137,24 +155,21 @@ class SecureHostRole(SecureExchange, HostRole):
         self.projection_optimizer.step()
 
     def backward_collaborators(self, round_no: int, b: int, leaves: dict) -> None:
-        """Enc_H(δ) out first, so each collaborator computes δ·Vᵀ while the host computes
-        its Xᵀδ; then the masked feature gradients back."""
+        """Enc_C(λδ·Wᵀ) to every collaborator first (they backpropagate while we compute the
+        weight gradients), then Enc_C(λ(Xᵀδ + M)) with the next Enc_H(U)."""
+        where = f"the backward pass of batch {b}"
         for peer in self.collaborators:
             leaf = leaves[peer.node_id]
             delta = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             delta = self.privacy.outgoing(peer.node_id, delta.detach(), self.batch_labels)
-            with protocol_errors(peer, f"the backward pass of batch {b}"):
+            with protocol_errors(peer, where):
                 msg = self.layers[peer.node_id].backward(delta.detach())
-            self.reply(peer, kinds.KIND_BWD_ENC, round_no, b, msg)
+            self.reply(peer, kinds.KIND_BWD_GRAD, round_no, b, msg)
         for peer in self.collaborators:
-            with protocol_errors(peer, f"the backward pass of batch {b}"):
-                msg = self.layers[peer.node_id].weight_gradient()
-            self.reply(peer, kinds.KIND_BWD_WEIGHT, round_no, b, msg)
-        for peer in self.collaborators:
-            msg = self.receive(peer, kinds.KIND_BWD_MASKED, round_no, b)
-            with protocol_errors(peer, f"the backward pass of batch {b}"):
-                out = self.layers[peer.node_id].finish_backward(msg)
-            self.reply(peer, kinds.KIND_BWD_GRAD, round_no, b, out)
+            msg = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
+            with protocol_errors(peer, where):
+                out = self.layers[peer.node_id].weight_gradient(msg)
+            self.reply(peer, kinds.KIND_BWD_WEIGHT, round_no, b, out)
 
     # ---- evaluation -----------------------------------------------------------------------
     def collect_test_features(self, projections: list[dict], rows: list[int]) -> None:
@@ -166,15 +181,10 @@ class SecureHostRole(SecureExchange, HostRole):
         self.setup(round_no)
         total = sum(rows)
         for peer in self.collaborators:
-            msg = self.receive(peer, kinds.KIND_TEST_ENC_X, 0, 0)
+            msg = self.receive(peer, kinds.KIND_TEST_FWD, 0, 0)
             self.check_peer_rows(peer, msg, total, "the test set")
             with protocol_errors(peer, "the test forward pass"):
-                out = self.layers[peer.node_id].forward(msg, train=False)
-            self.reply(peer, kinds.KIND_TEST_FWD_MASKED, 0, 0, out)
-        for peer in self.collaborators:
-            msg = self.receive(peer, kinds.KIND_TEST_FWD_SHARE, 0, 0)
-            with protocol_errors(peer, "the test forward pass"):
-                z = self.layers[peer.node_id].finish_forward(msg)
+                z = self.layers[peer.node_id].forward(msg, train=False)
             for proj, part in zip(projections, torch.split(z, rows), strict=True):
                 proj[peer.feature_key] = part
 

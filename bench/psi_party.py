@@ -1,0 +1,105 @@
+"""One party of heteronn's PSI for `bench.psi_bench`, in its own process: the collaborator
+serves `Psi` over gRPC, the host calls it. Both print one JSON line with their time, the
+result size and their peak RSS (this process plus its engine worker).
+
+    python -m bench.psi_party collaborator N ENGINE        (prints PORT p first)
+    python -m bench.psi_party host N ENGINE PORT"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.psi_sets import collaborator_ids, host_ids
+from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
+from party_node.psi.engine_session import EngineCollaboratorSession
+from party_node.psi.pool import PsiPool
+from party_node.psi.rpc import CollaboratorPsiSession, run_host_psi
+from wire.grpc_factory import open_channel, start_server
+
+TIMEOUT_S = 7200.0
+
+
+def _header(sender: str):
+    return lambda: common_pb2.Header(task_id="psi-bench", sender=sender, kind="psi")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS plus its largest finished child's (the engine worker)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round((own + child) / 1024, 1)
+
+
+class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
+    def __init__(self, session):
+        self.session = session
+
+    def Psi(self, request_iterator, context):
+        return self.session.handle(request_iterator, context)
+
+
+def collaborator(n: int, engine: str, folder: Path) -> None:
+    """Its PSI phase starts with the process (as a node's does when the coordinator says
+    PSI): the input is written while the host starts."""
+    ids = collaborator_ids(n)
+    pool = PsiPool() if engine == "ecdh" else None
+    if pool is not None:
+        session = CollaboratorPsiSession(list(ids), pool, _header("collab"))
+    else:
+        options = EngineOptions(engine=engine, folder=folder)
+        session = EngineCollaboratorSession(
+            ids, options, _header("collab"), node_id="collab", timeout=TIMEOUT_S
+        )
+
+    def register(server: grpc.Server) -> list[str]:
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(_Collaborator(session), server)
+        return [party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name]
+
+    server = start_server("127.0.0.1:0", register)
+    print(f"PORT {server.port}", flush=True)
+    started = time.perf_counter()
+    result = session.wait_result(TIMEOUT_S)
+    seconds = time.perf_counter() - started
+    server.stop(1.0)
+    if pool is not None:
+        pool.close()
+    report = {"result": len(result), "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    print(json.dumps(report), flush=True)
+
+
+def host(n: int, engine: str, port: int, folder: Path) -> None:
+    ids = host_ids(n)
+    channel = open_channel(f"127.0.0.1:{port}")
+    stubs = {"collab": party_node_pb2_grpc.PartyNodeServiceStub(channel)}
+    started = time.perf_counter()
+    if engine == "ecdh":
+        with PsiPool() as pool:
+            final = run_host_psi(stubs, list(ids), _header("host"), pool, TIMEOUT_S)
+    else:
+        options = EngineOptions(engine=engine, folder=folder)
+        final = run_host_engine_psi(stubs, ids, _header("host"), options, TIMEOUT_S)
+    seconds = time.perf_counter() - started
+    channel.close()
+    report = {"result": len(final), "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    print(json.dumps(report), flush=True)
+
+
+def main() -> None:
+    role, n, engine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    with tempfile.TemporaryDirectory(prefix=f"psi-bench-{role}-") as folder:
+        if role == "collaborator":
+            collaborator(n, engine, Path(folder))
+        else:
+            host(n, engine, int(sys.argv[4]), Path(folder))
+
+
+if __name__ == "__main__":
+    main()

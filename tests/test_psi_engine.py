@@ -1,0 +1,238 @@
+"""PSI through the engine (SecretFlow's spu as a worker process per party): exactly Python's
+set intersection, over a real gRPC server and real worker processes; the engine's link
+refuses any party but the one the Psi RPC named; mismatched engines fail with a message
+that says which setting to change."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.psi.engine import EngineRun, LinkEnd, RunSpec, free_port
+from party_node.psi.engine_files import EngineInput
+from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
+from party_node.psi.engine_session import EngineCollaboratorSession
+from party_node.psi.frames import PsiError
+from wire.grpc_factory import open_channel, start_server
+
+SERVICE = party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name
+TIMEOUT = 60.0
+
+
+def header(sender: str):
+    return lambda: common_pb2.Header(task_id="t", sender=sender, kind="psi")
+
+
+class Servicer(party_node_pb2_grpc.PartyNodeServiceServicer):
+    def __init__(self, sessions: dict[str, EngineCollaboratorSession]):
+        self.sessions = sessions
+
+    def Psi(self, request_iterator, context):
+        name = dict(context.invocation_metadata()).get("to", "")
+        return self.sessions[name].handle(request_iterator, context)
+
+
+class _Route(grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds a `to` metadata entry so one test server can play several collaborators."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _details(self, details):
+        metadata = [*(details.metadata or []), ("to", self.name)]
+        return details._replace(metadata=metadata)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+def run_engine_psi(
+    tmp_path: Path,
+    host_ids: list[str],
+    collab_ids: list[list[str]],
+    engine: str = "spu-rr22",
+    collab_engine: str | None = None,
+    recover: bool = False,
+) -> tuple[set[str], list[set[str]]]:
+    """The host and every collaborator through one real gRPC server in this process; the
+    engines run as real worker processes. Returns what each party learned."""
+    sessions = {
+        f"c{i}": EngineCollaboratorSession(
+            ids,
+            EngineOptions(
+                engine=collab_engine or engine, folder=tmp_path / f"c{i}", recover=recover
+            ),
+            header(f"c{i}"),
+            node_id=f"c{i}",
+            timeout=TIMEOUT,
+        )
+        for i, ids in enumerate(collab_ids)
+    }
+
+    def register(server):
+        party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(Servicer(sessions), server)
+        return [SERVICE]
+
+    server = start_server("127.0.0.1:0", register)
+    channels = []
+    try:
+        stubs = {}
+        for name in sessions:
+            channel = grpc.intercept_channel(open_channel(f"127.0.0.1:{server.port}"), _Route(name))
+            channels.append(channel)
+            stubs[name] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
+        final = run_host_engine_psi(
+            stubs,
+            host_ids,
+            header("h"),
+            EngineOptions(engine=engine, folder=tmp_path / "h", recover=recover),
+            TIMEOUT,
+        )
+        learned = [s.wait_result(TIMEOUT) for s in sessions.values()]
+    finally:
+        for session in sessions.values():
+            session.close()
+        for channel in channels:
+            channel.close()
+        server.stop(0)
+    return final, learned
+
+
+def expected(host_ids: list[str], collab_ids: list[list[str]]) -> set[str]:
+    out = set(host_ids)
+    for ids in collab_ids:
+        out &= set(ids)
+    return out
+
+
+ODD_IDS = ["école", "e\u0301cole", "東京", "🧬", "", " ", "a\u0000b", "\ud800", "a,b", 'q"', "n\nl"]
+CASES = {
+    "edge ids and duplicates": (
+        [*ODD_IDS, "a", "a", "b", *[f"h{i}" for i in range(50)]],
+        [[*ODD_IDS[::2], "École", "a", "a", "z", *[f"h{i}" for i in range(25, 80)]]],
+    ),
+    "empty intersection": (["a", "b", "c"], [["d", "e"]]),
+    "collaborator empty": (["a", "b"], [[]]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_engine_equals_set_intersection(case: str, tmp_path: Path) -> None:
+    host_ids, collab_ids = CASES[case]
+    final, learned = run_engine_psi(tmp_path, host_ids, collab_ids)
+    want = expected(host_ids, collab_ids)
+    assert final == want
+    assert learned == [want]
+
+
+def test_engine_random_sets_and_ecdh_protocol(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    universe = [f"user-{rng.getrandbits(48):x}" for _ in range(6000)]
+    host_ids = rng.sample(universe, 3000)
+    collab_ids = [rng.sample(universe, 4000)]
+    want = expected(host_ids, collab_ids)
+    assert 0 < len(want) < 3000
+    for engine in ("spu-rr22", "spu-ecdh"):
+        final, learned = run_engine_psi(tmp_path / engine, host_ids, collab_ids, engine)
+        assert final == want and learned == [want]
+
+
+def test_two_collaborators_learn_only_the_final_intersection(tmp_path: Path) -> None:
+    host_ids = [f"id{i}" for i in range(60)]
+    collab_ids = [[f"id{i}" for i in range(0, 90, 2)], [f"id{i}" for i in range(0, 90, 3)]]
+    final, learned = run_engine_psi(tmp_path, host_ids, collab_ids)
+    want = expected(host_ids, collab_ids)
+    assert final == want and learned == [want, want]
+    # With two collaborators only the host receives each pairwise result from the engine.
+    for name in ("c0", "c1"):
+        assert not (tmp_path / name / "with-h" / "output.csv").exists()
+
+
+def test_recover_after_a_finished_run_reuses_its_result(tmp_path: Path) -> None:
+    """A task restarted with recover after PSI had finished (a crash in training): both
+    ends reuse their kept results; no worker runs (spu's recovery of a finished run would
+    append its result twice)."""
+    host_ids, collab_ids = [f"i{i}" for i in range(300)], [[f"i{i}" for i in range(150, 450)]]
+    first, _ = run_engine_psi(tmp_path, host_ids, collab_ids)
+    worker_out = tmp_path / "h" / "with-c0" / "worker.out"
+    before = worker_out.stat().st_mtime_ns
+    again, learned = run_engine_psi(tmp_path, host_ids, collab_ids, recover=True)
+    assert again == first == expected(host_ids, collab_ids) and learned == [first]
+    assert worker_out.stat().st_mtime_ns == before
+
+
+def test_engine_mismatch_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(PsiError, match="runs PSI engine 'spu-ecdh', this party 'spu-rr22'"):
+        run_engine_psi(tmp_path, ["a"], [["a"]], engine="spu-ecdh", collab_engine="spu-rr22")
+
+
+def _run_pair(tmp_path: Path, collab_trusts: bytes | None) -> list:
+    """A host and a collaborator worker; the collaborator trusts `collab_trusts` instead of
+    the host's real certificate when given. Returns each end's result or error."""
+    ends = []
+    ports = [free_port(), free_port()]
+    for rank, ids in enumerate((["a", "b"], ["b", "c"])):
+        source = EngineInput.write(tmp_path / str(rank), ids)
+        ends.append(EngineRun(tmp_path / str(rank) / "run", source, f"p{rank}", False))
+    specs = []
+    for rank in (0, 1):
+        other = 1 - rank
+        cert = ends[other].certificate
+        if rank == 1 and collab_trusts is not None:
+            cert = collab_trusts
+        specs.append(
+            RunSpec(
+                "rr22",
+                rank,
+                "l",
+                "h" if rank == 0 else "c",
+                "c" if rank == 0 else "h",
+                f"127.0.0.1:{ports[rank]}",
+                LinkEnd(f"127.0.0.1:{ports[other]}", cert),
+                connect_timeout=3.0,
+                timeout=10.0,
+            )
+        )
+    out: list = [None, None]
+
+    def wait(rank: int) -> None:
+        try:
+            out[rank] = ends[rank].wait(20.0)
+        except PsiError as exc:
+            out[rank] = exc
+
+    for rank in (0, 1):
+        ends[rank].start(specs[rank])
+    threads = [threading.Thread(target=wait, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for end in ends:
+        end.close()
+    return out
+
+
+def test_engine_link_refuses_a_certificate_it_was_not_given(tmp_path: Path) -> None:
+    intruder = EngineRun(
+        tmp_path / "x", EngineInput.write(tmp_path / "xi", ["z"]), "intruder", False
+    ).certificate
+    results = _run_pair(tmp_path, collab_trusts=intruder)
+    assert all(isinstance(r, PsiError) for r in results), results
+    assert "TLS link was refused" in str(results[1]), results
+    # and the same pair, trusting each other's real certificates, completes
+    ok = _run_pair(tmp_path / "ok", collab_trusts=None)
+    assert [r["intersection"] for r in ok] == [1, 1]
+
+
+def _iter(messages: list) -> Iterator:
+    yield from messages
