@@ -57,13 +57,13 @@ CALCULATION_TIMEOUT = 60.0
 TIMEOUTS = {"schedule_timeout": 3.0, "calculation_timeout": CALCULATION_TIMEOUT}
 
 
-def create_task(coordinator: str) -> None:
+def create_task(coordinator: str, schedule_timeout: float = TIMEOUTS["schedule_timeout"]) -> None:
     with CoordinatorClient(coordinator) as client:
         client.create_task(
             task_spec(
                 TASK_ID,
                 ["h", "c1"],
-                schedule_timeout_s=TIMEOUTS["schedule_timeout"],
+                schedule_timeout_s=schedule_timeout,
                 calculation_timeout_s=CALCULATION_TIMEOUT,
             )
         )
@@ -76,6 +76,7 @@ def start_nodes(
     prefix: dict[str, list[str]],
     recover: bool = False,
     checkpoint_every: int = 0,
+    schedule_timeout: float = TIMEOUTS["schedule_timeout"],
 ) -> dict[str, subprocess.Popen]:
     """`heteronn node` processes for h and c1 (plaintext, 4 rounds of batch 32); `prefix`
     runs a node's command inside something (e.g. `ip netns exec NAME`)."""
@@ -100,7 +101,11 @@ def start_nodes(
             "tls_plaintext": True,
             "recover": recover,
             "torch_threads": 1,
-            "scheduler_args": {**factory_args[name], **TIMEOUTS},
+            "scheduler_args": {
+                **factory_args[name],
+                **TIMEOUTS,
+                "schedule_timeout": schedule_timeout,
+            },
         }
         config.write_text(settings_toml(settings))
         command = [sys.executable, "-m", "party_node.cli", "node"]

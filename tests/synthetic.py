@@ -168,6 +168,8 @@ class SynthCollaborator(SynthParty, HeteroNNCollaboratorScheduler):
                 return  # one batch fewer than the host
             self.faults.pace()
             yield feature_model(self.x[rows])
+        if self.faults.at("die_at_end", self.current_round):
+            os._exit(17)  # every batch done (and checkpointed), the round's end not sent
 
     def iterate_test_feature(self, feature_model, test_ids):
         for rows in batches(list(test_ids), self.batch_size):

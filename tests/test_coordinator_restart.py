@@ -78,8 +78,9 @@ def test_power_loss_then_every_process_restarted_with_recover(tmp_path):
     address, db, log = f"127.0.0.1:{free_port()}", tmp_path / "c.db", tmp_path / "c.log"
     listen = {"h": "127.0.0.1:0", "c1": "127.0.0.1:0"}
     coordinator = _coordinator(address, db, log)
-    task.create_task(address)
-    procs = task.start_nodes(tmp_path, address, listen, {}, checkpoint_every=1)
+    task.create_task(address, schedule_timeout=10)
+    nodes = {"checkpoint_every": 1, "schedule_timeout": 10.0}
+    procs = task.start_nodes(tmp_path, address, listen, {}, **nodes)
     try:
         task.wait_for_pause(tmp_path, procs)  # c1 is about to yield batch 1 of round 2
         for process in (coordinator, *procs.values()):
@@ -87,7 +88,7 @@ def test_power_loss_then_every_process_restarted_with_recover(tmp_path):
             process.wait()
         task.resume(tmp_path)  # the restarted collaborator does not pause again
         coordinator = _coordinator(address, db, log)
-        procs = task.start_nodes(tmp_path, address, listen, {}, recover=True, checkpoint_every=1)
+        procs = task.start_nodes(tmp_path, address, listen, {}, recover=True, **nodes)
         results = wait_all(procs, timeout=task.CALCULATION_TIMEOUT + 60)
     finally:
         coordinator.kill()

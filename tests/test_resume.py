@@ -74,3 +74,20 @@ def test_collaborator_killed_mid_round_resumes_from_the_batch(tmp_path):
         assert report["rounds"] == ROUNDS
     got = final_weights(tmp_path, nodes, "m")
     assert_same_weights(got, centralized(nodes), 1e-6, "uninterrupted training")
+
+
+def test_resume_at_the_last_batch_of_a_round(tmp_path):
+    """Checkpoints every 3 of 6 batches: the last one of round 3 is checkpointed, then the
+    collaborator dies before the round's end. The resumed round has no batch left to train
+    and still ends with its 6 batches counted at both parties."""
+    nodes = ["h", "c1"]
+    common = [*COMMON, "--checkpoint-every", "3"]
+    first = run_task(
+        tmp_path, nodes, "e", common=common, per_node={"c1": ["--faults", "die_at_end=3"]}
+    )
+    assert first["c1"].code == 17, first["c1"].stderr
+    second = run_task(tmp_path, nodes, "e", common=[*common, "--recover"])
+    for report in _finished(second, tmp_path, nodes, "e"):
+        assert (report["resumed_from_round"], report["resumed_from_batch"]) == (2, 6), report
+    got = final_weights(tmp_path, nodes, "e")
+    assert_same_weights(got, centralized(nodes), 1e-6, "uninterrupted training")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from party_node.hetero_nn import aligned_order
 from tests import synthetic as syn
 from tests.harness import run_task
-from tests.secure_synthetic import PROJECT_LR
+from tests.secure_synthetic import PROJ, PROJECT_LR
 from tests.test_secure_protocol import W_TOL, Z_TOL
 
 ROUNDS, BATCH, MOMENTUM = 3, 64, 0.9
@@ -36,9 +36,11 @@ def plaintext_continuation(host: dict, coll: dict, rounds: int, start: tuple[int
     feats = {n: syn.feature_model(n) for n in nodes}
     feats["h"].load_state_dict(host["feature_model"])
     feats["c1"].load_state_dict(coll["feature_model"])
-    infer = syn.infer_model(2)
+    infer = torch.nn.Sequential(
+        torch.nn.Linear(2 * PROJ, 6), torch.nn.ReLU(), torch.nn.Linear(6, syn.CLASSES)
+    )
     infer.load_state_dict(host["infer_model"])
-    proj = torch.nn.Linear(syn.OUT, syn.OUT, bias=False)
+    proj = torch.nn.Linear(syn.OUT, PROJ, bias=False)
     proj.load_state_dict(host["host_projection"])
     u, v = host["secure_layers"]["c1"], coll["secure_layer"]
     w = (u["u"] + v["v"]).clone().requires_grad_(True)  # (in, out), float64 like the shares

@@ -9,6 +9,11 @@ Resuming k batches into a round, a party restores the random states of the round
 pulls (and drops) the first k batches of the user's iterator without training, then restores
 the random states of the checkpoint: the iterator is where the uninterrupted run had it (its
 aligned order, its own shuffles), and every later random draw is the one that run made.
+
+For training modes that keep batches in flight (pipelining): a party checkpoints in
+`Role.after_batch` of the flagged batch, and the checkpoint must hold no effect of a later
+batch (a forward pass already sent with older weights, a gradient not yet applied). Drain the
+pipeline at the flagged batch, or put what is in flight in `state()` as well.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class Role:
         #: Set by the runtime when the task resumes inside a round.
         self.resume: Resume | None = None
         self.round_start_rng: dict[str, Any] = {}
+        self.batches_done = 0
         #: The host's live leak metric, one entry per round and collaborator (report.json).
         self.label_leak: list[dict[str, Any]] = []
 
@@ -100,21 +101,23 @@ class Role:
             b += 1
 
     def train_batches(self, round_no: int, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
-        """The round's batches from the user's iterator, numbered from 0; when resuming inside
-        this round, those the checkpoint holds are pulled and dropped first (with the random
-        states put where the uninterrupted run had them)."""
+        """The round's batches from the user's iterator, numbered from 0. When resuming inside
+        this round, those the checkpoint holds are pulled and dropped here (with the random
+        states put where the uninterrupted run had them), and `batches_done` counts them: the
+        round has at least that many batches even if none is left."""
         resume = self.resume if self.resume and self.resume.round == round_no else None
         self.resume, self.checkpoint_due = None, None
         if resume is not None:
             rng.restore(resume.round_start_rng)
         self.round_start_rng = rng.capture()
+        self.batches_done = resume.batches if resume else 0
         if self.policy is not None:
-            self.policy.reset(resume.batches if resume else 0)
+            self.policy.reset(self.batches_done)
         batches = self.batches(iterable, what)
         if resume is not None:
             skip_batches(batches, resume.batches, self.s.feature_model, what)
             rng.restore(resume.rng)
-        yield from batches
+        return batches
 
     def after_batch(self, round_no: int, b: int) -> None:
         """Batch b is done here: checkpoint if it is the batch every party checkpoints after."""

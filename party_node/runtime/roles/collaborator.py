@@ -30,9 +30,11 @@ class CollaboratorRole(Role):
         host = self.host
         s.feature_model.train()
         what = f"iterate_train_feature in round {round_no}"
-        count = 0
-        batches = s.iterate_train_feature(s.feature_model, self.train_ids)
-        for b, item in self.train_batches(round_no, batches, what):
+        batches = self.train_batches(
+            round_no, s.iterate_train_feature(s.feature_model, self.train_ids), what
+        )
+        count = self.batches_done
+        for b, item in batches:
             features = check_features(item, what)
             grad = self.exchange_batch(round_no, b, features, what)
             self.apply_gradient(features, grad, b)

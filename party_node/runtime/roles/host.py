@@ -140,7 +140,7 @@ class HostRole(Role):
             s.iterate_train_feature(s.feature_model, self.train_ids),
             f"iterate_train_feature in round {round_no}",
         )
-        count = 0
+        count = self.batches_done
         for b, item in batches:
             if self.policy is not None and self.policy.due(b):
                 self.checkpoint_due = (round_no, b)
