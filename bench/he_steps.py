@@ -1,8 +1,11 @@
 """Per-step timings and wire bytes of the CKKS projection protocol (one collaborator).
 
 Default shape is the MNIST demo's: batch 128, 20 -> 10. Bytes are those of the serialized
-`heteronn.v1.Payload` of each message, i.e. what the transport sends (before chunking).
-Last stdout line: {"bench": "he_steps", ...}.
+`heteronn.v1.Payload` of each message, i.e. what the transport sends (before chunking). Steps
+run one after the other in one process (no overlap between the parties, as a lower bound on
+what each costs); work made ahead on the worker threads is included where it is waited for.
+Last stdout line: {"bench": "he_steps", ...}, with the batch total, bytes per batch and the
+bits of every mask and flood (`party_node.secure.margins`).
 
     python -m bench.he_steps [--batch 128 --in-dim 20 --out-dim 10 --batches 10]
 """
@@ -25,6 +28,7 @@ from party_node.secure import (
     SecureHostLayer,
     SecureParams,
 )
+from party_node.secure.margins import margins
 from wire.tensor_codec import tensor_from_proto, tensor_to_proto
 
 
@@ -86,9 +90,11 @@ def main() -> None:
         z = timed(times, "h_decrypt_z", host.forward, fwd)
         enc_x, sizes["enc_x"] = wire_bytes(timed(times, "c_encrypt_x", coll.encrypt_features))
         delta = torch.randn_like(z) * 1e-3
-        grad, sizes["bwd_grad"] = wire_bytes(timed(times, "h_backward_dwt", host.backward, delta))
+        grad, sizes["bwd_grad"] = wire_bytes(
+            timed(times, "h_backward_dwt", host.backward, delta, enc_x)
+        )
         weight, sizes["bwd_weight"] = wire_bytes(
-            timed(times, "h_weight_gradient", host.weight_gradient, enc_x)
+            timed(times, "h_weight_gradient", host.weight_gradient)
         )
         timed(times, "c_decrypt_dx", coll.finish_backward, grad)
         timed(times, "c_step_share", coll.apply_weight_gradient, weight)
@@ -120,6 +126,7 @@ def main() -> None:
         "public_key_bytes": {"collaborator": coll_key_bytes, "host": host_key_bytes},
         "initial_share_bytes": init_up + init_down,
         "keygen_s": round(keygen_s, 2),
+        "margins_bits": margins(params, din, dout, 0.01, 0.9),
         "test_forward_2000_rows_s": round(test_s, 2),
         "test_forward_2000_rows_bytes": test_bytes,
     }

@@ -8,7 +8,9 @@ ids per party, half shared):
   two processes from the PSI engine's venv (.venv-psi, created by `make install`) over
   spu's brpc link on 127.0.0.1, no TLS, one `id` CSV column per party.
 
-Each party reports its peak RSS (its process plus its engine worker). The last stdout line
+Each party reports its peak RSS (`peak_rss_mb`: its process and its engine worker together,
+sampled every 0.2 s; `rss_bound_mb`: the sum of the two processes' own peaks, an upper
+bound). The last stdout line
 is one JSON object. Run from the project root: `.venv/bin/python -m bench.psi_bench`."""
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ def run_ours(n: int, engine: str) -> dict:
             "host": host_report["peak_rss_mb"],
             "collaborator": collab_report["peak_rss_mb"],
         },
+        "rss_bound_mb": {
+            "host": host_report["rss_bound_mb"],
+            "collaborator": collab_report["rss_bound_mb"],
+        },
     }
 
 
@@ -114,6 +120,7 @@ def run_spu(n: int, protocol: str, folder: Path) -> dict:
                 [str(python), "-I", str(WORKER), str(path)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
+                cwd=folder,  # spu writes its log and a marker where it runs
             )
         )
     results, rss = [], []
@@ -158,6 +165,7 @@ def main() -> None:
         "seconds": round(ours["seconds"], 2),
         "ids_per_s_per_core": round(2 * n / (ours["seconds"] * cores), 1),
         "peak_rss_mb": ours["peak_rss_mb"],
+        "rss_bound_mb": ours["rss_bound_mb"],
     }
     for protocol, figures in spu.items():
         line[f"spu_{protocol}_seconds"] = round(figures["seconds"], 2)

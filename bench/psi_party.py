@@ -8,9 +8,11 @@ result size and their peak RSS (this process plus its engine worker).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,11 +33,61 @@ def _header(sender: str):
     return lambda: common_pb2.Header(task_id="psi-bench", sender=sender, kind="psi")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS plus its largest finished child's (the engine worker)."""
+def rss_bound_mb() -> float:
+    """This process's peak RSS plus its largest finished child's (the engine worker): an
+    upper bound on the party's peak (the two peaks need not coincide)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round((own + child) / 1024, 1)
+
+
+def _rss_kb(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(entry)
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+class RssSampler(threading.Thread):
+    """This process's RSS plus its children's (the engine worker), every 0.2 s (children
+    looked up every 2 s): the party's peak, both processes together."""
+
+    def __init__(self) -> None:
+        super().__init__(name="rss", daemon=True)
+        self.peak_kb = 0
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        me, children, tick = os.getpid(), [], 0
+        while not self.done.wait(0.2):
+            if tick % 10 == 0:  # a /proc scan costs; the worker is looked up every 2 s
+                children = _children(me)
+            tick += 1
+            total = _rss_kb(str(me)) + sum(_rss_kb(child) for child in children)
+            self.peak_kb = max(self.peak_kb, total)
+
+    def report(self) -> dict:
+        self.done.set()
+        self.join()
+        return {"peak_rss_mb": round(self.peak_kb / 1024, 1), "rss_bound_mb": rss_bound_mb()}
 
 
 class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
@@ -49,6 +101,7 @@ class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
 def collaborator(n: int, engine: str, folder: Path) -> None:
     """Its PSI phase starts with the process (as a node's does when the coordinator says
     PSI): the input is written while the host starts."""
+    sampler = RssSampler()
     ids = collaborator_ids(n)
     pool = PsiPool() if engine == "ecdh" else None
     if pool is not None:
@@ -71,11 +124,12 @@ def collaborator(n: int, engine: str, folder: Path) -> None:
     server.stop(1.0)
     if pool is not None:
         pool.close()
-    report = {"result": len(result), "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    report = {"result": len(result), "seconds": seconds, **sampler.report()}
     print(json.dumps(report), flush=True)
 
 
 def host(n: int, engine: str, port: int, folder: Path) -> None:
+    sampler = RssSampler()
     ids = host_ids(n)
     channel = open_channel(f"127.0.0.1:{port}")
     stubs = {"collab": party_node_pb2_grpc.PartyNodeServiceStub(channel)}
@@ -88,7 +142,7 @@ def host(n: int, engine: str, port: int, folder: Path) -> None:
         final = run_host_engine_psi(stubs, ids, _header("host"), options, TIMEOUT_S)
     seconds = time.perf_counter() - started
     channel.close()
-    report = {"result": len(final), "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    report = {"result": len(final), "seconds": seconds, **sampler.report()}
     print(json.dumps(report), flush=True)
 
 

@@ -133,9 +133,9 @@ def secure_bytes_per_batch() -> int:
     z = host.forward(fwd)
     enc_x, n = wire_bytes(coll.encrypt_features())
     total += n
-    grad, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3))
+    grad, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3, enc_x))
     total += n
-    weight, n = wire_bytes(host.weight_gradient(enc_x))
+    weight, n = wire_bytes(host.weight_gradient())
     coll.finish_backward(grad)
     coll.apply_weight_gradient(weight)
     return total + n

@@ -1,11 +1,13 @@
 """`heteronn` command: `node` runs a party, `coordinator` the coordinator service, `task`
-talks to a coordinator, `health` checks a process's gRPC health (container probes).
-Exit codes: 0 finished/serving, 1 task failed/not serving, 2 bad configuration."""
+talks to a coordinator, `health` checks a process's gRPC health (container probes), `serve`
+serves a trained model, `predict` runs a batch prediction, `audit` searches a collaborator's
+audit log. Exit codes: 0 finished/serving, 1 task failed/not serving, 2 bad configuration."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,10 @@ def load_factory(spec: str) -> Any:
 def node_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="heteronn node", description="run one party node")
     parser.add_argument("--scheduler", required=True, help="package.module:factory")
-    parser.add_argument("--config", type=Path, help="TOML file with node settings")
+    parser.add_argument(
+        "--config", type=Path,
+        help="TOML file with node settings (default: the file named by HETERONN_NODE_CONFIG)",
+    )
     parser.add_argument("--node-id")
     parser.add_argument("--task-id")
     parser.add_argument("--coordinator")
@@ -59,6 +64,7 @@ def node_main(argv: list[str]) -> int:
     except (ConfigError, ValueError, TypeError) as exc:
         print(f"heteronn node: configuration error: {settings_error(exc)}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         report = run_node(scheduler, settings)
     except TaskFailed as exc:
@@ -68,15 +74,31 @@ def node_main(argv: list[str]) -> int:
     return 0
 
 
+class Stopped(KeyboardInterrupt):
+    """The process was told to stop (SIGTERM): the task fails now, at every party, instead
+    of waiting out a timeout."""
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise Stopped("stopped by SIGTERM (the node was shut down)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"node", "coordinator", "task", "health"}
+    commands = {"node", "coordinator", "task", "health", "serve", "predict", "audit"}
     if not argv or argv[0] not in commands:
-        print("usage: heteronn {node,coordinator,task,health} ...", file=sys.stderr)
+        print(
+            "usage: heteronn {node,coordinator,task,health,serve,predict,audit} ...",
+            file=sys.stderr,
+        )
         return 2
     command, rest = argv[0], argv[1:]
     if command == "node":
         return node_main(rest)
+    if command in ("serve", "predict", "audit"):
+        from party_node.serving_cli import audit_main, predict_main, serve_main
+
+        return {"serve": serve_main, "predict": predict_main, "audit": audit_main}[command](rest)
     if command == "coordinator":
         from services.server import main as coordinator_main
 

@@ -25,20 +25,35 @@ class ConfigError(ValueError):
     """The scheduler or node configuration is invalid; nothing was started."""
 
 
+class NamedKeyError(KeyError):
+    """A KeyError whose text the framework wrote from settings (feature keys), never from
+    data: unlike other lookup errors, its text may go to every party."""
+
+
+class BundleError(ConfigError):
+    """A model bundle is missing, modified, incomplete, or not the one its peers agreed on;
+    the serving node does not start."""
+
+
 class NodeError(StatusError):
-    """A peer's RPC this node refuses; `code` is the gRPC status it maps to."""
+    """A peer's RPC this node refuses; `code` is the gRPC status it maps to, `reason` the
+    label it is counted under in metrics (errors by reason)."""
+
+    reason = "error"
 
 
 class BadMessage(NodeError):
     """The message is malformed: undecodable, inconsistent shapes, non-finite values."""
 
     code = "INVALID_ARGUMENT"
+    reason = "invalid"
 
 
 class WrongTask(NodeError):
     """The message belongs to another task than the one this node runs."""
 
     code = "FAILED_PRECONDITION"
+    reason = "wrong_task"
 
 
 class NotConsumed(NodeError):
@@ -46,6 +61,7 @@ class NotConsumed(NodeError):
     collaborator); refused before the body is read."""
 
     code = "FAILED_PRECONDITION"
+    reason = "not_consumed"
 
 
 class NotReady(NodeError):
@@ -53,15 +69,81 @@ class NotReady(NodeError):
     the caller may retry."""
 
     code = "UNAVAILABLE"
+    reason = "not_ready"
 
 
 class NotAllowed(NodeError):
     """The caller is not a participant, or not the one the message claims to come from."""
 
     code = "PERMISSION_DENIED"
+    reason = "not_allowed"
 
 
 class TooLarge(NodeError):
     """A payload, a queue or a stream count is over its limit."""
 
     code = "RESOURCE_EXHAUSTED"
+    reason = "too_large"
+
+
+# ---- serving (docs/inference.md) --------------------------------------------------------------
+
+
+class HookFailed(NodeError):
+    """A party's predict_feature raised or returned something unusable. The caller hears
+    which party; the details stay in that party's log (they may quote ids)."""
+
+    code = "INTERNAL"
+    reason = "hook_failed"
+
+
+class PeerUnavailable(NodeError):
+    """A collaborator's serving node is down or unreachable; the message names it."""
+
+    code = "UNAVAILABLE"
+    reason = "collaborator_unavailable"
+
+
+class PeerTimedOut(NodeError):
+    """A collaborator did not answer within the call's deadline; the message names it."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "collaborator_deadline"
+
+
+class PeerRefused(NodeError):
+    """A collaborator refused the host's call; `code` is what the host's caller gets."""
+
+    reason = "collaborator_refused"
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+class DeadlineExpired(NodeError):
+    """The call's deadline passed before its prediction was ready."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "deadline"
+
+
+class Overloaded(NodeError):
+    """Too many calls in flight or ids queued at this node; retry later or slower."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "overloaded"
+
+
+class RateLimited(NodeError):
+    """Over a collaborator's cap on ids answered per second."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "rate_limited"
+
+
+class ModelMismatch(NodeError):
+    """The caller or a peer serves another model than this node's bundle."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "model_mismatch"

@@ -10,6 +10,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
+from wire.limits import check_id
+
 
 @dataclass(frozen=True)
 class MockEnvironment:
@@ -31,6 +33,8 @@ def mock_context(id: str, nodes: list[str]) -> Iterator[MockEnvironment]:
         raise ValueError("mock_context(id=...) needs this node's id as a non-empty string")
     if not nodes or len(set(nodes)) != len(nodes):
         raise ValueError(f"mock_context(nodes=...) needs distinct node ids, got {nodes!r}")
+    for node in nodes:
+        check_id("mock_context: node id", node)
     if id not in nodes:
         raise ValueError(
             f"mock_context: node id {id!r} is not in nodes={list(nodes)!r}; "

@@ -98,6 +98,11 @@ class CoordinatorClient:
         request = coordinator_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
         return self.stub.CancelTask(request, timeout=timeout or self.timeout).task
 
+    def delete_task(self, task_id: str, timeout: float | None = None) -> TaskInfo:
+        """Forget an ended task (FAILED_PRECONDITION while it runs: cancel it first)."""
+        request = coordinator_pb2.DeleteTaskRequest(task_id=task_id)
+        return self.stub.DeleteTask(request, timeout=timeout or self.timeout).task
+
     def watch(self, task_id: str, node_id: str = "") -> WatchStream:
         """The task's phase commands as they come (the current one first). Iterate it;
         `cancel()` ends it from another thread."""

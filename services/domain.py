@@ -10,6 +10,8 @@ import copy
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from wire import limits
+
 
 class Phase(IntEnum):
     """Same numbers as `heteronn.v1.Phase`."""
@@ -41,6 +43,19 @@ class Role(IntEnum):
 PHASE_ORDER = {Phase.PSI: 1, Phase.SPLIT: 2, Phase.TRAIN: 3, Phase.TEST: 4}
 
 MODES = ("plain", "secure")
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """The coordinator's bounds on tasks (settings of the same names; defaults in
+    wire.limits)."""
+
+    max_participants: int = limits.MAX_PARTICIPANTS
+    max_tasks: int = limits.MAX_TASKS
+    #: Ended tasks are deleted this many seconds after they ended (0: never).
+    retention_s: float = limits.RETENTION_S
+    #: A task nobody has joined fails this many seconds after its creation.
+    unjoined_expiry_s: float = limits.UNJOINED_EXPIRY_S
 
 
 @dataclass
@@ -161,6 +176,30 @@ class Task:
         sched, calc, _ = self.effective_timeouts()
         return calc + sched
 
+    def all_timeouts(self) -> list[float]:
+        """The spec's timeouts and every joined node's own."""
+        own = [t for p in self.participants.values()
+               for t in (p.schedule_timeout_s, p.calculation_timeout_s)]
+        return [self.spec.schedule_timeout_s, self.spec.calculation_timeout_s, *own]
+
+    def waiting_deadline(self) -> float:
+        """While waiting for nodes: when the first joined node's own wait ends (0: none)."""
+        ends = [p.joined_at + (p.schedule_timeout_s or self.spec.schedule_timeout_s)
+                for p in self.participants.values() if p.joined]
+        return min(ends) if ends else 0.0
+
+    def restart_clocks(self, now: float) -> None:
+        """After a coordinator restart nobody could heartbeat or report: clocks restart."""
+        for p in self.participants.values():
+            if p.joined:
+                p.last_heartbeat = now
+                if self.phase == Phase.WAITING_FOR_NODES:
+                    p.joined_at = now
+        if self.phase in PHASE_ORDER:
+            self.phase_started, self.deadline = now, now + self.phase_budget()
+        elif self.phase == Phase.WAITING_FOR_NODES:
+            self.deadline = self.waiting_deadline()
+
     def phase_label(self) -> str:
         if self.phase in (Phase.TRAIN, Phase.TEST):
             return f"{self.phase.name} round {self.round}"
@@ -187,10 +226,17 @@ class Command:
             task_id=task.task_id,
             phase=task.phase,
             round=task.round,
-            deadline_unix_ms=int(task.deadline * 1000) if task.deadline else 0,
+            deadline_unix_ms=unix_ms(task.deadline),
             reason=task.reason,
             participants=tuple(copy.deepcopy(p) for p in task.participants.values()),
             resume_round=task.resume_round,
             resume_batch=task.resume_batch,
             attempt=task.attempt,
         )
+
+
+def unix_ms(seconds: float) -> int:
+    """Unix milliseconds of a wall-clock time; 0 for none or one no int64 can hold."""
+    if not (0 < seconds < 2**53 / 1000):  # also False for NaN and infinities
+        return 0
+    return int(seconds * 1000)

@@ -36,3 +36,21 @@ class WrongPhase(CoordinatorError):
     """The task is not in a state where this request makes sense (e.g. it already ended)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(CoordinatorError):
+    """The caller's certificate may not make this call (services.authz)."""
+
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(CoordinatorError):
+    """Under mutual TLS the call carries no usable certificate name."""
+
+    code = "UNAUTHENTICATED"
+
+
+class OverLimit(CoordinatorError):
+    """A count over one of the coordinator's limits (tasks kept, open watches)."""
+
+    code = "RESOURCE_EXHAUSTED"

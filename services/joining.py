@@ -6,39 +6,68 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
-from services.domain import MODES, Participant, Report, Role, Task, TaskSpec
+from services.domain import (
+    MODES,
+    PHASE_ORDER,
+    Participant,
+    Report,
+    Role,
+    Task,
+    TaskLimits,
+    TaskSpec,
+)
 from services.errors import InvalidRequest
+from wire import limits
 
 
-def validate_spec(spec: TaskSpec) -> None:
-    """Raise InvalidRequest for a spec no node could ever run."""
-    if not spec.task_id.strip():
-        raise InvalidRequest("task_id must not be empty")
-    if len(spec.participants) < 2:
+def valid_id(what: str, value: str) -> str:
+    """`value` if it is one safe path component (wire.limits.ID_PATTERN); else InvalidRequest."""
+    try:
+        return limits.check_id(what, value)
+    except ValueError as err:
+        raise InvalidRequest(str(err)) from None
+
+
+def _timeout(owner: str, name: str, value: float, allow_zero: bool) -> None:
+    ok = (value >= 0 if allow_zero else value > 0) and value <= limits.MAX_TIMEOUT_S
+    if not (ok and math.isfinite(value)):
+        zero = " (or 0 for the task's own)" if allow_zero else ""
         raise InvalidRequest(
-            f"task '{spec.task_id}' lists {len(spec.participants)} participant(s) "
-            f"{spec.participants}; a HeteroNN task needs a host and at least one collaborator"
+            f"{owner}: {name} must be a positive number of seconds up to "
+            f"{limits.MAX_TIMEOUT_S:g}{zero}, got {value:g}"
         )
-    if any(not n.strip() for n in spec.participants):
-        raise InvalidRequest(f"task '{spec.task_id}': participant ids must not be empty")
-    dupes = sorted({n for n in spec.participants if spec.participants.count(n) > 1})
+
+
+def _text(owner: str, name: str, value: str, limit: int = limits.MAX_NAME_CHARS) -> None:
+    if len(value) > limit:
+        raise InvalidRequest(f"{owner}: {name} has {len(value)} characters; at most {limit}")
+
+
+def validate_spec(spec: TaskSpec, task_limits: TaskLimits | None = None) -> None:
+    """Raise InvalidRequest for a spec no node could ever run, or one over the limits."""
+    most = (task_limits or TaskLimits()).max_participants
+    tid = valid_id("task_id", spec.task_id)
+    if not 2 <= len(spec.participants) <= most:
+        raise InvalidRequest(
+            f"task '{tid}' lists {len(spec.participants)} participant(s); a HeteroNN task "
+            f"needs a host and at least one collaborator, and at most {most} participants "
+            "(coordinator setting max_participants)"
+        )
+    for node in spec.participants:
+        valid_id(f"task '{tid}': participant", node)
+    dupes = sorted(n for n, k in Counter(spec.participants).items() if k > 1)
     if dupes:
         raise InvalidRequest(
-            f"task '{spec.task_id}' lists participant(s) {dupes} more than once; "
+            f"task '{tid}' lists participant(s) {dupes} more than once; "
             "every node id must be unique"
         )
-    for name, value in (
-        ("schedule_timeout", spec.schedule_timeout_s),
-        ("calculation_timeout", spec.calculation_timeout_s),
-    ):
-        if not (value > 0 and math.isfinite(value)):
-            raise InvalidRequest(
-                f"task '{spec.task_id}': {name} must be a positive number of seconds, got {value}"
-            )
+    _timeout(f"task '{tid}'", "schedule_timeout", spec.schedule_timeout_s, allow_zero=False)
+    _timeout(f"task '{tid}'", "calculation_timeout", spec.calculation_timeout_s, allow_zero=False)
     if spec.mode not in MODES:
         raise InvalidRequest(
-            f"task '{spec.task_id}': mode must be one of {list(MODES)}, got '{spec.mode}'"
+            f"task '{tid}': mode must be one of {list(MODES)}, got {limits.shown(spec.mode)}"
         )
 
 
@@ -50,30 +79,53 @@ MAX_RETIRED = 64
 
 def validate_join_request(task_id: str, node: Participant) -> None:
     """Raise InvalidRequest for a join that is malformed on its own."""
+    who = f"node '{node.node_id}'"
     if not INCARNATION.match(node.incarnation):
         raise InvalidRequest(
-            f"node '{node.node_id}' sent an incarnation that is not a token of at most 64 "
-            "letters, digits, '-' or '_'"
-        )
-    if node.checkpoint_round < 0 or node.checkpoint_batch < 0:
-        raise InvalidRequest(
-            f"node '{node.node_id}' sent a negative checkpoint position "
-            f"({node.checkpoint_round}, {node.checkpoint_batch})"
+            f"{who} sent an incarnation that is not a token of at most 64 letters, digits, "
+            "'-' or '_'"
         )
     if node.role not in (Role.HOST, Role.COLLABORATOR):
         raise InvalidRequest(
-            f"node '{node.node_id}' joined task '{task_id}' without a role; "
-            "it must join as host or collaborator"
+            f"{who} joined task '{task_id}' without a role; it must join as host or collaborator"
         )
-    for name, value in (
-        ("schedule_timeout", node.schedule_timeout_s),
-        ("calculation_timeout", node.calculation_timeout_s),
-    ):
-        if value < 0 or not math.isfinite(value):
-            raise InvalidRequest(
-                f"node '{node.node_id}' sent {name}={value}; use a positive number of seconds "
-                "(or 0 for the task's own)"
-            )
+    _timeout(who, "schedule_timeout", node.schedule_timeout_s, allow_zero=True)
+    _timeout(who, "calculation_timeout", node.calculation_timeout_s, allow_zero=True)
+    _text(who, "feature_key", node.feature_key)
+    _text(who, "address", node.address)
+    for name in ("checkpoint_round", "checkpoint_batch"):
+        if getattr(node, name) < 0:
+            raise InvalidRequest(f"{who}: {name} must be >= 0, got {getattr(node, name)}")
+    if len(node.agreement) > limits.MAX_AGREEMENT_ENTRIES:
+        raise InvalidRequest(
+            f"{who}: agreement has {len(node.agreement)} entries; at most "
+            f"{limits.MAX_AGREEMENT_ENTRIES}"
+        )
+    for key, value in node.agreement.items():
+        _text(who, "an agreement key", key)
+        _text(who, f"agreement '{limits.one_line(key)}'", value, limits.MAX_AGREEMENT_VALUE_CHARS)
+
+
+def validate_report(rep: Report) -> None:
+    """Raise InvalidRequest for a report no node of ours sends: negative sizes or rounds,
+    too many metrics, oversized strings. The error text is cut, not refused."""
+    who = f"node '{rep.node_id}'"
+    for name in ("round", "train_size", "test_size", "checkpoint_round"):
+        if getattr(rep, name) < 0:
+            raise InvalidRequest(f"{who}: {name} must be >= 0, got {getattr(rep, name)}")
+    if rep.phase not in PHASE_ORDER and not rep.error:
+        raise InvalidRequest(
+            f"{who} reported success for phase {rep.phase.name}; only PSI, SPLIT, TRAIN and TEST "
+            "are reported (any phase with an error)"
+        )
+    _text(who, "split_digest", rep.split_digest)
+    if len(rep.metrics) > limits.MAX_METRICS:
+        raise InvalidRequest(
+            f"{who}: {len(rep.metrics)} metrics; at most {limits.MAX_METRICS}"
+        )
+    for key in rep.metrics:
+        _text(who, "a metric name", key)
+    rep.error = limits.clip(rep.error)
 
 
 def conflict_with_others(task: Task, node: Participant) -> str:
@@ -133,6 +185,18 @@ def stale_report(task: Task, node: Participant, rep: Report) -> bool:
     if node.joined:
         return bool(node.incarnation) and rep.incarnation != node.incarnation
     return rep.incarnation in task.retired
+
+
+def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:
+    """The fields in which a repeated CreateTask differs from the task's spec (`recover`
+    does not count: it only matters once the task has ended)."""
+    pairs = {
+        "participants": (sorted(old.participants), sorted(new.participants)),
+        "schedule_timeout": (old.schedule_timeout_s, new.schedule_timeout_s),
+        "calculation_timeout": (old.calculation_timeout_s, new.calculation_timeout_s),
+        "mode": (old.mode, new.mode),
+    }
+    return [name for name, (a, b) in pairs.items() if a != b]
 
 
 def names(nodes: list[str]) -> str:

@@ -17,15 +17,26 @@ from dataclasses import replace
 from typing import Protocol
 
 from services import joining, verdicts
-from services.domain import PHASE_ORDER, Command, Participant, Phase, Report, Task, TaskSpec
+from services.domain import (
+    PHASE_ORDER,
+    Command,
+    Participant,
+    Phase,
+    Report,
+    Task,
+    TaskLimits,
+    TaskSpec,
+)
 from services.errors import (
     InvalidRequest,
     NotAParticipant,
+    OverLimit,
     TaskAlreadyExists,
     TaskNotFound,
     WrongPhase,
 )
 from services.store import TaskStore
+from wire.limits import MAX_TIMEOUT_S, clip, one_line, shown
 
 log = logging.getLogger("heteronn.coordinator")
 
@@ -36,6 +47,8 @@ class Observer(Protocol):
     def task_changed(self, task: Task) -> None: ...
 
     def task_failed(self, task: Task) -> None: ...
+
+    def task_deleted(self, task: Task) -> None: ...
 
 
 class Lifecycle:
@@ -48,57 +61,90 @@ class Lifecycle:
         observer: Observer | None = None,
         address: str = "",
         min_liveness_s: float = 0.0,
+        limits: TaskLimits | None = None,
+        forget: Callable[[str], None] | None = None,
     ):
         self._store = store
         self._publish = publish
+        self._forget = forget
         self._clock = clock
         self._observer = observer
         #: How nodes reach this coordinator; quoted in "task not known" errors.
         self.address = address
         self._min_liveness_s = min_liveness_s
+        self.limits = limits or TaskLimits()
         self._lock = threading.RLock()
-        self._tasks = {t.task_id: t for t in store.load_all()}
+        self._tasks: dict[str, Task] = {}
         now = clock()
-        for task in self._tasks.values():
-            if not task.phase.terminal:
-                self._restart_clocks(task, now)
-                store.save(task)
-            self._notify(task)
-            publish(Command.of(task))
+        for task in store.load_all():
+            self._tasks[task.task_id] = task
+            try:
+                self._restore(task, now)
+            except Exception as exc:  # one bad stored task must not stop the coordinator
+                log.exception("task %s could not be restored", shown(task.task_id))
+                self._fail(task, "invalid_state", (
+                    f"the coordinator could not restore task '{task.task_id}' after a restart "
+                    f"({type(exc).__name__}); create it again under a new task id"))
+
+    def _restore(self, task: Task, now: float) -> None:
+        """Resume driving a task loaded from the store (clocks restart, texts are cut to
+        today's limits, impossible timeouts fail it)."""
+        task.reason = clip(task.reason)
+        if not task.phase.terminal:
+            if not all(0 <= t <= MAX_TIMEOUT_S for t in task.all_timeouts()):
+                raise ValueError(f"a stored timeout is outside 0..{MAX_TIMEOUT_S:g} s")
+            task.restart_clocks(now)
+            self._store.save(task)
+        self._notify(task)
+        self._publish(Command.of(task))
 
     # --- operators -------------------------------------------------------------------
 
     def create_task(self, spec: TaskSpec) -> Task:
-        joining.validate_spec(spec)
+        joining.validate_spec(spec, self.limits)
         with self._lock:
             tid = spec.task_id
             old = self._tasks.get(tid)
             if old is None:
+                if len(self._tasks) >= self.limits.max_tasks:
+                    raise OverLimit(
+                        f"the coordinator keeps {len(self._tasks)} tasks, its limit "
+                        f"(setting max_tasks); delete ended tasks (heteronn task delete) or "
+                        "raise max_tasks"
+                    )
                 task = Task(spec=spec, participants={n: Participant(n) for n in spec.participants})
                 log.info("task %s created with participants %s", tid, spec.participants)
                 self._enter(task, Phase.WAITING_FOR_NODES, 0)
                 self._tasks[tid] = task
                 return task.clone()
             same = sorted(old.spec.participants) == sorted(spec.participants)
-            if not old.phase.terminal and same:
-                return old.clone()
             if not old.phase.terminal:
+                differing = joining.spec_differences(old.spec, spec)
+                if not differing:
+                    return old.clone()
                 raise TaskAlreadyExists(
-                    f"task '{tid}' already exists with participants {old.spec.participants} "
-                    f"(phase {old.phase_label()}); use another task id"
+                    f"task '{tid}' already exists with another {', '.join(differing)} "
+                    f"(participants {old.spec.participants}, phase {old.phase_label()}); use "
+                    "another task id, or repeat the create with the same spec"
                 )
             if not spec.recover or not same:
                 why = f": {old.reason}" if old.reason else ""
                 raise TaskAlreadyExists(
                     f"task '{tid}' already {old.phase.name}{why}; use another task id, or "
                     f"recover=true with the same participants {old.spec.participants} to resume "
-                    "it from its last complete round"
+                    "it from the newest checkpoint every party has"
                 )
             return self._new_attempt(old, spec).clone()
 
     def get_task(self, task_id: str) -> Task:
         with self._lock:
             return self._get(task_id).clone()
+
+    def find(self, task_id: str) -> Task | None:
+        """The task, or None when there is none (authorisation decides what to say)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return task.clone() if task is not None else None
 
     def list_tasks(self) -> list[Task]:
         with self._lock:
@@ -108,9 +154,30 @@ class Lifecycle:
         with self._lock:
             task = self._get(task_id)
             if not task.phase.terminal:
-                why = reason or "no reason given"
+                why = clip(reason) or "no reason given"
                 self._fail(task, "cancelled", f"cancelled by operator: {why}")
             return task.clone()
+
+    def delete_task(self, task_id: str) -> Task:
+        """Forget an ended task (its id becomes free); a running one must be cancelled first."""
+        with self._lock:
+            task = self._get(task_id)
+            if not task.phase.terminal:
+                raise WrongPhase(
+                    f"task '{task_id}' is still running (phase {task.phase_label()}); cancel it "
+                    "first (heteronn task cancel), then delete it"
+                )
+            self._delete(task)
+            return task.clone()
+
+    def _delete(self, task: Task) -> None:
+        log.info("task %s deleted", task.task_id)
+        del self._tasks[task.task_id]
+        self._store.delete(task.task_id)
+        if self._forget is not None:
+            self._forget(task.task_id)
+        if self._observer is not None:
+            self._observer.task_deleted(task)
 
     # --- nodes -----------------------------------------------------------------------
 
@@ -121,7 +188,7 @@ class Lifecycle:
         node's earlier process, starts a new attempt (see `_restarted`)."""
         with self._lock:
             task = self._get(task_id)
-            nid = node.node_id
+            nid = joining.valid_id("node_id", node.node_id)
             self._participant(task, nid)
             joining.validate_join_request(task_id, node)
             if task.phase.terminal:
@@ -150,11 +217,12 @@ class Lifecycle:
             if all(p.joined for p in task.participants.values()):
                 self._all_joined(task)
             else:
-                task.deadline = self._waiting_deadline(task)
+                task.deadline = task.waiting_deadline()
                 self._commit(task, publish=False)
             return task.clone()
 
     def report(self, rep: Report) -> None:
+        joining.validate_report(rep)
         with self._lock:
             task = self._get(rep.task_id)
             node = self._participant(task, rep.node_id)
@@ -209,11 +277,16 @@ class Lifecycle:
 
     def tick(self) -> None:
         now = self._clock()
+        retention = self.limits.retention_s
         with self._lock:
             for task in list(self._tasks.values()):
                 if task.phase.terminal:
+                    if retention and now - task.updated > retention:
+                        self._delete(task)
                     continue
-                verdict = verdicts.overdue(task, now, self._min_liveness_s)
+                verdict = verdicts.overdue(
+                    task, now, self._min_liveness_s, self.limits.unjoined_expiry_s
+                )
                 if verdict is not None:
                     self._fail(task, *verdict)
 
@@ -316,14 +389,15 @@ class Lifecycle:
         if phase in PHASE_ORDER:
             task.deadline = now + task.phase_budget()
         elif phase == Phase.WAITING_FOR_NODES:
-            task.deadline = self._waiting_deadline(task)
+            task.deadline = task.waiting_deadline()
         else:
             task.deadline = 0.0
         log.info("task %s -> %s", task.task_id, task.phase_label())
         self._commit(task)
 
     def _fail(self, task: Task, kind: str, reason: str) -> None:
-        log.warning("task %s FAILED (%s): %s", task.task_id, kind, reason)
+        reason = clip(reason)
+        log.warning("task %s FAILED (%s): %s", task.task_id, kind, one_line(reason))
         task.reason, task.failure_kind = reason, kind
         self._enter(task, Phase.FAILED, task.round)
         if self._observer is not None:
@@ -342,29 +416,12 @@ class Lifecycle:
         if self._observer is not None:
             self._observer.task_changed(task)
 
-    def _restart_clocks(self, task: Task, now: float) -> None:
-        """After a coordinator restart nobody could heartbeat or report: clocks restart."""
-        for p in task.participants.values():
-            if p.joined:
-                p.last_heartbeat = now
-                if task.phase == Phase.WAITING_FOR_NODES:
-                    p.joined_at = now
-        if task.phase in PHASE_ORDER:
-            task.phase_started, task.deadline = now, now + task.phase_budget()
-        elif task.phase == Phase.WAITING_FOR_NODES:
-            task.deadline = self._waiting_deadline(task)
-
-    def _waiting_deadline(self, task: Task) -> float:
-        ends = [p.joined_at + (p.schedule_timeout_s or task.spec.schedule_timeout_s)
-                for p in task.participants.values() if p.joined]
-        return min(ends) if ends else 0.0
-
     def _get(self, task_id: str) -> Task:
         task = self._tasks.get(task_id)
         if task is None:
             where = f" at {self.address}" if self.address else ""
             raise TaskNotFound(
-                f"task '{task_id}' is not known to the coordinator{where}; create it first "
+                f"task {shown(task_id)} is not known to the coordinator{where}; create it first "
                 "(heteronn task create ...) or check the task id"
             )
         return task
@@ -373,8 +430,9 @@ class Lifecycle:
         node = task.participants.get(node_id)
         if node is None:
             raise NotAParticipant(
-                f"node '{node_id}' is not a participant of task '{task.task_id}' (participants: "
-                f"{joining.names(task.spec.participants)}); add it to nodes=[...] of every party "
+                f"node {shown(node_id)} is not a participant of task '{task.task_id}' "
+                f"(participants: {joining.names(task.spec.participants)}); add it to nodes=[...] "
+                "of every party "
                 "(or --participants of `heteronn task create`) or fix the node id"
             )
         return node

@@ -40,5 +40,13 @@ class CoordinatorMetrics:
         joined = 0 if task.phase.terminal else sum(p.joined for p in task.participants.values())
         self.nodes.labels(task_id=tid).set(joined)
 
+    def task_deleted(self, task: Task) -> None:
+        """A deleted task leaves no series behind (its id is free again)."""
+        tid = task.task_id
+        for p in _PHASES:
+            self.phase.remove(tid, p.name)
+        self.round.remove(tid)
+        self.nodes.remove(tid)
+
     def task_failed(self, task: Task) -> None:
         self.failures.labels(reason=task.failure_kind or "other").inc()

@@ -6,7 +6,8 @@ The only coordinator module besides the servicer and the CLI that touches `_pb2`
 from __future__ import annotations
 
 from heteronn.v1 import coordinator_pb2
-from services.domain import Command, Participant, Phase, Report, Role, Task, TaskSpec
+from services.domain import Command, Participant, Phase, Report, Role, Task, TaskSpec, unix_ms
+from services.errors import InvalidRequest
 from wire.coordinator_records import participant_fields, participant_info, report_fields
 
 
@@ -56,17 +57,23 @@ def task_to_proto(task: Task) -> coordinator_pb2.TaskInfo:
         round=task.round,
         reason=task.reason,
         participants=[participant_to_proto(p) for p in task.participants.values()],
-        updated_unix_ms=int(task.updated * 1000),
+        updated_unix_ms=unix_ms(task.updated),
         metrics=dict(task.metrics),
         attempt=task.attempt,
     )
 
 
 def report_from_proto(msg: coordinator_pb2.ReportPhaseRequest) -> Report:
+    """The report; InvalidRequest for a phase this coordinator does not know."""
+    if msg.phase not in Phase._value2member_map_ or msg.phase == Phase.UNSPECIFIED:
+        raise InvalidRequest(
+            f"ReportPhase: phase {msg.phase} is not a phase of heteronn.v1.Phase; report the "
+            "phase the coordinator's command named"
+        )
     return Report(
         task_id=msg.task_id,
         node_id=msg.node_id,
-        phase=Phase(msg.phase) if msg.phase in Phase._value2member_map_ else Phase.UNSPECIFIED,
+        phase=Phase(msg.phase),
         **report_fields(msg),
         incarnation=msg.incarnation,
     )

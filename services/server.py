@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,18 +16,20 @@ from typing import Annotated, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from heteronn.v1 import coordinator_pb2_grpc
 from services.authz import CallerPolicy
-from services.broadcast import CommandHub
+from services.broadcast import CommandHub, WatchSlots
+from services.domain import TaskLimits
 from services.lifecycle import Lifecycle
 from services.metrics import CoordinatorMetrics
 from services.servicer import CoordinatorServicer
 from services.store import InMemoryTaskStore, SqliteTaskStore, TaskStore
+from wire import limits
 from wire.config_file import settings_data, settings_error
-from wire.grpc_factory import start_server
+from wire.grpc_factory import start_aio_server
 from wire.metrics import RpcMetrics
 from wire.tls import TlsSettings
 
@@ -39,7 +42,11 @@ class CoordinatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HETERONN_COORDINATOR_")
 
-    listen: str = Field("0.0.0.0:50051", description="host:port to bind; port 0 picks a free one")
+    listen: str = Field(
+        "127.0.0.1:50051",
+        description="host:port to bind; port 0 picks a free one. Loopback by default: give "
+        "0.0.0.0:50051 (or an interface's address) to serve other machines",
+    )
     db: str = Field(
         "coordinator.db",
         description="SQLite file holding the tasks (':memory:' keeps them in memory only)",
@@ -59,11 +66,44 @@ class CoordinatorSettings(BaseSettings):
         "seconds without a heartbeat; nodes beat every ~1 s, so less would misfire",
     )
     max_workers: int = Field(
-        256, ge=8, description="gRPC worker threads; every watching node holds one"
+        32, ge=4, description="threads serving unary calls (join, report, heartbeat, ...); "
+        "WatchTask streams need none"
     )
     tls_ca_file: Path | None = Field(None, description="CA that signs every node's certificate")
     tls_cert_file: Path | None = Field(None, description="the coordinator's certificate")
     tls_key_file: Path | None = Field(None, description="the coordinator's private key")
+    tls_pins: dict[str, str] = Field(
+        default_factory=dict,
+        description="per certificate name (node ids, operators): 'sha256:<hex>' of its "
+        "certificate or a PEM file of the CA(s) that may issue it; every name needs one when "
+        "tls_ca_file holds several CAs",
+    )
+    plaintext: bool = Field(
+        False, description="must be true to serve without TLS (anyone reaching the port "
+        "is then an operator); for local demos and tests only"
+    )
+    reflection: bool = Field(
+        False, description="serve gRPC server reflection, so grpcurl-style tools can list "
+        "the services and fetch their descriptors"
+    )
+    max_participants: int = Field(limits.MAX_PARTICIPANTS, ge=2, description="per task")
+    max_tasks: int = Field(
+        limits.MAX_TASKS, ge=1, description="tasks kept, ended ones included; CreateTask "
+        "answers RESOURCE_EXHAUSTED beyond it"
+    )
+    retention_s: float = Field(
+        limits.RETENTION_S, ge=0, description="ended tasks are deleted this long after they "
+        "ended; 0 keeps them until DeleteTask"
+    )
+    unjoined_expiry_s: float = Field(
+        limits.UNJOINED_EXPIRY_S, gt=0, description="a task nobody joins fails this long "
+        "after its creation"
+    )
+    max_watches_per_node: int = Field(
+        limits.MAX_WATCHES_PER_NODE, ge=1, description="open WatchTask streams per task and "
+        "node (or reader)"
+    )
+    max_watches: int = Field(limits.MAX_WATCHES, ge=1, description="open WatchTask streams")
     operators: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["operator"],
         description="certificate names (CN or SAN) allowed to create and cancel tasks and to "
@@ -81,6 +121,25 @@ class CoordinatorSettings(BaseSettings):
             return [name.strip() for name in text.split(",") if name.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _tls_or_plaintext(self) -> CoordinatorSettings:
+        if not self.tls().enabled and not self.plaintext:
+            raise ValueError(
+                "no TLS certificates configured: set tls_ca_file, tls_cert_file and "
+                "tls_key_file (--tls-ca/--tls-cert/--tls-key; `make certs` creates development "
+                "ones), or pass --plaintext (plaintext = true) to serve unencrypted, with every "
+                "caller an operator, on a trusted network"
+            )
+        return self
+
+    def task_limits(self) -> TaskLimits:
+        return TaskLimits(
+            max_participants=self.max_participants,
+            max_tasks=self.max_tasks,
+            retention_s=self.retention_s,
+            unjoined_expiry_s=self.unjoined_expiry_s,
+        )
+
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> CoordinatorSettings:
         """Settings from a TOML file (its keys are the field names), the environment and
@@ -89,12 +148,16 @@ class CoordinatorSettings(BaseSettings):
 
     def tls(self) -> TlsSettings:
         return TlsSettings(
-            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            pins=self.tls_pins,
         )
 
     def policy(self) -> CallerPolicy:
         """Caller checks by certificate name; none without TLS (plaintext, local only)."""
-        return CallerPolicy(self.operators, enabled=self.tls().enabled)
+        tls = self.tls()
+        return CallerPolicy(self.operators, enabled=tls.enabled, trust=tls.trust())
 
 
 class RunningCoordinator:
@@ -111,20 +174,27 @@ class RunningCoordinator:
             self.hub.publish,
             observer=CoordinatorMetrics(self.registry),
             min_liveness_s=settings.min_liveness_s,
+            limits=settings.task_limits(),
+            forget=self.hub.forget,
         )
-        self.servicer = servicer = CoordinatorServicer(self.lifecycle, self.hub, settings.policy())
+        watches = WatchSlots(settings.max_watches_per_node, settings.max_watches)
+        self.servicer = servicer = CoordinatorServicer(
+            self.lifecycle, self.hub, settings.policy(), watches
+        )
 
-        def register(server: grpc.Server) -> list[str]:
+        def register(server: grpc.aio.Server) -> list[str]:
             coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
             return [SERVICE_NAME]
 
         rpc_metrics = RpcMetrics(self.registry, "coordinator", "coordinator")
-        self._server = start_server(
+        self._server = start_aio_server(
             settings.listen,
             register,
             tls=settings.tls(),
-            interceptors=[rpc_metrics.server_interceptor()],
+            interceptors=[rpc_metrics.aio_server_interceptor()],
             max_workers=settings.max_workers,
+            reflection_enabled=settings.reflection,
+            max_receive_bytes=limits.COORDINATOR_MAX_REQUEST_BYTES,
         )
         self.port = self._server.port
         host = settings.listen.rsplit(":", 1)[0]
@@ -180,7 +250,7 @@ class RunningCoordinator:
         self.store.close()
 
     def wait(self) -> None:
-        self._server.grpc_server.wait_for_termination()
+        self._server.wait()
 
 
 def start_coordinator(
@@ -192,7 +262,10 @@ def start_coordinator(
 def main(argv: list[str] | None = None) -> int:
     """`heteronn coordinator ...`: serve until SIGTERM/SIGINT, then stop gracefully."""
     parser = argparse.ArgumentParser(prog="heteronn coordinator", description=__doc__)
-    parser.add_argument("--listen", help="host:port to bind (default 0.0.0.0:50051)")
+    parser.add_argument(
+        "--listen", help="host:port to bind (default 127.0.0.1:50051; 0.0.0.0:50051 for every "
+        "interface)"
+    )
     parser.add_argument("--db", help="SQLite file for task state (default coordinator.db)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     parser.add_argument("--advertise", help="address nodes use to reach this coordinator")
@@ -204,7 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated certificate names allowed to create/cancel tasks (mTLS only; "
         "default: operator)",
     )
-    parser.add_argument("--config", type=Path, help="TOML file with coordinator settings")
+    parser.add_argument(
+        "--plaintext", action="store_true", default=None,
+        help="serve without TLS, every caller an operator (trusted networks and demos only)",
+    )
+    parser.add_argument(
+        "--reflection", action="store_true", default=None, help="serve gRPC server reflection"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=os.environ.get("HETERONN_COORDINATOR_CONFIG") or None,
+        help="TOML file with coordinator settings (default: $HETERONN_COORDINATOR_CONFIG)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(

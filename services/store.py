@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import asdict
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from services.domain import Participant, Phase, Report, Role, Task, TaskSpec
+
+log = logging.getLogger("heteronn.coordinator")
 
 
 class TaskStore(Protocol):
@@ -31,6 +34,10 @@ class TaskStore(Protocol):
 
     def save_heartbeat(self, task_id: str, node_id: str, at: float) -> None:
         """Record a heartbeat; cheaper than `save` because it comes every second per node."""
+        ...
+
+    def delete(self, task_id: str) -> None:
+        """Remove the task and its participants."""
         ...
 
     def close(self) -> None: ...
@@ -56,6 +63,10 @@ class InMemoryTaskStore:
             task = self._tasks.get(task_id)
             if task is not None and node_id in task.participants:
                 task.participants[node_id].last_heartbeat = at
+
+    def delete(self, task_id: str) -> None:
+        with self._lock:
+            self._tasks.pop(task_id, None)
 
     def close(self) -> None:
         pass
@@ -156,28 +167,17 @@ class SqliteTaskStore:
             parts = self._db.execute(f"SELECT {_PART_COLS} FROM participants").fetchall()
         by_task: dict[str, dict[str, Participant]] = {}
         for p in parts:
-            by_task.setdefault(p[0], {})[p[1]] = Participant(
-                node_id=p[1], role=Role(p[2]), feature_key=p[3], address=p[4],
-                joined=bool(p[5]), checkpoint_round=p[6], schedule_timeout_s=p[7],
-                calculation_timeout_s=p[8], agreement=json.loads(p[9]), joined_at=p[10],
-                last_heartbeat=p[11], checkpoint_batch=p[12], incarnation=p[13],
-            )
+            try:
+                by_task.setdefault(p[0], {})[p[1]] = _participant_from_row(p)
+            except (ValueError, TypeError, KeyError):  # the task's own row decides its fate
+                log.warning("skipping an unreadable participant row of task %r", p[0])
         tasks = []
         for r in rows:
-            spec = TaskSpec(
-                task_id=r[0], participants=json.loads(r[1]), schedule_timeout_s=r[2],
-                calculation_timeout_s=r[3], recover=bool(r[4]), mode=r[5],
-            )
-            known = by_task.get(spec.task_id, {})
-            participants = {n: known.get(n, Participant(node_id=n)) for n in spec.participants}
-            reports = {n: _report_from_json(d) for n, d in json.loads(r[12]).items()}
-            tasks.append(Task(
-                spec=spec, participants=participants, phase=Phase(r[6]), round=r[7],
-                reason=r[8], failure_kind=r[9], metrics=json.loads(r[10]), resume_round=r[11],
-                reports=reports, finish_after_test=bool(r[13]), phase_started=r[14],
-                deadline=r[15], updated=r[16], resume_batch=r[17], attempt=r[18],
-                retired=json.loads(r[19]),
-            ))
+            try:
+                tasks.append(_task_from_row(r, by_task.get(r[0], {})))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # One bad row (a hand edit, an older bug) must not stop a restart.
+                log.error("skipping unreadable task row %r in %s: %s", r[0], self.path, exc)
         return tasks
 
     def save(self, task: Task) -> None:
@@ -224,9 +224,41 @@ class SqliteTaskStore:
                 (at, task_id, node_id),
             )
 
+    def delete(self, task_id: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM participants WHERE task_id=?", (task_id,))
+            self._db.execute("DELETE FROM tasks WHERE task_id=?", (task_id,))
+            self._db.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _participant_from_row(p: tuple) -> Participant:
+    return Participant(
+        node_id=p[1], role=Role(p[2]), feature_key=p[3], address=p[4],
+        joined=bool(p[5]), checkpoint_round=p[6], schedule_timeout_s=p[7],
+        calculation_timeout_s=p[8], agreement=json.loads(p[9]), joined_at=p[10],
+        last_heartbeat=p[11], checkpoint_batch=p[12], incarnation=p[13],
+    )
+
+
+def _task_from_row(r: tuple, known: dict[str, Participant]) -> Task:
+    spec = TaskSpec(
+        task_id=r[0], participants=json.loads(r[1]), schedule_timeout_s=float(r[2]),
+        calculation_timeout_s=float(r[3]), recover=bool(r[4]), mode=r[5],
+    )
+    participants = {n: known.get(n, Participant(node_id=n)) for n in spec.participants}
+    reports = {n: _report_from_json(d) for n, d in json.loads(r[12]).items()}
+    return Task(
+        spec=spec, participants=participants, phase=Phase(r[6]), round=r[7],
+        reason=r[8], failure_kind=r[9], metrics=json.loads(r[10]), resume_round=r[11],
+        reports=reports, finish_after_test=bool(r[13]), phase_started=r[14],
+        deadline=r[15], updated=r[16], resume_batch=r[17], attempt=r[18],
+        retired=json.loads(r[19]),
+    )
 
 
 def _report_to_json(report: Report) -> dict[str, object]:

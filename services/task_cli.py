@@ -1,8 +1,8 @@
-"""`heteronn task create|get|list|cancel --coordinator ADDR ...`: operate tasks by hand.
+"""`heteronn task create|get|list|cancel|delete --coordinator ADDR ...`: operate tasks by hand.
 
 Prints each TaskInfo as JSON (`list`: every page, as one {"tasks": [...]}); a gRPC error
 prints its status and message and exits 1.
-Under mutual TLS, create and cancel need an operator's certificate (a name in the
+Under mutual TLS, create, cancel and delete need an operator's certificate (a name in the
 coordinator's `operators` setting); `--tls-*` options default to HETERONN_TASK_TLS_CA_FILE,
 HETERONN_TASK_TLS_CERT_FILE and HETERONN_TASK_TLS_KEY_FILE so an operator sets them once.
 """
@@ -24,7 +24,7 @@ from services.client import CoordinatorClient, task_spec
 from wire.config_file import settings_error
 from wire.tls import TlsSettings
 
-_COMMANDS = ("create", "get", "list", "cancel")
+_COMMANDS = ("create", "get", "list", "cancel", "delete")
 
 
 def _subcommand_first(argv: list[str]) -> list[str]:
@@ -103,6 +103,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     cancel.add_argument("--task-id", required=True)
     cancel.add_argument("--reason", default="")
+    delete = sub.add_parser(
+        "delete", parents=[common], help="forget an ended task (its id becomes free)"
+    )
+    delete.add_argument("--task-id", required=True)
     return parser
 
 
@@ -142,8 +146,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
                 _show(client.get_task(args.task_id))
             elif args.command == "list":
                 _show(ListTasksResponse(tasks=client.list_tasks()))
-            else:
+            elif args.command == "cancel":
                 _show(client.cancel_task(args.task_id, args.reason))
+            else:
+                _show(client.delete_task(args.task_id))
         except grpc.RpcError as err:
             print(
                 f"heteronn task {args.command}: {err.code().name}: {err.details()}", file=sys.stderr

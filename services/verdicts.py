@@ -7,11 +7,15 @@ from services.domain import PHASE_ORDER, Phase, Report, Task
 from services.joining import names
 
 
-def overdue(task: Task, now: float, min_liveness_s: float = 0.0) -> tuple[str, str] | None:
+def overdue(
+    task: Task, now: float, min_liveness_s: float = 0.0, unjoined_expiry_s: float = 0.0
+) -> tuple[str, str] | None:
     """(kind, reason) when a deadline of a running task has passed, else None.
 
     A node is dead after max(schedule_timeout, `min_liveness_s`) without a heartbeat; the
     floor keeps a ~1 s heartbeat from looking like a death under a tiny schedule_timeout.
+
+    A task nobody has joined fails `unjoined_expiry_s` after its creation (0: never).
 
     Order matters: a node that never joined, then a node that died (heartbeats, noticed
     within schedule_timeout), then a phase that ran over calculation_timeout.
@@ -20,6 +24,11 @@ def overdue(task: Task, now: float, min_liveness_s: float = 0.0) -> tuple[str, s
     sched, calc, _ = task.effective_timeouts()
     joined = [p for p in task.participants.values() if p.joined]
     if task.phase == Phase.WAITING_FOR_NODES:
+        if not joined and unjoined_expiry_s and now > task.phase_started + unjoined_expiry_s:
+            return "join_timeout", (
+                f"no participant joined task {tid} within {unjoined_expiry_s:g} s of its "
+                "creation (coordinator setting unjoined_expiry_s); start its nodes, then "
+                "create it again with recover=true")
         for p in joined:
             own = p.schedule_timeout_s or task.spec.schedule_timeout_s
             if now > p.joined_at + own:

@@ -151,8 +151,8 @@ def secure_forward(p: Parties, key: str, x: torch.Tensor, train: bool = True) ->
 def secure_backward(p: Parties, key: str, delta: torch.Tensor) -> torch.Tensor:
     host, coll, w = p.hosts[key], p.colls[key], p.wire
     enc_x = w.send(key, "host", KIND_ENC_X, coll.encrypt_features())
-    grad = w.send("host", key, KIND_BWD_GRAD, host.backward(delta))
-    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient(enc_x))
+    grad = w.send("host", key, KIND_BWD_GRAD, host.backward(delta, enc_x))
+    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient())
     dx = coll.finish_backward(grad)
     coll.apply_weight_gradient(weight)
     return dx

@@ -192,6 +192,9 @@ def party_arguments(
     p.add_argument("--calculation-timeout", type=float, default=60)
     p.add_argument("--faults", default="")
     p.add_argument(
+        "--training-mode", default=None, help="'exact', 'pipelined' or 'pipelined:DEPTH'"
+    )
+    p.add_argument(
         "--checkpoint-every", type=int, default=0, help="host: checkpoint every N batches"
     )
     return p
@@ -206,6 +209,8 @@ def scheduler_timeouts(args: argparse.Namespace) -> dict[str, float]:
 
 def run_party(scheduler: Any, args: argparse.Namespace, context_nodes: list[str]) -> int:
     """The seed's way in (mock_context + _run); exit 1 with the reason when the task fails."""
+    if args.training_mode is not None:
+        scheduler.training_mode = args.training_mode
     try:
         with mock_context(id=args.node, nodes=context_nodes):
             scheduler._run(

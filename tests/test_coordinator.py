@@ -34,6 +34,7 @@ def _start(db: Path, metrics: bool = False) -> RunningCoordinator:
             metrics_host="127.0.0.1",
             tick_interval_s=0.05,
             min_liveness_s=0,
+            plaintext=True,
         )
     )
 
@@ -309,7 +310,8 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
     """`heteronn coordinator` as a real process: answers RPCs, keeps its db, exits 0."""
     db = tmp_path / "cli.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.server", "--listen", "127.0.0.1:0", "--db", str(db)],
+        [sys.executable, "-m", "services.server", "--listen", "127.0.0.1:0", "--db", str(db),
+         "--plaintext"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

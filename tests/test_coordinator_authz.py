@@ -116,9 +116,9 @@ def test_operators_setting_and_tls_files_from_environment(certs, coordinator, ca
     assert task_cli.main(_create("env"), env=env) == 0
     assert '"task_id": "env"' in capsys.readouterr().out
     monkeypatch.setenv("HETERONN_COORDINATOR_OPERATORS", "ops-bot, h")
-    assert CoordinatorSettings().operators == ["ops-bot", "h"]
+    assert CoordinatorSettings(plaintext=True).operators == ["ops-bot", "h"]
     monkeypatch.setenv("HETERONN_COORDINATOR_OPERATORS", '["ops-bot"]')
-    assert CoordinatorSettings().operators == ["ops-bot"]
+    assert CoordinatorSettings(plaintext=True).operators == ["ops-bot"]
 
 
 def test_node_cannot_act_as_another_node(certs, coordinator):
@@ -184,9 +184,34 @@ def test_reads_are_for_operators_and_participants(certs, coordinator):
             client.close()
 
 
+def test_unknown_task_looks_like_a_foreign_one_except_to_operators(certs, coordinator):
+    """GetTask checks who asks before it says whether a task exists: a node cannot probe
+    other organisations' task ids (issue 9, item 10)."""
+    op = _client(certs, coordinator, "operator")
+    mallory = _client(certs, coordinator, "mallory")
+    try:
+        op.create_task(task_spec("secret-merger", ["h", "c1"], schedule_timeout_s=30))
+        answers = {}
+        for task_id in ("secret-merger", "no-such-task"):
+            with pytest.raises(grpc.RpcError) as error:
+                mallory.get_task(task_id)
+            answers[task_id] = (error.value.code(), error.value.details().replace(task_id, "T"))
+        assert answers["secret-merger"] == answers["no-such-task"]
+        assert answers["no-such-task"][0] == grpc.StatusCode.PERMISSION_DENIED
+        assert "h" not in answers["no-such-task"][1].split("'")  # participants are not listed
+        with pytest.raises(grpc.RpcError) as error:
+            op.get_task("no-such-task")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        op.close()
+        mallory.close()
+
+
 def test_plaintext_coordinator_checks_no_names():
     """Without TLS (local demos, tests) every caller may do everything, as before."""
-    running = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=":memory:"))
+    running = start_coordinator(
+        CoordinatorSettings(listen="127.0.0.1:0", db=":memory:", plaintext=True)
+    )
     try:
         assert task_cli.main(["--coordinator", running.address, *_create()]) == 0
         assert task_cli.main(["--coordinator", running.address, "cancel", "--task-id", "t"]) == 0

@@ -143,7 +143,7 @@ def test_spec_validation(store: TaskStore) -> None:
         rig.create(participants=["h"])
     with pytest.raises(InvalidRequest, match="more than once"):
         rig.create(participants=["h", "c", "c"])
-    with pytest.raises(InvalidRequest, match="must not be empty"):
+    with pytest.raises(InvalidRequest, match="participant '' is not a valid id"):
         rig.create(participants=["h", ""])
     with pytest.raises(InvalidRequest, match="schedule_timeout"):
         rig.create(schedule_timeout_s=0.0)

@@ -22,7 +22,7 @@ from wire.health_probe import check
 
 def _coordinator(address: str, db: Path, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "party_node.cli", "coordinator"]
-    command += [f"--listen={address}", f"--db={db}"]
+    command += [f"--listen={address}", f"--db={db}", "--plaintext"]
     process = subprocess.Popen(
         command,
         cwd=db.parent,

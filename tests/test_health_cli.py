@@ -25,7 +25,9 @@ def _no_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_health_of_plaintext_coordinator_and_closed_port(capsys):
-    running = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=":memory:"))
+    running = start_coordinator(
+        CoordinatorSettings(listen="127.0.0.1:0", db=":memory:", plaintext=True)
+    )
     try:
         assert heteronn(["health", running.address]) == 0
         assert capsys.readouterr().out.strip() == f"{running.address}: SERVING"

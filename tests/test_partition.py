@@ -29,7 +29,7 @@ def _cut_mid_training(tmp_path: Path, keep_coordinator: bool) -> dict[str, Resul
     non-zero within half the calculation_timeout; returns what each said."""
     with Namespace() as ns:
         coordinator = start_coordinator(
-            CoordinatorSettings(listen=f"{ns.root_ip}:0", db=":memory:")
+            CoordinatorSettings(listen=f"{ns.root_ip}:0", db=":memory:", plaintext=True)
         )
         try:
             task.create_task(coordinator.address)

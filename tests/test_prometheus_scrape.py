@@ -87,6 +87,7 @@ def processes(tmp_path: Path) -> Iterator[dict[str, int]]:
             f"--listen=127.0.0.1:{grpc_port}",
             f"--db={tmp_path / 'coordinator.db'}",
             f"--metrics-port={coord_metrics}",
+            "--plaintext",
         ],
         env=env,
         stdout=subprocess.DEVNULL,

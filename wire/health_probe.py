@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
-_PREFIXES = ("HETERONN_NODE_", "HETERONN_COORDINATOR_")
+_PREFIXES = ("HETERONN_NODE_", "HETERONN_SERVE_", "HETERONN_COORDINATOR_")
+#: Default port and the variable naming the process's own node id, per service.
+_OWN = {
+    "HETERONN_NODE_": ("50061", "HETERONN_NODE_NODE_ID"),
+    "HETERONN_SERVE_": ("50071", "HETERONN_SERVE_NODE_ID"),
+}
 
 
 def _env_defaults(env: Mapping[str, str]) -> dict[str, str | None]:
@@ -34,11 +40,9 @@ def _env_defaults(env: Mapping[str, str]) -> dict[str, str | None]:
         listen = env.get(prefix + "LISTEN")
         ca = env.get(prefix + "TLS_CA_FILE")
         if listen or ca:
-            default_port = "50061" if prefix == "HETERONN_NODE_" else "50051"
+            default_port, own_var = _OWN.get(prefix, ("50051", ""))
             port = listen.rsplit(":", 1)[-1] if listen else default_port
-            own_name = env.get("HETERONN_NODE_NODE_ID") if prefix == "HETERONN_NODE_" else (
-                "coordinator"
-            )
+            own_name = env.get(own_var) if own_var else "coordinator"
             return {
                 "address": f"127.0.0.1:{port}",
                 "ca": ca,
@@ -66,6 +70,25 @@ def check(
     finally:
         channel.close()
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def wait_serving(
+    address: str,
+    tls: TlsSettings | None,
+    server_name: str | None,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+) -> bool:
+    """Poll until `address` is SERVING (True), `alive()` turns false or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if check(address, tls, timeout=2.0, server_name=server_name) == "SERVING":
+                return True
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -7,9 +7,7 @@ processes simulated in one interpreter, and tests, do not collide.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +19,7 @@ PHASES = ("WAITING_FOR_NODES", "PSI", "SPLIT", "TRAIN", "TEST", "FINISHED", "FAI
 
 #: RPC latency buckets: loopback health checks (~1 ms) up to a CKKS round trip (~10 s).
 _RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-#: HE operations: encrypt ~8 ms, one projection ~120 ms (DESIGN.md, secure mode).
+#: HE operations: encrypt ~8 ms, one projection ~120 ms (docs/secure-protocol.md).
 _HE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -54,10 +52,19 @@ class RpcMetrics:
             ["method", "code", "side"], buckets=_RPC_BUCKETS, registry=r,
         )
 
-    def server_interceptor(self) -> MetricsServerInterceptor:
-        return MetricsServerInterceptor(self)
+    def server_interceptor(self) -> grpc.ServerInterceptor:
+        from wire.metrics_interceptors import server_interceptor
 
-    def client_interceptor(self) -> MetricsClientInterceptor:
+        return server_interceptor(self)
+
+    def aio_server_interceptor(self) -> grpc.aio.ServerInterceptor:
+        from wire.metrics_interceptors import aio_server_interceptor
+
+        return aio_server_interceptor(self)
+
+    def client_interceptor(self) -> Any:
+        from wire.metrics_interceptors import MetricsClientInterceptor
+
         return MetricsClientInterceptor(self)
 
 
@@ -150,11 +157,14 @@ class Metrics(RpcMetrics):
             self.test_loss.labels(task_id=task_id).set(loss)
 
     def observe_psi(
-        self, task_id: str, seconds: float, local: int, peer: int, intersection: int
+        self, task_id: str, seconds: float, local: int, peer: int | None, intersection: int
     ) -> None:
+        """PSI's duration and set sizes; `peer` None leaves the peer size as the transport
+        set it."""
         self.psi_duration.labels(task_id=task_id).set(seconds)
         for which, size in (("local", local), ("peer", peer), ("intersection", intersection)):
-            self.psi_set_size.labels(task_id=task_id, which=which).set(size)
+            if size is not None:
+                self.psi_set_size.labels(task_id=task_id, which=which).set(size)
 
     def observe_label_leak(
         self, task_id: str, peer: str, scores: dict[str, float], seconds: float
@@ -184,210 +194,3 @@ def serve_metrics(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0")
     one). Prometheus scrapes it; it is plain HTTP, so bind it where only the scraper reaches."""
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     return MetricsEndpoint(port=int(server.server_address[1]), _server=server)
-
-
-def _method_label(full_method: str) -> str:
-    return full_method.lstrip("/")
-
-
-def _size(message: Any) -> int:
-    byte_size = getattr(message, "ByteSize", None)
-    return int(byte_size()) if byte_size is not None else 0
-
-
-class _Observation:
-    """One RPC in flight: adds bytes as messages pass and records the latency once."""
-
-    def __init__(self, metrics: RpcMetrics, method: str, side: str) -> None:
-        self.metrics, self.method, self.side = metrics, method, side
-        self.start = time.perf_counter()
-        self._done = False
-        self._lock = threading.Lock()
-
-    def sent(self, message: Any) -> None:
-        self.metrics.rpc_sent_bytes.labels(method=self.method, side=self.side).inc(_size(message))
-
-    def received(self, message: Any) -> None:
-        n = _size(message)
-        self.metrics.rpc_received_bytes.labels(method=self.method, side=self.side).inc(n)
-
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        name = (code or grpc.StatusCode.OK).name
-        self.metrics.rpc_duration.labels(method=self.method, code=name, side=self.side).observe(
-            time.perf_counter() - self.start
-        )
-
-    def counted_iter(
-        self, messages: Iterator[Any], on_each: Callable[[Any], None]
-    ) -> Iterator[Any]:
-        for message in messages:
-            on_each(message)
-            yield message
-
-
-def _server_code(context: grpc.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
-    code = context.code() if hasattr(context, "code") else None
-    if isinstance(code, grpc.StatusCode):
-        return code
-    return grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
-
-
-class MetricsServerInterceptor(grpc.ServerInterceptor):
-    """Records latency, status code and message bytes for all four handler kinds."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self.metrics = metrics
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = _method_label(handler_call_details.method)
-        metrics = self.metrics
-
-        def wrap_unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapped(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-                obs = _Observation(metrics, method, "server")
-                if handler.request_streaming:
-                    request_or_iterator = obs.counted_iter(request_or_iterator, obs.received)
-                else:
-                    obs.received(request_or_iterator)
-                try:
-                    response = behavior(request_or_iterator, context)
-                except BaseException as error:
-                    obs.finish(_server_code(context, error))
-                    raise
-                obs.sent(response)
-                obs.finish(_server_code(context, None))
-                return response
-
-            return wrapped
-
-        def wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapped(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                obs = _Observation(metrics, method, "server")
-                if handler.request_streaming:
-                    request_or_iterator = obs.counted_iter(request_or_iterator, obs.received)
-                else:
-                    obs.received(request_or_iterator)
-                # The client may cancel mid-stream: the generator is then closed (GeneratorExit).
-                context.add_callback(lambda: obs.finish(grpc.StatusCode.CANCELLED))
-                try:
-                    for response in behavior(request_or_iterator, context):
-                        obs.sent(response)
-                        yield response
-                except GeneratorExit:
-                    obs.finish(grpc.StatusCode.CANCELLED)
-                    raise
-                except BaseException as error:
-                    obs.finish(_server_code(context, error))
-                    raise
-                obs.finish(_server_code(context, None))
-
-            return wrapped
-
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary_response(handler.unary_unary),
-                handler.request_deserializer, handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary_response(handler.stream_unary),
-                handler.request_deserializer, handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream),
-                handler.request_deserializer, handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            wrap_stream_response(handler.stream_stream),
-            handler.request_deserializer, handler.response_serializer,
-        )
-
-
-class _CountingResponseStream:
-    """A client-side response stream that counts each message and records the final status;
-    every other attribute (code(), cancel(), ...) is the underlying call's."""
-
-    def __init__(self, call: Any, obs: _Observation) -> None:
-        self._call, self._obs = call, obs
-
-    def __iter__(self) -> _CountingResponseStream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            message = next(self._call)
-        except StopIteration:
-            self._obs.finish(grpc.StatusCode.OK)
-            raise
-        except grpc.RpcError as error:
-            self._obs.finish(error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN)
-            raise
-        self._obs.received(message)
-        return message
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-
-class MetricsClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Client-side twin of MetricsServerInterceptor (side="client")."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self.metrics = metrics
-
-    def _start(
-        self, continuation: Any, details: Any, request: Any, streaming: bool
-    ) -> tuple[_Observation, Any]:
-        """Count what is sent (one request or each of a stream's) and start the call."""
-        obs = _Observation(self.metrics, _method_label(details.method), "client")
-        if streaming:
-            request = obs.counted_iter(request, obs.sent)
-        else:
-            obs.sent(request)
-        return obs, continuation(details, request)
-
-    def _unary_response(self, continuation: Any, details: Any, request: Any, streaming: bool):
-        obs, call = self._start(continuation, details, request, streaming)
-
-        def done(future: Any) -> None:
-            code = future.code()
-            if code == grpc.StatusCode.OK:
-                obs.received(future.result())
-            obs.finish(code)
-
-        call.add_done_callback(done)
-        return call
-
-    def _stream_response(self, continuation: Any, details: Any, request: Any, streaming: bool):
-        obs, call = self._start(continuation, details, request, streaming)
-        call.add_done_callback(lambda c: obs.finish(c.code()))
-        return _CountingResponseStream(call, obs)
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[override]
-        return self._unary_response(continuation, client_call_details, request, False)
-
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[override]
-        return self._unary_response(continuation, client_call_details, request_iterator, True)
-
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[override]
-        return self._stream_response(continuation, client_call_details, request, False)
-
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[override]
-        return self._stream_response(continuation, client_call_details, request_iterator, True)

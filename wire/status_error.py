@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
+from wire.limits import one_line
+
 if TYPE_CHECKING:
     import grpc
 
@@ -37,9 +39,10 @@ def abort_with(context: grpc.ServicerContext, err: StatusError) -> NoReturn:
 
 
 def status_call(context: grpc.ServicerContext, fn: Callable[[], T], log: logging.Logger) -> T:
-    """fn(), with a StatusError logged and turned into the call's status."""
+    """fn(), with a StatusError logged (control characters escaped: messages quote what
+    callers sent) and turned into the call's status."""
     try:
         return fn()
     except StatusError as err:
-        log.info("%s: %s", err.code, err.message)
+        log.info("%s: %s", err.code, one_line(err.message))
         abort_with(context, err)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from heteronn.v1 import common_pb2
+from wire import limits
 
 #: The dtypes a peer may send; anything else is refused before touching the bytes.
 _DTYPES: dict[str, torch.dtype] = {
@@ -41,11 +44,21 @@ def tensor_from_proto(msg: common_pb2.Tensor, require_finite: bool = True) -> to
     if msg.dtype not in _DTYPES:
         raise TensorDecodeError(f"unknown dtype {msg.dtype!r}; allowed: {sorted(_DTYPES)}")
     dtype = _DTYPES[msg.dtype]
+    if len(msg.shape) > limits.MAX_TENSOR_DIMS:
+        raise TensorDecodeError(
+            f"tensor has {len(msg.shape)} dimensions; at most {limits.MAX_TENSOR_DIMS}"
+        )
     shape = tuple(int(d) for d in msg.shape)
     if any(d < 0 for d in shape):
         raise TensorDecodeError(f"negative dimension in shape {list(shape)}")
+    elements = math.prod(shape)  # Python ints: no int64 overflow wrapping to a small number
+    if elements > limits.MAX_TENSOR_ELEMENTS:
+        raise TensorDecodeError(
+            f"tensor shape {list(shape)} has {elements} elements; at most "
+            f"{limits.MAX_TENSOR_ELEMENTS}"
+        )
     itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+    expected = elements * itemsize
     if len(msg.data) != expected:
         raise TensorDecodeError(
             f"tensor declares shape {list(shape)} of {msg.dtype} ({expected} bytes) "

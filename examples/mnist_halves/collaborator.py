@@ -56,6 +56,11 @@ class DemoHeteroCollaborator(HeteroNNCollaboratorScheduler):
         for images, _ in data.batches(self.data_root, order, False, self.batch_size, "right"):
             yield feature_model(images)  # labels are dropped: the collaborator has none
 
+    def predict_feature(self, feature_model: nn.Module, ids: list[str]):
+        """Serving: the right halves of the ids this party holds."""
+        found = data.held(data.COLLABORATOR_IDS, ids)
+        return found, feature_model(data.half_images(self.data_root, found, "right"))
+
     def iterate_test_feature(self, feature_model: nn.Module, test_ids: list[str]):
         for images, _ in data.batches(self.data_root, test_ids, True, self.batch_size, "right"):
             yield feature_model(images)

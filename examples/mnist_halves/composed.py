@@ -7,7 +7,7 @@ collaborator receives ∂L/∂X = δ'·Wᵀ. Used by `make privacy-eval` and ben
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -17,11 +17,7 @@ from torch import nn, optim
 from examples.mnist_halves import data
 from examples.mnist_halves.model import FEATURE_DIM, HalfConvNet, InferModule
 from party_node.hetero_nn import aligned_order
-
-#: (gradient leaving the host, labels) -> what is sent instead.
-Outgoing = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: labels -> the labels the host trains on (label DP by randomised response).
-Relabel = Callable[[torch.Tensor], torch.Tensor]
+from party_node.privacy import parse_defence
 
 
 def task_labels(labels: torch.Tensor, task: str) -> torch.Tensor:
@@ -70,10 +66,13 @@ class Composed:
         self.train_ids, self.test_ids = sorted(train), sorted(test)
 
     def train_round(
-        self, round_no: int, outgoing: Outgoing | None = None, relabel: Relabel | None = None
+        self, round_no: int, defence: object = None, generator: torch.Generator | None = None
     ) -> RoundRecord:
-        import time
-
+        """One round under `defence` (a label_defence setting; None: exact gradients), its
+        randomness from `generator`."""
+        setting = parse_defence(defence)
+        gen = generator if generator is not None else torch.Generator().manual_seed(self.seed)
+        gd, ld = setting.gradient_defence(), setting.label_defence()
         record = RoundRecord()
         for m in (self.host, self.collab, self.infer):
             m.train()
@@ -82,7 +81,7 @@ class Composed:
         right = data.batches(self.root, order, False, self.batch_size, "right")
         for (xl, y), (xr, _) in zip(left, right, strict=True):
             y = task_labels(y, self.task)
-            y_train = relabel(y) if relabel else y
+            y_train = ld.relabel(y, gen) if ld else y
             for o in self.opts:
                 o.zero_grad(set_to_none=True)
             feat_c = self.collab(xr)
@@ -97,9 +96,9 @@ class Composed:
             loss = F.nll_loss(self.infer(torch.cat([own, cut], dim=1)), y_train)
             loss.backward()
             grad = cut.grad
-            if outgoing is not None:
+            if gd is not None:  # the host's defence uses the true labels
                 started = time.perf_counter()
-                grad = outgoing(grad, y_train)
+                grad = gd(grad, y, gen)
                 record.seconds_outgoing += time.perf_counter() - started
             if self.proj:
                 z.backward(grad)  # W's gradient Xᵀδ' and the collaborator's ∂L/∂X = δ'·Wᵀ

@@ -34,7 +34,7 @@ def mnist(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         raise MnistMissing(
             f"MNIST is not under DATA_ROOT={root} and could not be downloaded ({reason}); "
             "set DATA_ROOT to the folder that holds MNIST/raw, e.g. "
-            "`make demo DATA_ROOT=../shared/data`"
+            "`make demo DATA_ROOT=/path/to/data`"
         ) from None
     images = dataset.data.unsqueeze(1).float().div_(255.0)
     images = images.sub_(0.1307).div_(0.3081)
@@ -68,4 +68,32 @@ def batches(
     for start in range(0, len(index), batch_size):
         part = index[start : start + batch_size]
         out.append((images[part][:, :, :, cols], labels[part]))
+    return out
+
+
+def held(holding: tuple[range, range], ids: list[str]) -> list[str]:
+    """The ids of `ids` a party with `holding` has data for, in order (serving)."""
+    train, test = holding
+    out = []
+    for item in ids:
+        if not item.isdigit():
+            continue
+        n = int(item)
+        if n in train or (n >= TEST_OFFSET and n - TEST_OFFSET in test):
+            out.append(item)
+    return out
+
+
+def half_images(root: str, ids: list[str], half: str) -> torch.Tensor:
+    """The `half` of the images of `ids` (train or test by id), for predict_feature."""
+    if not ids:
+        return torch.empty(0, 1, 28, 14)
+    cols = slice(0, 14) if half == "left" else slice(14, 28)
+    test = torch.tensor([int(i) >= TEST_OFFSET for i in ids])
+    rows = torch.tensor([int(i) % TEST_OFFSET for i in ids])
+    out = torch.empty(len(ids), 1, 28, 14)
+    for is_test, mask in ((False, ~test), (True, test)):
+        if bool(mask.any()):
+            images, _ = mnist(root, train=not is_test)
+            out[mask] = images[rows[mask]][:, :, :, cols]
     return out

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from examples.mnist_halves import data
 from services.client import CoordinatorClient, phase_name, task_spec
 from wire.config_file import settings_toml
+from wire.latency_proxy import LatencyProxy
 
 HOST, COLLABORATOR = "demo-host", "demo-collaborator"
 
@@ -27,12 +28,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(path: Path, node_id: str, coordinator: str, port: int, args_: dict) -> None:
+def write_config(
+    path: Path, node_id: str, coordinator: str, port: int, args_: dict, extra: dict
+) -> None:
     settings = {
         "node_id": node_id,
         "task_id": "mnist-halves",
         "coordinator": coordinator,
         "listen": f"127.0.0.1:{port}",
+        **extra,
         "workdir": str(path.parent),
         "tls_plaintext": True,
         # Both parties share this machine: split its cores instead of oversubscribing them.
@@ -52,6 +56,18 @@ def main() -> int:
         "--seed", type=int, default=None, help="seed every party's process (reproducible runs)"
     )
     parser.add_argument(
+        "--training-mode",
+        default=None,
+        help="exact (default), pipelined or pipelined:DEPTH (docs/performance.md)",
+    )
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="emulate a WAN: every byte between the parties crosses a proxy adding RTT/2 "
+        "each way (wire/latency_proxy.py; the coordinator link stays direct)",
+    )
+    parser.add_argument(
         "--label-defence",
         type=json.loads,
         default=None,
@@ -68,6 +84,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     heteronn = [sys.executable, "-m", "party_node.cli"]
     cport, hport, pport = free_port(), free_port(), free_port()
+    links = Links(args.rtt_ms, {HOST: hport, COLLABORATOR: pport})
     coordinator = f"127.0.0.1:{cport}"
     db = out / "coordinator.db"
     for suffix in ("", "-wal", "-shm"):
@@ -75,7 +92,7 @@ def main() -> int:
     logs = {name: open(out / f"{name}.log", "w") for name in ("coordinator", HOST, COLLABORATOR)}  # noqa: SIM115
     procs = [
         subprocess.Popen(
-            [*heteronn, "coordinator", "--listen", coordinator, "--db", str(db)],
+            [*heteronn, "coordinator", "--listen", coordinator, "--db", str(db), "--plaintext"],
             stdout=logs["coordinator"],
             stderr=subprocess.STDOUT,
         )
@@ -87,6 +104,7 @@ def main() -> int:
         common: dict = {"data_root": str(Path(args.data_root).resolve())}
         if args.seed is not None:
             common["seed"] = args.seed
+        node_extra = {"training_mode": args.training_mode} if args.training_mode else {}
         if args.label_defence is not None:
             common["label_defence"] = args.label_defence
         write_config(
@@ -100,8 +118,16 @@ def main() -> int:
                 "log_rounds": 1,
                 "other_key": "demo_collaborator",
             },
+            {**node_extra, **links.settings(HOST)},
         )
-        write_config(out / "collaborator.toml", COLLABORATOR, coordinator, pport, common)
+        write_config(
+            out / "collaborator.toml",
+            COLLABORATOR,
+            coordinator,
+            pport,
+            common,
+            {**node_extra, **links.settings(COLLABORATOR)},
+        )
         for name, role, cfg in (
             (HOST, "host", "host.toml"),
             (COLLABORATOR, "collaborator", "collaborator.toml"),
@@ -116,6 +142,7 @@ def main() -> int:
             )
         return watch(coordinator, procs, args.rounds, out)
     finally:
+        links.close(out)
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -124,6 +151,37 @@ def main() -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class Links:
+    """With an RTT, one latency proxy in front of each node: the node advertises the proxy's
+    address, so every byte the other party sends it, and every answer, is delayed."""
+
+    def __init__(self, rtt_ms: float, ports: dict[str, int]) -> None:
+        self.proxies = {}
+        if rtt_ms > 0:
+            for name, port in ports.items():
+                proxy = LatencyProxy(f"127.0.0.1:{port}", delay_s=rtt_ms / 2000)
+                self.proxies[name] = proxy.start()
+
+    def settings(self, node: str) -> dict:
+        proxy = self.proxies.get(node)
+        return {"advertise": proxy.address} if proxy else {}
+
+    def close(self, out: Path) -> None:
+        """Stop the proxies; what crossed them goes to <out>/links.json."""
+        for proxy in self.proxies.values():
+            proxy.close()
+        if self.proxies:
+            stats = {
+                name: {
+                    "connections": p.stats.connections,
+                    "bytes_to_node": p.stats.bytes_up,
+                    "bytes_from_node": p.stats.bytes_down,
+                }
+                for name, p in self.proxies.items()
+            }
+            (out / "links.json").write_text(json.dumps(stats, indent=1))
 
 
 def create_task(coordinator: str, mode: str) -> None:

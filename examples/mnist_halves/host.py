@@ -77,6 +77,15 @@ class DemoHeteroHost(HeteroNNHostScheduler):
         for images, labels in data.batches(self.data_root, test_ids, True, self.batch_size, "left"):
             yield feature_model(images), labels
 
+    def predict_feature(self, feature_model: nn.Module, ids: list[str]):
+        """Serving: the left halves of the ids this party holds."""
+        found = data.held(data.HOST_IDS, ids)
+        return found, feature_model(data.half_images(self.data_root, found, "left"))
+
+    def predict_a_batch(self, feature_projection: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Serving: train_a_batch's fusion and inference model, without the step."""
+        return self.infer_model(self.fuse(feature_projection))
+
     def fuse(self, projection: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat((projection[self.feature_key], projection[self.other_key]), dim=1)
 

@@ -50,17 +50,12 @@ def completion(model: Composed, known: int, g: torch.Generator) -> float:
 def evaluate(task: str, mode: str, rounds: int, seed: int, defence: object, known: int) -> dict:
     setting = parse_defence(defence)
     noise = torch.Generator().manual_seed(seed + 1000)
-    gd, ld = setting.gradient_defence(), setting.label_defence()
     model = Composed(task=task, mode=mode, seed=seed)
     g = torch.Generator().manual_seed(seed)
     untrained = completion(model, known, g)
     history = []
     for r in range(1, rounds + 1):
-        rec = model.train_round(
-            r,
-            outgoing=(lambda grad, y: gd(grad, y, noise)) if gd else None,
-            relabel=(lambda y: ld.relabel(y, noise)) if ld else None,
-        )
+        rec = model.train_round(r, setting, noise)
         scores = round_scores(rec.grads, rec.labels, g)
         history.append({"round": r, **{k: round(v, 3) for k, v in scores.items()}})
         print(f"  {task:6} {mode:6} round {r}: {_fmt(scores)}", file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ from torch import nn, optim
 
 from party_node.errors import ConfigError
 from party_node.privacy.settings import parse_defence
+from party_node.runtime.training_mode import parse_training_mode
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -82,12 +83,33 @@ class HeteroNNScheduler(ABC):
     def iterate_test_feature(self, feature_model: nn.Module, test_ids: Any) -> Iterable[Any]:
         """Yield the test batches like `iterate_train_feature`."""
 
+    def predict_feature(self, feature_model: nn.Module, ids: list[str]) -> Any:
+        """Optional, for serving and batch prediction: this party's features for new `ids`,
+        like one batch of iterate_test_feature (host: without labels). Return
+        ``feature_model(rows)`` with one row per id in the order of `ids`, or
+        ``(found_ids, feature_model(rows))`` when some ids are not held here (`found_ids` in
+        the order of `ids`). `feature_model` is the bundle's TorchScript copy."""
+        raise NotImplementedError("predict_feature")
+
     def validate_context(self) -> None:
         """Check the environment before training; raise to stop early with a message."""
         if self.feature_model is None:
             raise ConfigError("build_feature_model() returned None; return an nn.Module")
         if self.feature_optimizer is None:
             raise ConfigError("build_feature_optimizer() returned None; return an optimizer")
+
+    # ---- latency tolerance (docs/performance.md) ------------------------------------------------
+    @property
+    def training_mode(self) -> Any:
+        """The task's training mode ('exact' unless set); every party must set the same
+        (checked at join)."""
+        return getattr(self, "_training_mode", None) or parse_training_mode(None)
+
+    @training_mode.setter
+    def training_mode(self, value: Any) -> None:
+        """'exact', 'pipelined' or a dict such as ``{"kind": "pipelined", "depth": 8}``;
+        checked now, so a bad setting fails before anything runs."""
+        self._training_mode = parse_training_mode(value)
 
     # ---- label privacy (docs/privacy.md) ------------------------------------------------------
     @property
@@ -128,5 +150,29 @@ class HeteroNNScheduler(ABC):
         from party_node.app import run_node
         from party_node.settings import NodeSettings
 
-        node_settings = NodeSettings(task_id=task_id, recover=recover, **settings)
+        node_settings = NodeSettings.load(task_id=task_id, recover=recover, **settings)
         run_node(self, node_settings)
+
+    def launch_serving(self, bundle: Any, **settings: Any) -> None:
+        """Serve this party's trained model from its `bundle` (the task's ``model/`` folder)
+        until SIGTERM or Ctrl-C; settings as `heteronn serve` (``HETERONN_SERVE_*`` env vars
+        or keyword arguments: node_id, listen, collaborators, tls_*, limits, ...)."""
+        from party_node.app import run_serving
+        from party_node.settings import ServingSettings
+
+        run_serving(self, ServingSettings(bundle=bundle, **settings))
+
+    def batch_predict(
+        self, bundle: Any, output: Any, ids: list[str] | None = None, **settings: Any
+    ) -> dict[str, Any]:
+        """Host: predict `ids` (default: load_local_ids()) with the collaborators' serving
+        nodes, into the CSV `output`; returns the report (ids predicted, missing, timings)."""
+        from pathlib import Path
+
+        from party_node.app import run_batch_predict
+        from party_node.settings import ServingSettings
+
+        batch_rows = settings.pop("batch_rows", 8192)
+        serving = ServingSettings(bundle=bundle, **settings)
+        report = run_batch_predict(self, serving, Path(output), ids=ids, batch_rows=batch_rows)
+        return report.as_dict()

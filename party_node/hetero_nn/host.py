@@ -82,6 +82,13 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
     ):
         """Evaluate on all test batches at once; log with `self.tb_writer`."""
 
+    def predict_a_batch(self, feature_projection: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Optional, for serving: the model's output for one batch, from the same
+        `feature_projection` dict train_a_batch gets (e.g. ``return self.infer_model(
+        torch.cat(...))``). Traced into the bundle when the task finishes; see
+        docs/inference.md."""
+        raise NotImplementedError("predict_a_batch")
+
     def is_task_finished(self) -> bool:
         """Stop after `max_rounds`; override for early stopping."""
         return self.current_round >= self.max_rounds

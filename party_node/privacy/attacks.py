@@ -58,7 +58,7 @@ def direction_auc(
 
 
 def cosine_kmeans(
-    grads: torch.Tensor, k: int, generator: torch.Generator, iters: int = 30, restarts: int = 3
+    grads: torch.Tensor, k: int, generator: torch.Generator, iters: int = 30, restarts: int = 8
 ) -> torch.Tensor:
     """Spherical k-means (k-means++ seeding) on gradient directions; the cluster of each row.
     Keeps the restart with the highest total cosine similarity."""

@@ -47,7 +47,7 @@ class GaussianNoise:
     batch size and stage of training."""
 
     def __init__(
-        self, noise_multiplier: float, clip: float | None = None, clip_quantile: float = 0.9
+        self, noise_multiplier: float, clip: float | None = None, clip_quantile: float = 0.5
     ) -> None:
         self.sigma, self.clip, self.quantile = noise_multiplier, clip, clip_quantile
 

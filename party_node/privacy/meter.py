@@ -127,7 +127,7 @@ class LeakMeter:
             result.direction_auc = attacks.direction_auc(sample, self.generator)
             result.norm_auc = attacks.norm_auc(grads, labels)
         else:
-            clusters = attacks.cosine_kmeans(grads, classes, self.generator, restarts=2)
+            clusters = attacks.cosine_kmeans(grads, classes, self.generator, restarts=4)
             result.cluster_accuracy = matched_accuracy(clusters, labels)
             shuffled = labels[torch.randperm(labels.numel(), generator=self.generator)]
             result.cluster_chance = matched_accuracy(clusters, shuffled)

@@ -45,7 +45,7 @@ class NoiseDefence(_Base):
     kind: Literal["noise"]
     noise_multiplier: float = Field(gt=0, le=100)
     clip: float | None = Field(default=None, gt=0)
-    clip_quantile: float = Field(default=0.9, gt=0, le=1)
+    clip_quantile: float = Field(default=0.5, gt=0, le=1)
 
     def gradient_defence(self) -> Any:
         return defences.GaussianNoise(self.noise_multiplier, self.clip, self.clip_quantile)

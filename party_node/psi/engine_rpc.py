@@ -122,6 +122,7 @@ def run_host_engine_psi(
     cancel: Cancellation | None = None,
     check_header: HeaderCheck | None = None,
     peer_hosts: Mapping[str, str] | None = None,
+    peer_sizes: dict[str, int] | None = None,
 ) -> set[str]:
     """The host's whole PSI through the engine: one run per collaborator (one after the
     other: each run uses every core), the final intersection, and with several
@@ -156,6 +157,7 @@ def run_host_engine_psi(
                 cancel,
                 check_header,
                 (peer_hosts or {}).get(name),
+                peer_sizes,
             )
         finally:
             run.close()
@@ -180,6 +182,7 @@ def _host_run(
     cancel: Cancellation | None,
     check_header: HeaderCheck | None,
     peer_host: str | None,
+    peer_sizes: dict[str, int] | None = None,
 ) -> np.ndarray:
     peer = f"collaborator '{name}'"
     header = header_factory()
@@ -228,6 +231,8 @@ def _host_run(
         address = _check_address(link.address, peer, peer_host)
         if not 0 <= accept.total <= MAX_IDS:
             raise PsiError(f"{peer} announced {accept.total} ids, out of range")
+        if peer_sizes is not None:  # what PSI reveals anyway, for heteronn_psi_set_size
+            peer_sizes[name] = accept.total
         empty = accept.total == 0 or run.input.count == 0  # spu needs ids on both ends
         reuse = options.recover and run.plan_recovery(link.finished)
         if not (empty or reuse):

@@ -58,6 +58,8 @@ class EngineCollaboratorSession(SessionState):
         self._header = header_factory
         self._check = check_header
         self._peer_host = peer_host
+        #: The host's set size, once its offer has arrived (PSI reveals it anyway).
+        self.peer_size: int | None = None
         self._stop = threading.Event()
         self._input: futures.Future[EngineInput] = futures.Future()
         threading.Thread(target=self._write_input, name="psi-input", daemon=True).start()
@@ -140,6 +142,7 @@ class EngineCollaboratorSession(SessionState):
             )
             if not 0 <= offer.total <= MAX_IDS:
                 raise PsiError(f"the {self.peer} announced {offer.total} ids, out of range")
+            self.peer_size = offer.total
             empty = offer.total == 0 or source.count == 0  # no engine run: nothing in common
             reuse = link.recover and run.plan_recovery(link.finished)
             if not (empty or reuse):

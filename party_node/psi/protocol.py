@@ -67,7 +67,7 @@ def prepare_ids(ids: Iterable[str]) -> list[str]:
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(
-                f"ids[{index}] is {type(item).__name__} ({item!r:.40}), not str: "
+                f"ids[{index}] is {type(item).__name__}, not str: "
                 "PSI ids must be strings"
             )
     unique = list(dict.fromkeys(items))

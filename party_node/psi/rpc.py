@@ -163,9 +163,11 @@ def run_host_psi(
     cancel: Cancellation | None = None,
     check_header: HeaderCheck | None = None,
     chunk_points: int = CHUNK_POINTS,
+    peer_sizes: dict[str, int] | None = None,
 ) -> set[str]:
     """The host's whole PSI: one exchange per collaborator (concurrently), the final
-    intersection, then each collaborator's result indices. Returns the final intersection.
+    intersection, then each collaborator's result indices. Returns the final intersection;
+    fills `peer_sizes` with each collaborator's set size (what PSI reveals anyway).
 
     `timeout` bounds the whole run; `cancel` stops it early (PsiCancelled)."""
     if not stubs:
@@ -224,6 +226,8 @@ def run_host_psi(
     finally:
         blinding.cancel()
     final = intersect_all(list(hosts.values()))
+    if peer_sizes is not None:
+        peer_sizes.update({name: host.peer_size or 0 for name, host in hosts.items()})
     calls.clear()
 
     def deliver(name: str) -> None:
@@ -366,6 +370,11 @@ class CollaboratorPsiSession(SessionState):
     @property
     def size(self) -> int:
         return self._psi.size
+
+    @property
+    def peer_size(self) -> int | None:
+        """The host's set size, once its blinded set has arrived."""
+        return self._psi.peer_size
 
 
 def serve_psi(

@@ -10,10 +10,11 @@ pulls (and drops) the first k batches of the user's iterator without training, t
 the random states of the checkpoint: the iterator is where the uninterrupted run had it (its
 aligned order, its own shuffles), and every later random draw is the one that run made.
 
-For training modes that keep batches in flight (pipelining): a party checkpoints in
-`Role.after_batch` of the flagged batch, and the checkpoint must hold no effect of a later
-batch (a forward pass already sent with older weights, a gradient not yet applied). Drain the
-pipeline at the flagged batch, or put what is in flight in `state()` as well.
+Pipelined training (training_mode): the collaborator checkpoints when the flagged batch
+completes (its gradient applied); batches it had already sent are in flight then and are not
+in the checkpoint. A resume there recomputes them with the newer weights: every party resumes
+from the same batch, but the pipelined run's staleness differs at that point, so the resumed
+weights match an uninterrupted pipelined run only approximately. Exact mode resumes exactly.
 """
 
 from __future__ import annotations

@@ -97,7 +97,16 @@ class PeerLink(Protocol):
     """The other parties, as the runtime sees them."""
 
     def connect(self, participants: Sequence[Participant]) -> None: ...
-    def send(self, peer: str, message: Message) -> None: ...
+    def send(self, peer: str, message: Message) -> None:
+        """Deliver after everything sent to `peer` before (see `set_window`)."""
+
+    def set_window(self, messages: int) -> None:
+        """Let up to `messages` sends per peer be on their way at once; 0 (the default):
+        each send returns once the peer has the message."""
+
+    def flush(self) -> None:
+        """Return once every message sent so far has been delivered; raise if one was not."""
+
     def receive(self, peer: str, timeout: float) -> Message: ...
     def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]: ...
     def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]: ...

@@ -14,9 +14,19 @@ from typing import Any, BinaryIO
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from wire.limits import check_id
+
 
 def output_dir(workdir: Path, node_id: str, task_id: str) -> Path:
-    path = Path(workdir) / node_id / task_id
+    """``<workdir>/<node_id>/<task_id>``; ValueError unless both ids are one safe path
+    component and the resolved folder lies inside the work dir (no `..`, no absolute ids,
+    no symlink out)."""
+    for what, value in (("node_id", node_id), ("task_id", task_id)):
+        check_id(what, value)
+    root = Path(workdir).resolve()
+    path = (root / node_id / task_id).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ValueError(f"output folder {path} is not inside the work dir {root}")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

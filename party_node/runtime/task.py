@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from party_node.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, NamedKeyError, TaskFailed
 from party_node.runtime.batch_checkpoints import Resume
+from party_node.runtime.bundle_export import export_bundle
 from party_node.runtime.checkpoint import CheckpointStore, Position
 from party_node.runtime.links import (
     AbortSignal,
@@ -105,26 +106,30 @@ class TaskRuntime:
                 self._report_error(self.abort.reason)
             self.summary.update(status="failed", reason=self.abort.reason)
             raise TaskFailed(self.abort.reason) from None
-        except KeyboardInterrupt:
-            reason = self.abort.reason or f"{self._where()}: interrupted"
+        except KeyboardInterrupt as exc:  # Ctrl-C, the watchdog, or SIGTERM (see the CLI)
+            if not self.abort.is_set():
+                self.observer.failed("interrupted")
+            reason = self.abort.reason or f"{self._where()}: {exc or 'interrupted'}"
             self.abort.set(reason)
             self._report_error(reason)
             self.summary.update(status="failed", reason=reason)
             raise TaskFailed(reason) from None
         except ConfigError as exc:
             reason = f"{self._where()}: {exc}"
-            self._fail_locally(reason, exc)
+            self._fail_locally(reason, exc, "config_error")
         except Exception as exc:
             step = f"{self.watchdog.failed_in} raised " if self.watchdog.failed_in else ""
-            reason = self.abort.reason or f"{self._where()}: {step}{type(exc).__name__}: {exc}"
-            self._fail_locally(reason, exc)
+            reason = self.abort.reason or f"{self._where()}: {step}{_describe(exc)}"
+            self._fail_locally(reason, exc, "local_error")
         finally:
             self.summary["seconds"] = round(time.monotonic() - started, 3)
             self.watchdog.close()
             write_json(self.out_dir / "report.json", self.summary)
         raise AssertionError("unreachable")
 
-    def _fail_locally(self, reason: str, exc: BaseException) -> None:
+    def _fail_locally(self, reason: str, exc: BaseException, kind: str) -> None:
+        if not self.abort.is_set():  # this node's own error, not a broadcast one
+            self.observer.failed(kind)
         if not isinstance(exc, ConfigError | TaskFailed) and not self.abort.is_set():
             log.error("local error in %s", self._where(), exc_info=exc)
         self.abort.set(reason)
@@ -138,6 +143,10 @@ class TaskRuntime:
         sched._output_dir = self.out_dir
         self.role = make_role(sched, self.peers, self.abort, self.watchdog, self.settings.node_id)
         self.role.observer = self.observer
+        # torch imports its compiler stack on the first optimizer built (several seconds on
+        # a loaded machine): start-up cost of this process, not user work to bound.
+        import torch._dynamo  # noqa: F401
+
         with self.watchdog.local("building the models"):
             self.role.build()
         self.role.save_checkpoint = self._save_in_round
@@ -213,6 +222,7 @@ class TaskRuntime:
             self.scheduler.current_round = cmd.round
             started = time.perf_counter()
             result = role.train_round(cmd.round)
+            self.peers.flush()  # a pipelined round ends when its last message has arrived
             seconds = round(time.perf_counter() - started, 3)
             self.summary.setdefault("round_seconds", []).append(seconds)
             if role.label_leak:
@@ -224,6 +234,7 @@ class TaskRuntime:
         if cmd.phase == "TEST":
             self.scheduler.current_round = cmd.round
             metrics = role.test(cmd.round)
+            self.peers.flush()
             self.observer.test(metrics)
             history = self.summary.setdefault("test_history", [])
             if metrics:
@@ -279,6 +290,11 @@ class TaskRuntime:
     def _finish(self) -> dict[str, Any]:
         assert self.role is not None
         self.role.save_final(self.out_dir)
+        bundle = export_bundle(
+            self.role, self.out_dir, self.settings.task_id, self.summary.get("rounds", 0)
+        )
+        self.peers.flush()  # the bundle's last messages, before the node closes its links
+        self.summary["model_id"] = bundle.model_id
         history = self.summary.get("test_history") or []
         result: dict[str, Any] = {}
         if history:
@@ -300,10 +316,19 @@ def _check_ids(ids: Any) -> list[str]:
     for i, item in enumerate(ids):
         if not isinstance(item, str):
             raise ConfigError(
-                f"load_local_ids() returned a {type(item).__name__} at position {i} ({item!r}); "
+                f"load_local_ids() returned a {type(item).__name__} at position {i}; "
                 "ids must be str — convert them, e.g. [str(i) for i in ids]"
             )
     return ids
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for the failure reason every party sees. A KeyError's or IndexError's
+    text is the key it looked up, often a sample id, so only its type goes out (the full
+    error is in this node's log)."""
+    if isinstance(exc, LookupError) and not isinstance(exc, NamedKeyError):
+        return f"{type(exc).__name__} (the key is not shown to other parties; see this node's log)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _check_split(split: Any) -> tuple[set, set]:

@@ -16,9 +16,15 @@ GRACE_S = 10.0
 
 
 class Watchdog:
+    """Created by the thread that runs the task. Only when that is the process's main thread
+    (the node owns the process: `heteronn node`, the seed's `_run`) does a timeout interrupt
+    it and, if it stays stuck, end the process; in a thread of someone else's process
+    (`simulate.run_local`, a notebook) it only fails the task."""
+
     def __init__(self, timeout: float, on_timeout: Callable[[str], str]):
         self.timeout = timeout
         self._on_timeout = on_timeout
+        self.owns_process = threading.current_thread() is threading.main_thread()
         self._lock = threading.Lock()
         self._current: tuple[str, float] | None = None
         self._fired = False
@@ -60,8 +66,9 @@ class Watchdog:
 
     def _interrupt(self, stuck: tuple[str, float], reason: str) -> None:
         """Interrupt the main thread (a real SIGINT wakes a blocking call); if the work is
-        still stuck after a grace period (a long native call), end the process."""
-        if threading.current_thread() is threading.main_thread():
+        still stuck after a grace period (a long native call), end the process. Only when
+        the task runs in the main thread: never someone else's process."""
+        if not self.owns_process or threading.current_thread() is threading.main_thread():
             return
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         if self._stop.wait(GRACE_S):

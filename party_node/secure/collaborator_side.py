@@ -67,6 +67,9 @@ class SecureCollaboratorLayer(ShareLayer):
         self.host = host_keys
         self.lr, self.momentum = lr, momentum
         self.background = Background()
+        #: A second worker for batch work that overlaps our own (Enc_C(X) while we compute X·W).
+        self.parallel = Background()
+        self._enc_x: Future[Message] | None = None
         p = self.params
         self._z_noise = NoisePool(self.background, self.host, p.product_scale, p.z_noise)
         self.share: CollaboratorShare | None = None
@@ -168,6 +171,8 @@ class SecureCollaboratorLayer(ShareLayer):
             f"'{self.feature_key}' feature tensor",
             "raise project_layer_feature_bound at every party",
         )
+        if train:  # Enc_C(X) for the weight gradient, on the other core meanwhile
+            self._enc_x = self.parallel.submit(self._encrypt_x, xs)
         assert self._prepared is not None
         prepared = self._prepared.result()
         ev, baby = self.host.engine.evaluator, {}
@@ -188,9 +193,15 @@ class SecureCollaboratorLayer(ShareLayer):
         return out
 
     def encrypt_features(self) -> Message:
-        """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ."""
-        x, plan = self._require_x(KIND_ENC_X), self.geo.gram
-        out = self.rows_entry(x.shape[0])
+        """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ (started by the
+        training forward)."""
+        self._require_x(KIND_ENC_X)
+        assert self._enc_x is not None
+        msg, self._enc_x = self._enc_x.result(), None
+        return msg
+
+    def _encrypt_x(self, x: np.ndarray) -> Message:
+        plan, out = self.geo.gram, self.rows_entry(x.shape[0])
         scale = self.params.x_scale
         for tp in range(plan.t_parts):
             vecs = plan.pack_x(x, tp)
@@ -257,6 +268,7 @@ class SecureCollaboratorLayer(ShareLayer):
 
     def close(self) -> None:
         self.background.close()
+        self.parallel.close()
 
     # ---- helpers ----------------------------------------------------------------------------
     def _require_share(self) -> CollaboratorShare:

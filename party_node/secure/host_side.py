@@ -71,6 +71,9 @@ class SecureHostLayer(ShareLayer):
         self.lr, self.momentum = lr, momentum
         self.dtype = dtype
         self.background = Background()
+        #: A second worker: the weight gradient overlaps λδ·Wᵀ (the collaborator waits for both).
+        self.parallel = Background()
+        self._weight: Future[Message] | None = None
         p, gram = self.params, self.geo.gram
         self._dx_noise = NoisePool(self.background, self.peer, p.product_scale, p.dx_noise)
         self._g_noise = NoisePool(
@@ -99,7 +102,7 @@ class SecureHostLayer(ShareLayer):
 
     # ---- fresh tasks: W_0 = a ⊙ b without anyone learning it --------------------------------
     def init_request(self) -> Message:
-        """Enc_H(a), a ~ U[-w, w] (our factor of W_0)."""
+        """Enc_H(a), a ~ U[±sqrt(3/in_dim)] (our factor of W_0)."""
         self._a = host_init_half(self.in_dim, self.out_dim)
         vecs = self.compact_pack(self._a)
         names = self.names("a", len(vecs))
@@ -186,8 +189,10 @@ class SecureHostLayer(ShareLayer):
         return torch.from_numpy(z).to(self.dtype)
 
     # ---- backward ---------------------------------------------------------------------------
-    def backward(self, delta: torch.Tensor) -> Message:
-        """δ = ∂L/∂z -> Enc_C(λδ·(U + V)ᵀ): the collaborator decrypts ∂L/∂X. δ never leaves."""
+    def backward(self, delta: torch.Tensor, enc_x: Message | None = None) -> Message:
+        """δ = ∂L/∂z -> Enc_C(λδ·(U + V)ᵀ): the collaborator decrypts ∂L/∂X. δ never leaves.
+        With the collaborator's Enc_C(X) already here, the weight gradient starts on the other
+        core meanwhile (`weight_gradient()` then only collects it)."""
         if self._v_cts is None or self._delta is not None:
             raise SecureProtocolError("backward without a pending training forward")
         rows = self._rows
@@ -204,6 +209,9 @@ class SecureHostLayer(ShareLayer):
         )
         self._delta = d * self.params.lam
         prepared = self._require_prepared()
+        if enc_x is not None:
+            x_cts = self._load_x(enc_x)
+            self._weight = self.parallel.submit(self._weight_message, x_cts, prepared)
         ev = self.peer.engine.evaluator
         for key, ct in self._v_cts.items():
             ev.add_plain_inplace(ct, prepared.u_plain[key])
@@ -222,22 +230,39 @@ class SecureHostLayer(ShareLayer):
         self._v_cts = None
         return out
 
-    def weight_gradient(self, msg: Message) -> Message:
+    def weight_gradient(self, msg: Message | None = None) -> Message:
         """Enc_C(X) -> Enc_C(λ(Xᵀδ + M)) per packing part, masked per group; steps U (see
         shares.HostShare) and appends Enc_H(U) of the next step."""
         if self._delta is None:
             raise SecureProtocolError("weight_gradient before backward")
+        if self._weight is None:
+            if msg is None:
+                raise SecureProtocolError(f"{KIND_ENC_X} did not arrive")
+            self._weight = self.parallel.submit(
+                self._weight_message, self._load_x(msg), self._require_prepared()
+            )
+        out, self._weight = self._weight.result(), None
+        self._require_share().commit(self._require_prepared().step)
+        self._delta = None
+        out.update(self._require_prepared().next_share)
+        self._prepare()
+        return out
+
+    def _load_x(self, msg: Message) -> dict[int, list[Any]]:
         plan, rows, p = self.geo.gram, self._rows, self.params
         names = {tp: self.names(f"x/{tp}", plan.x_cts(rows)) for tp in range(plan.t_parts)}
         all_names = [n for part in names.values() for n in part]
         checks.expect_names(msg, ["rows", *all_names], KIND_ENC_X)
         if checks.rows_of(msg, KIND_ENC_X) != rows:
             raise SecureProtocolError(f"{KIND_ENC_X}: row count differs from the forward pass")
-        x_cts = {
+        return {
             tp: self.load(self.peer.engine, msg, n, KIND_ENC_X, 2, p.x_scale)
             for tp, n in names.items()
         }
-        prepared = self._require_prepared()
+
+    def _weight_message(self, x_cts: dict[int, list[Any]], prepared: _Prepared) -> Message:
+        plan, rows, p = self.geo.gram, self._rows, self.params
+        assert self._delta is not None
         masks = prepared.masks
         if plan.rows_per_group(rows) > prepared.mask_rows:  # a batch larger than block_rows
             masks = self._encode_masks(prepared.step.mask, plan.rows_per_group(rows))
@@ -255,10 +280,6 @@ class SecureHostLayer(ShareLayer):
                 )
                 self.peer.engine.evaluator.add_plain_inplace(ct, masks[(tp, jp)])
                 out[f"y/{tp}/{jp}"] = products.finish(self.peer, ct, self._g_noise.take())
-        self._require_share().commit(prepared.step)
-        self._delta = None
-        out.update(prepared.next_share)
-        self._prepare()
         return out
 
     def _mask_block(self, mask: np.ndarray, tp: int, jp: int) -> np.ndarray:
@@ -297,6 +318,7 @@ class SecureHostLayer(ShareLayer):
 
     def close(self) -> None:
         self.background.close()
+        self.parallel.close()
 
     def _require_share(self) -> HostShare:
         if self.share is None:

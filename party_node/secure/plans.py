@@ -25,7 +25,7 @@ import numpy as np
 
 #: Rough per-operation costs (ms, unloaded) used only to choose between valid layouts. A baby
 #: step is a rotated copy the owner encrypts ahead (off the critical path) and we only load.
-_ROTATION_MS, _PRODUCT_MS, _RESULT_MS, _BABY_MS = 2.2, 0.6, 4.5, 1.5
+_ROTATION_MS, _PRODUCT_MS, _RESULT_MS, _BABY_MS = 2.2, 0.6, 4.5, 2.5
 
 
 def _log2(n: int) -> int:

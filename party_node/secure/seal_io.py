@@ -51,11 +51,18 @@ class _Scratch:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def write(self, data: bytes) -> None:
-        os.ftruncate(self.fd, 0)
+        """Overwrite in place and cut to length (no freeing and re-allocating every page)."""
         os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
 
     def read(self) -> bytes:
-        return os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+        chunks, offset = [], 0
+        while True:
+            chunk = os.pread(self.fd, 1 << 20, offset)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            offset += len(chunk)
 
 
 def _scratch() -> _Scratch:

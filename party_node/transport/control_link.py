@@ -27,6 +27,8 @@ from wire.tls import TlsSettings
 log = logging.getLogger("heteronn")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)
 HEARTBEAT_S = 1.0
+#: How long a failing node keeps trying to tell the coordinator before it exits anyway.
+ERROR_REPORT_PATIENCE_S = 5.0
 
 
 class CoordinatorLink:
@@ -154,15 +156,24 @@ class CoordinatorLink:
             ) from None
 
     def report(self, report: Report) -> None:
+        """Deliver `report`; while the coordinator is unreachable (restarting), retry for up
+        to schedule_timeout, the gap a node tolerates (an error report, sent on the way out,
+        for at most ERROR_REPORT_PATIENCE_S)."""
         request = report_to_proto(self.task_id, self.node_id, report, self.incarnation)
-        for attempt in range(5):
+        patience = min(self._patience, ERROR_REPORT_PATIENCE_S) if report.error else self._patience
+        deadline = time.monotonic() + patience
+        delay = 0.2
+        while True:
             try:
-                self._client.report(request)
+                left = max(deadline - time.monotonic(), 1.0)
+                self._client.report(request, timeout=min(left, 10.0))
                 return
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < 4:
-                    time.sleep(0.5)
+                retry = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if retry and time.monotonic() + delay < deadline and not self._stop.is_set():
+                    time.sleep(delay)
+                    delay = min(2 * delay, 2.0)
                     continue
                 if report.error and code == grpc.StatusCode.FAILED_PRECONDITION:
                     return  # the task has already ended: nothing left to tell

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from heteronn.v1 import common_pb2
@@ -27,7 +28,12 @@ from party_node.errors import (
 from party_node.runtime.links import Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_from_payload
+from wire import limits
+from wire.limits import shown
 from wire.tensor_codec import TensorDecodeError
+
+#: gRPC reports a call without a deadline as ~2**63 ns remaining; anything past this is none.
+NO_DEADLINE_S = 1e9
 
 #: Which role consumes each data RPC, and which role sends it.
 CONSUMER = {"FeatureExchange": "host", "GradientReturn": "collaborator"}
@@ -36,14 +42,27 @@ SENDER = {"FeatureExchange": "collaborator", "GradientReturn": "host"}
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what peers may send this node (node settings set them)."""
+    """Bounds on what peers may send this node (node settings set them; defaults and docs in
+    wire.limits)."""
 
-    #: Largest serialized Payload accepted in one FeatureExchange/GradientReturn call.
-    max_payload_bytes: int = 256 << 20
+    #: Largest serialized Payload accepted in one FeatureExchange/GradientReturn call...
+    max_payload_bytes: int = limits.MAX_PAYLOAD_BYTES
+    #: ...unless its kind has its own limit here.
+    max_payload_bytes_by_kind: Mapping[str, int] = field(default_factory=dict)
+    #: Bytes of one sender's messages the runtime has not taken yet; beyond it the sender's
+    #: next call waits (backpressure), until its deadline.
+    max_queued_bytes_per_sender: int = limits.MAX_QUEUED_BYTES_PER_SENDER
+    #: Data calls one sender may have open at once.
+    max_streams_per_sender: int = limits.MAX_STREAMS_PER_SENDER
+    #: The longest deadline a peer's call may carry; a call without one is refused.
+    max_call_s: float = limits.MAX_CALL_S
     #: How long a message from a peer waits for this node to finish joining.
     ready_wait_s: float = 10.0
     #: How long the host's Psi call waits for this collaborator's load_local_ids().
     psi_wait_s: float = 60.0
+
+    def payload_limit(self, kind: str) -> int:
+        return self.max_payload_bytes_by_kind.get(kind, self.max_payload_bytes)
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,10 @@ class Opening:
     total_bytes: int
     #: Names in the caller's verified certificate (empty without mutual TLS).
     identities: frozenset[str]
+    #: Seconds left until the caller's deadline (None: the caller set none).
+    time_remaining: float | None = None
+    #: True once the caller has gone (cancelled, deadline passed, connection lost).
+    caller_gone: Callable[[], bool] = lambda: False
 
 
 class PeerMessageHandler:
@@ -63,6 +86,22 @@ class PeerMessageHandler:
     def __init__(self, state: NodeState, limits: Limits | None = None) -> None:
         self.state = state
         self.limits = limits or Limits()
+        self._open: Counter[str] = Counter()
+        self._open_lock = threading.Lock()
+
+    def check_deadline(self, rpc: str, time_remaining: float | None) -> None:
+        """Every call must end: a peer's call needs a deadline, at most max_call_s away."""
+        most = self.limits.max_call_s
+        if time_remaining is None or time_remaining > NO_DEADLINE_S:
+            raise BadMessage(
+                f"{rpc}: the call has no deadline; set one (at most {most:g} s) so it cannot "
+                "hold this node's worker forever"
+            )
+        if time_remaining > most + 1:
+            raise BadMessage(
+                f"{rpc}: the call's deadline is {time_remaining:.0f} s away; this node accepts "
+                f"at most {most:g} s (node setting max_call_s)"
+            )
 
     # ---- before the body ----------------------------------------------------------------------
     def open(self, opening: Opening) -> Participant:
@@ -75,8 +114,9 @@ class PeerMessageHandler:
                 f"{consumer} — send them to the {consumer}'s address"
             )
         if h.task_id != st.task_id:
-            raise WrongTask(f"node '{st.node_id}' runs task '{st.task_id}', not '{h.task_id}'")
-        if not st.wait_ready(self.limits.ready_wait_s):
+            raise WrongTask(f"node '{st.node_id}' runs task '{st.task_id}', not {shown(h.task_id)}")
+        self.check_deadline(rpc, opening.time_remaining)
+        if not st.wait_ready(min(self.limits.ready_wait_s, opening.time_remaining or 0)):
             raise NotReady(f"node '{st.node_id}' has not joined task '{st.task_id}' yet; retry")
         peer = check_sender(st, h.sender, opening.identities, SENDER[rpc], rpc)
         if opening.total_bytes <= 0:
@@ -84,16 +124,40 @@ class PeerMessageHandler:
                 f"{rpc} from '{h.sender}' announced total_bytes={opening.total_bytes}; the first "
                 "chunk must carry the serialized Payload's size"
             )
-        if opening.total_bytes > self.limits.max_payload_bytes:
-            raise TooLarge(
-                f"{peer.role} '{h.sender}' announced {opening.total_bytes} bytes for {h.kind}; "
-                f"this node accepts at most {self.limits.max_payload_bytes} per message "
-                "(node setting max_payload_bytes)"
+        most = self.limits.payload_limit(h.kind)
+        if opening.total_bytes > most:
+            setting = (
+                "max_payload_bytes_by_kind" if h.kind in self.limits.max_payload_bytes_by_kind
+                else "max_payload_bytes"
             )
+            raise TooLarge(
+                f"{peer.role} '{h.sender}' announced {opening.total_bytes} bytes for "
+                f"{shown(h.kind)}; this node accepts at most {most} per message (node setting "
+                f"{setting})"
+            )
+        with self._open_lock:
+            if self._open[h.sender] >= self.limits.max_streams_per_sender:
+                raise TooLarge(
+                    f"{peer.role} '{h.sender}' has {self._open[h.sender]} calls open already; "
+                    f"this node takes at most {self.limits.max_streams_per_sender} at once "
+                    "(node setting max_streams_per_sender)"
+                )
+            self._open[h.sender] += 1
         return peer
 
+    def close(self, opening: Opening) -> None:
+        """The call `open` admitted has ended (however it ended)."""
+        with self._open_lock:
+            self._open[opening.header.sender] -= 1
+            if self._open[opening.header.sender] <= 0:
+                del self._open[opening.header.sender]
+
     def open_psi(
-        self, header: common_pb2.Header, identities: frozenset[str], caller_gone: Callable[[], bool]
+        self,
+        header: common_pb2.Header,
+        identities: frozenset[str],
+        caller_gone: Callable[[], bool],
+        time_remaining: float | None = None,
     ) -> Any:
         """Check the first PSI chunk: only this task's host may run PSI, and only against a
         collaborator. Returns the collaborator's PSI session once it is open."""
@@ -104,7 +168,10 @@ class PeerMessageHandler:
                 "and accepts no Psi call"
             )
         if header.task_id != st.task_id:
-            raise WrongTask(f"node '{st.node_id}' runs task '{st.task_id}', not '{header.task_id}'")
+            raise WrongTask(
+                f"node '{st.node_id}' runs task '{st.task_id}', not {shown(header.task_id)}"
+            )
+        self.check_deadline("Psi", time_remaining)
         if not st.wait_ready(self.limits.ready_wait_s):
             raise NotReady(f"node '{st.node_id}' has not joined task '{st.task_id}' yet; retry")
         check_sender(st, header.sender, identities, "host", "Psi")
@@ -144,7 +211,11 @@ class PeerMessageHandler:
                 f"{peer.role} '{h.sender}' sent a bad tensor in {h.kind} (round {h.round} "
                 f"batch {h.batch}): {exc}"
             ) from None
-        self.state.inbox.put(h.sender, message)
+        # Wait for room (backpressure) but answer before the caller's deadline, so it hears
+        # RESOURCE_EXHAUSTED with the reason rather than DEADLINE_EXCEEDED.
+        remaining = opening.time_remaining or 0.0
+        wait = remaining - min(1.0, remaining / 2)
+        self.state.inbox.put(h.sender, message, h.seq, len(body), wait, opening.caller_gone)
 
 
 def check_sender(
@@ -154,7 +225,7 @@ def check_sender(
     caller; NotAllowed otherwise."""
     peer = state.participants.get(sender)
     if peer is None:
-        raise NotAllowed(f"'{sender}' is not a participant of task '{state.task_id}'")
+        raise NotAllowed(f"{shown(sender)} is not a participant of task '{state.task_id}'")
     names = set(identities)
     if names and sender not in names:
         raise NotAllowed(

@@ -22,7 +22,7 @@ class NodeObserver(TaskObserver):
         self.metrics.observe_batch(self.task_id, rows, stage)
 
     def psi(self, seconds: float, local: int, intersection: int) -> None:
-        self.metrics.observe_psi(self.task_id, seconds, local, 0, intersection)
+        self.metrics.observe_psi(self.task_id, seconds, local, None, intersection)
 
     def test(self, metrics: dict[str, float]) -> None:
         self.metrics.observe_test(self.task_id, metrics.get("accuracy"), metrics.get("loss"))

@@ -10,6 +10,7 @@ from typing import Any
 
 from party_node.runtime.links import AbortSignal, Participant
 from party_node.transport.inbox import Inbox
+from wire import limits
 
 
 @dataclass
@@ -19,6 +20,8 @@ class NodeState:
     #: "host" or "collaborator": decides which RPCs this node consumes.
     role: str
     abort: AbortSignal
+    #: Bytes of one sender's messages the runtime has not taken yet (see Inbox).
+    max_queued_bytes_per_sender: int = limits.MAX_QUEUED_BYTES_PER_SENDER
     inbox: Inbox = field(init=False)
     participants: dict[str, Participant] = field(default_factory=dict)
     #: The runtime's phase ("PSI", "TRAIN", ...; empty before it has joined) and round.
@@ -29,7 +32,7 @@ class NodeState:
     psi_ready: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.inbox = Inbox(self.abort)
+        self.inbox = Inbox(self.abort, self.max_queued_bytes_per_sender)
 
     def set_participants(self, participants: tuple[Participant, ...]) -> None:
         self.participants = {p.node_id: p for p in participants}

@@ -3,7 +3,10 @@ payloads chunked, failures turned into messages that name the peer and its addre
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -16,9 +19,20 @@ from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
+from wire import limits
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import open_channel
+from wire.metrics import Metrics
 from wire.tls import TlsSettings
+
+
+@dataclass
+class _Outbox:
+    """What this node has sent one peer: the last message number and the calls in flight."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    seq: int = 0
+    in_flight: deque[tuple[grpc.Future, str]] = field(default_factory=deque)
 
 
 class GrpcPeers:
@@ -29,6 +43,8 @@ class GrpcPeers:
         tls: TlsSettings | None,
         send_timeout: float,
         interceptors: Sequence[Any] = (),
+        metrics: Metrics | None = None,
+        max_call_s: float = limits.MAX_CALL_S,
         psi_engine: EngineOptions | None = None,
     ):
         """`psi_engine`: run PSI through the engine (spu) with these options; None runs
@@ -38,10 +54,17 @@ class GrpcPeers:
         self.state = state
         self.role = role
         self.tls = tls
-        self.send_timeout = send_timeout
+        #: Every call to a peer carries a deadline no peer refuses (its max_call_s).
+        self.send_timeout = min(send_timeout, max_call_s)
+        self.max_call_s = max_call_s
+        self.metrics = metrics
         self._channels: dict[str, grpc.Channel] = {}
         self.stubs: dict[str, party_node_pb2_grpc.PartyNodeServiceStub] = {}
         self.participants: dict[str, Participant] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        #: Messages per peer that may be on their way at once (0: each send waits for its
+        #: answer). The task's training mode sets it (runtime.training_mode).
+        self.window = 0
 
     def connect(self, participants: Sequence[Participant]) -> None:
         self.state.set_participants(tuple(participants))
@@ -54,29 +77,86 @@ class GrpcPeers:
             channel = open_channel(p.address, self.tls, self.interceptors, server_name=p.node_id)
             self._channels[p.node_id] = channel
             self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
+            self._outboxes[p.node_id] = _Outbox()
+        self._count_channels()
+
+    def _count_channels(self) -> None:
+        if self.metrics is not None:
+            self.metrics.peers_connected.set(len(self._channels))
+
+    def _peer_psi_size(self, size: int) -> None:
+        """The peers' set sizes PSI revealed (the host: summed over its collaborators)."""
+        if self.metrics is not None:
+            self.metrics.psi_set_size.labels(task_id=self.state.task_id, which="peer").set(size)
 
     def describe(self, peer: str) -> str:
         p = self.participants.get(peer)
         return f"{p.role} '{peer}' at {p.address}" if p else f"'{peer}'"
 
+    def set_window(self, messages: int) -> None:
+        self.window = messages
+
     def send(self, peer: str, message: Message) -> None:
+        """Deliver `message` to `peer`, after everything sent to it before. With a window,
+        return once the call has started (at most `window` unanswered per peer); a failed
+        delivery is raised by a later send, receive or flush."""
         if self.state.abort.is_set():
             raise TaskFailed(self.state.abort.reason)
-        payload = message_to_payload(message, self.state.task_id, self.state.node_id)
-        stub = self.stubs[peer]
+        stub, box = self.stubs[peer], self._outboxes[peer]
         if self.role == "host":
             method, chunk_type = stub.GradientReturn, party_node_pb2.GradientReturnRequest
         else:
             method, chunk_type = stub.FeatureExchange, party_node_pb2.FeatureExchangeRequest
-        try:
-            # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
-            method(payload_to_chunks(payload, chunk_type), timeout=self.send_timeout)
-        except grpc.RpcError as exc:
-            if self.state.abort.is_set():
-                raise TaskFailed(self.state.abort.reason) from None
-            raise TaskFailed(self._rpc_failure(peer, message.kind, exc)) from None
+        with box.lock:
+            self._settle(peer, box, wait=False)
+            box.seq += 1
+            payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
+            chunks = payload_to_chunks(payload, chunk_type)
+            if self.window == 0:
+                try:
+                    # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
+                    method(chunks, timeout=self.send_timeout)
+                except grpc.RpcError as exc:
+                    self._failed(peer, message.kind, exc)
+                return
+            while len(box.in_flight) >= self.window:
+                self._settle_one(peer, box.in_flight.popleft())
+            box.in_flight.append((method.future(chunks, timeout=self.send_timeout), message.kind))
 
-    def _rpc_failure(self, peer: str, what: str, exc: grpc.RpcError) -> str:
+    def flush(self) -> None:
+        """Wait until every message sent so far has been delivered (or raise why not)."""
+        for peer, box in list(self._outboxes.items()):
+            with box.lock:
+                self._settle(peer, box, wait=True)
+
+    def _settle(self, peer: str, box: _Outbox, wait: bool) -> None:
+        """Take answered calls off the front of `box` (all of them if `wait`); raise for the
+        first that failed."""
+        while box.in_flight and (wait or box.in_flight[0][0].done()):
+            self._settle_one(peer, box.in_flight.popleft())
+
+    def _settle_one(self, peer: str, call: tuple[grpc.Future, str]) -> None:
+        future, kind = call
+        exc = future.exception()  # bounded by the call's own deadline (send_timeout)
+        if exc is not None:
+            self._failed(peer, kind, exc)
+
+    def _check_deliveries(self) -> None:
+        """While waiting for a peer: fail now if one of this node's messages did not arrive
+        (the answer to it never would). Skips an outbox another thread is sending through."""
+        for peer, box in list(self._outboxes.items()):
+            if box.lock.acquire(blocking=False):
+                try:
+                    self._settle(peer, box, wait=False)
+                finally:
+                    box.lock.release()
+
+    def _failed(self, peer: str, kind: str, exc: BaseException) -> None:
+        if self.state.abort.is_set():
+            raise TaskFailed(self.state.abort.reason) from None
+        raise TaskFailed(self._rpc_failure(peer, kind, exc)) from None
+
+    def _rpc_failure(self, peer: str, what: str, exc: BaseException) -> str:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -89,7 +169,9 @@ class GrpcPeers:
         return f"{self.describe(peer)} refused {what}: {name}: {details}"
 
     def receive(self, peer: str, timeout: float) -> Message:
-        return self.state.inbox.get(peer, timeout, self.describe(peer))
+        return self.state.inbox.get(
+            peer, timeout, self.describe(peer), check=self._check_deliveries
+        )
 
     def _psi_header(self) -> common_pb2.Header:
         return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")
@@ -101,23 +183,35 @@ class GrpcPeers:
         stubs = {
             p: self.stubs[p] for p, info in self.participants.items() if info.role == "collaborator"
         }
+        sizes: dict[str, int] = {}
         try:
             if self.psi_engine is not None:
-                return run_host_engine_psi(
+                final = run_host_engine_psi(
                     stubs,
                     ids,
                     self._psi_header,
                     self.psi_engine,
-                    round_timeout,
+                    min(round_timeout, self.max_call_s),
                     cancel=self.state.abort,
                     peer_hosts={name: self._address_host(name) for name in stubs},
+                    peer_sizes=sizes,
                 )
+                self._peer_psi_size(sum(sizes.values()))
+                return final
             with PsiPool() as pool:
-                return run_host_psi(
-                    stubs, ids, self._psi_header, pool, round_timeout, cancel=self.state.abort
+                final = run_host_psi(
+                    stubs,
+                    ids,
+                    self._psi_header,
+                    pool,
+                    min(round_timeout, self.max_call_s),
+                    cancel=self.state.abort,
+                    peer_sizes=sizes,
                 )
         except (PsiError, TimeoutError) as exc:
             raise TaskFailed(self.state.abort.reason or str(exc)) from None
+        self._peer_psi_size(sum(sizes.values()))
+        return final
 
     def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
         host = next(p for p in self.participants.values() if p.role == "host")
@@ -144,13 +238,16 @@ class GrpcPeers:
         self.state.psi_session = session
         self.state.psi_ready.set()
         try:
-            return session.wait_result(timeout, cancel=self.state.abort)
+            final = session.wait_result(timeout, cancel=self.state.abort)
         except (PsiError, TimeoutError) as exc:
             raise TaskFailed(self.state.abort.reason or str(exc)) from None
         finally:
             session.close()
+        self._peer_psi_size(getattr(session, "peer_size", None) or 0)
+        return final
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+        self._count_channels()

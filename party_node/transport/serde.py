@@ -13,13 +13,14 @@ _ROLE_TO_PB = {"host": common_pb2.ROLE_HOST, "collaborator": common_pb2.ROLE_COL
 _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 
 
-def message_to_payload(msg: Message, task_id: str, sender: str) -> common_pb2.Payload:
+def message_to_payload(msg: Message, task_id: str, sender: str, seq: int = 0) -> common_pb2.Payload:
     header = common_pb2.Header(
         task_id=task_id,
         round=msg.round,
         batch=msg.batch,
         sender=sender,
         kind=msg.kind,
+        seq=seq,
         checkpoint=msg.checkpoint,
     )
     payload = common_pb2.Payload(header=header, end_of_stream=msg.end_of_stream)

@@ -14,7 +14,7 @@ import grpc
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import BadMessage
 from party_node.transport.handler import Opening, PeerMessageHandler
-from wire.peer_auth import tls_identities
+from wire.peer_auth import Trust, tls_identities
 from wire.status_error import abort_with, status_call
 
 log = logging.getLogger("heteronn")
@@ -47,8 +47,9 @@ def _read_body(first: object, rest: Iterator[object], total: int) -> bytes:
 
 
 class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
-    def __init__(self, handler: PeerMessageHandler) -> None:
+    def __init__(self, handler: PeerMessageHandler, trust: Trust | None = None) -> None:
         self.handler = handler
+        self.trust = trust
 
     def _deliver(self, rpc: str, chunks: Iterator[object], context: grpc.ServicerContext) -> None:
         first = next(chunks, None)
@@ -58,11 +59,16 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             rpc=rpc,
             header=first.header,  # type: ignore[attr-defined]
             total_bytes=first.total_bytes,  # type: ignore[attr-defined]
-            identities=frozenset(tls_identities(context)),
+            identities=frozenset(tls_identities(context, self.trust)),
+            time_remaining=context.time_remaining(),
+            caller_gone=lambda: not context.is_active(),
         )
         peer = _call(context, lambda: self.handler.open(opening))
-        body = _call(context, lambda: _read_body(first, chunks, opening.total_bytes))
-        _call(context, lambda: self.handler.accept(opening, peer, body))
+        try:
+            body = _call(context, lambda: _read_body(first, chunks, opening.total_bytes))
+            _call(context, lambda: self.handler.accept(opening, peer, body))
+        finally:
+            self.handler.close(opening)
 
     def FeatureExchange(self, request_iterator, context):
         self._deliver("FeatureExchange", iter(request_iterator), context)
@@ -77,13 +83,15 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         first = next(messages, None)
         if first is None:
             abort_with(context, BadMessage("Psi: the call carried no message"))
-        identities = frozenset(tls_identities(context))
+        identities = frozenset(tls_identities(context, self.trust))
 
         def caller_gone() -> bool:
             return not context.is_active()
 
+        remaining = context.time_remaining()
         session = _call(
-            context, lambda: self.handler.open_psi(first.header, identities, caller_gone)
+            context,
+            lambda: self.handler.open_psi(first.header, identities, caller_gone, remaining),
         )
         yield from session.handle(itertools.chain([first], messages), context)
 

@@ -4,13 +4,14 @@ receipt, checkpoints of the feature model, and the hooks for checkpoints inside 
 State contract (what a checkpoint holds, and what secure layers must expose): `state()` returns
 everything that outlives a batch — models, optimizers, random states, the secure layer's shares
 and mask state — as tensors and plain data; `load_state()` takes it back. Checkpoints are taken
-only between batches (`after_batch`), when no batch is in flight, so nothing batch-local
+only between batches (`after_batch`, once a batch's last step is done), so nothing batch-local
 (ciphertexts, pending masks) is ever part of one."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,15 @@ from party_node.runtime import rng
 from party_node.runtime.batch_checkpoints import CheckpointPolicy, Resume, skip_batches
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
+from party_node.runtime.training_mode import AGREEMENT_KEY as MODE_KEY
+from party_node.runtime.training_mode import TrainingMode, parse_training_mode
 from party_node.runtime.watchdog import Watchdog
+from party_node.serving.export import ExampleRecorder, export_model
 
 _END = object()
+#: Message kinds of the bundle agreement when a task finishes (collaborator -> host -> all).
+BUNDLE_DIGEST = "bundle.digest"
+BUNDLE_PARTIES = "bundle.parties"
 
 
 class Role:
@@ -51,6 +58,7 @@ class Role:
         self.resume: Resume | None = None
         self.round_start_rng: dict[str, Any] = {}
         self.batches_done = 0
+        self.mode = TrainingMode()
         #: The host's live leak metric, one entry per round and collaborator (report.json).
         self.label_leak: list[dict[str, Any]] = []
 
@@ -61,8 +69,12 @@ class Role:
         if not isinstance(s.feature_model, torch.nn.Module):
             raise ConfigError("build_feature_model() must return a torch.nn.Module")
         s.feature_optimizer = s.build_feature_optimizer(s.feature_model)
+        self.mode = parse_training_mode(getattr(s, "training_mode", None))
+        self.peers.set_window(self.mode.send_window)
         self.build_extra()
         s.validate_context()
+        # The bundle's TorchScript is traced with the feature model's last input.
+        self.recorder = ExampleRecorder(s.feature_model)
 
     def build_extra(self) -> None:
         """Role-specific models (the host's inference model)."""
@@ -71,6 +83,7 @@ class Role:
         """Settings every party must share; the coordinator compares them at join."""
         return {
             "mode": "secure" if getattr(self.s, "_secure", False) else "plain",
+            MODE_KEY: self.mode.agreement(),
             PRIVACY_KEY: parse_defence(getattr(self.s, "label_defence", None)).agreement(),
         }
 
@@ -88,19 +101,28 @@ class Role:
         return float(self.s.calculation_timeout)
 
     # ---- checked steps ------------------------------------------------------------------------
-    def batches(self, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
-        """Pull user batches one at a time under the watchdog."""
+    def batches(
+        self, iterable: Any, what: str, around: Callable[[], AbstractContextManager] = nullcontext
+    ) -> Iterator[tuple[int, Any]]:
+        """Pull user batches one at a time under the watchdog (and `around()`: the user's
+        iterator runs the feature model's forward in it)."""
         it = iter(iterable)
         b = 0
         while True:
-            with self.watchdog.local(f"{what} (batch {b})"):
+            with self.watchdog.local(f"{what} (batch {b})"), around():
                 item = next(it, _END)
             if item is _END:
                 return
             yield b, item
             b += 1
 
-    def train_batches(self, round_no: int, iterable: Any, what: str) -> Iterator[tuple[int, Any]]:
+    def train_batches(
+        self,
+        round_no: int,
+        iterable: Any,
+        what: str,
+        around: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> Iterator[tuple[int, Any]]:
         """The round's batches from the user's iterator, numbered from 0. When resuming inside
         this round, those the checkpoint holds are pulled and dropped here (with the random
         states put where the uninterrupted run had them), and `batches_done` counts them: the
@@ -113,7 +135,7 @@ class Role:
         self.batches_done = resume.batches if resume else 0
         if self.policy is not None:
             self.policy.reset(self.batches_done)
-        batches = self.batches(iterable, what)
+        batches = self.batches(iterable, what, around)
         if resume is not None:
             skip_batches(batches, resume.batches, self.s.feature_model, what)
             rng.restore(resume.rng)
@@ -184,6 +206,25 @@ class Role:
     def save_final(self, out_dir: Path) -> None:
         atomic_torch_save(self.s.feature_model.state_dict(), out_dir / "feature_model.pt")
 
+    # ---- the model bundle (party_node.serving) ------------------------------------------------
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Save this party's models into `writer`; their manifest entries."""
+        s = self.s
+        with self.watchdog.local("tracing the feature model for the bundle"):
+            entry = export_model(
+                writer,
+                "feature_model",
+                s.feature_model,
+                self.recorder.example(),
+                self.recorder.problem,
+                "feature model",
+            )
+        return {"feature_model": entry}
+
+    def agree_bundle(self, digest: str, error: str = "") -> dict[str, str]:
+        """Exchange bundle digests with the other parties; every party's, by node id."""
+        raise NotImplementedError
+
     # ---- phases (per role) ----------------------------------------------------------------------
     def psi(self, ids: list[str]) -> set[str]:
         raise NotImplementedError
@@ -227,3 +268,16 @@ def _sorted(ids: set) -> list:
         return sorted(ids)
     except TypeError:
         return sorted(ids, key=str)
+
+
+def parse_parties(data: bytes, sender: str) -> dict[str, str]:
+    """The {node id: bundle digest} map a peer sent in the bundle agreement."""
+    try:
+        parties = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parties = None
+    if not isinstance(parties, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parties.items()
+    ):
+        raise TaskFailed(f"{sender} sent a malformed bundle agreement")
+    return parties

@@ -12,12 +12,21 @@ from typing import Any
 
 import torch
 
-from party_node.errors import ConfigError, TaskFailed
+from party_node.errors import ConfigError, NamedKeyError, TaskFailed
 from party_node.runtime.batch_checkpoints import CheckpointPolicy, MarkedPeers
 from party_node.runtime.label_privacy import HostPrivacy
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
-from party_node.runtime.roles.base import Role, check_features, evaluating
+from party_node.runtime.roles.base import (
+    BUNDLE_DIGEST,
+    BUNDLE_PARTIES,
+    Role,
+    check_features,
+    evaluating,
+    parse_parties,
+)
+from party_node.serving.bundle import canonical
+from party_node.serving.export import EXAMPLE_ROWS, Predictor, export_model
 
 
 class FeatureProjection(dict):
@@ -25,7 +34,7 @@ class FeatureProjection(dict):
 
     def __missing__(self, key: object) -> torch.Tensor:
         known = ", ".join(repr(k) for k in sorted(self))
-        raise KeyError(
+        raise NamedKeyError(
             f"no party has feature_key {key!r}; this task's feature keys are {known} — use the "
             "feature_key each party passes to its scheduler"
         )
@@ -210,6 +219,8 @@ class HostRole(Role):
             projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
             self.collect_test_features(projections, [f.shape[0] for f, _ in own])
             labels = [lbl for _, lbl in own]
+            if projections:  # the predictor in the bundle is traced with these
+                self.example_projection = {k: v[:EXAMPLE_ROWS] for k, v in projections[0].items()}
             writer = s.tb_writer
             writer.last_scalars.clear()
             with self.watchdog.local(f"run_test (round {round_no})"):
@@ -225,6 +236,59 @@ class HostRole(Role):
                 self.check_rows(peer, tensor, n, f"test batch {b}")
                 projections[b][peer.feature_key] = tensor
             self.expect_end(peer, "test.features", 0, len(rows), self.me)
+
+    # ---- the model bundle ----------------------------------------------------------------------
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        fields = super().bundle_fields(writer)
+        fields["infer_model"] = {
+            "state": writer.save_state("infer_model.pt", self.s.infer_model.state_dict())
+        }
+        fields["predictor"] = self.export_predictor(writer)
+        return fields
+
+    def export_predictor(self, writer: Any) -> dict[str, Any]:
+        """predict_a_batch with the inference model, traced on the final test's first batch,
+        taking the parties' projections in the order of their feature keys."""
+        from party_node.hetero_nn.host import HeteroNNHostScheduler
+
+        s = self.s
+        keys = sorted(p.feature_key for p in self.participants)
+        example = getattr(self, "example_projection", None)
+        if type(s).predict_a_batch is HeteroNNHostScheduler.predict_a_batch:
+            return {
+                "script": None,
+                "state": None,
+                "error": "the host scheduler defines no predict_a_batch(feature_projection); add "
+                "it (the fusion of train_a_batch, returning self.infer_model's output) and train "
+                "again to serve this model",
+            }
+        predictor = Predictor(s.infer_model, s.predict_a_batch, keys, FeatureProjection)
+        ordered = tuple(example[k] for k in keys) if example else None
+        with self.watchdog.local("tracing predict_a_batch for the bundle"):
+            entry = export_model(
+                writer, "predictor", predictor, ordered, "no test ran", "predictor", False
+            )
+        entry["keys"] = keys  # the order of its inputs
+        return entry
+
+    def agree_bundle(self, digest: str, error: str = "") -> dict[str, str]:
+        """Collect every collaborator's bundle digest, then send each of them the full map."""
+        parties = {self.node_id: digest}
+        failure = error
+        for peer in self.collaborators:
+            msg = self.expect(peer, BUNDLE_DIGEST, 0, 0, self.me)
+            if "error" in msg.blobs and not failure:
+                failure = (
+                    f"collaborator '{peer.node_id}' could not write its model bundle: "
+                    + msg.blobs["error"].decode(errors="replace")
+                )
+            parties[peer.node_id] = msg.blobs.get("digest", b"").decode(errors="replace")
+        blobs = {"error": failure.encode()} if failure else {"parties": canonical(parties)}
+        for peer in self.collaborators:
+            self.peers.send(peer.node_id, Message(BUNDLE_PARTIES, 0, 0, blobs=blobs))
+        if failure:
+            raise TaskFailed(failure)
+        return parse_parties(canonical(parties), "this host")
 
     # ---- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -93,7 +93,15 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
             check_feature_width(self.s.feature_key, in_dim, out_dim, width)
 
     # ---- training -------------------------------------------------------------------------
-    def exchange_batch(
+    #: One batch at a time: the CKKS layer holds one batch's protocol state (X, masks), so
+    #: batches cannot overlap yet; a pipelined task still sends without waiting for each
+    #: message's acknowledgement (docs/performance.md, "Secure mode").
+    batch_depth = 1
+
+    def send_batch(self, round_no: int, b: int, features: torch.Tensor, what: str) -> None:
+        """Nothing yet: the whole exchange runs in `receive_gradient`."""
+
+    def receive_gradient(
         self, round_no: int, b: int, features: torch.Tensor, what: str
     ) -> torch.Tensor:
         """Batch b: Enc_H(X·W) (computed here) and Enc_C(X) out; ∂L/∂X back. The weight step
@@ -151,6 +159,18 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.pending_layer_state = state.get("secure_layer")
+
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Plus this party's share V of its projection (the host's share U stays there)."""
+        fields = super().bundle_fields(writer)
+        if self.layer is not None:
+            share = {"v": self.layer.state_dict()["v"]}
+            fields["projection"] = {
+                "share": writer.save_state("projection_share.pt", share),
+                "in_dim": self.layer.in_dim,
+                "out_dim": self.layer.out_dim,
+            }
+        return fields
 
     def save_final(self, out_dir: Path) -> None:
         super().save_final(out_dir)

@@ -155,20 +155,21 @@ class SecureHostRole(SecureExchange, HostRole):
         self.projection_optimizer.step()
 
     def backward_collaborators(self, round_no: int, b: int, leaves: dict) -> None:
-        """Enc_C(λδ·Wᵀ) to every collaborator first (they backpropagate while we compute the
-        weight gradients), then Enc_C(λ(Xᵀδ + M)) with the next Enc_H(U)."""
+        """Enc_C(λδ·Wᵀ) to every collaborator first (they backpropagate while we finish the
+        weight gradients, which start on the other core as soon as δ is known), then
+        Enc_C(λ(Xᵀδ + M)) with the next Enc_H(U)."""
         where = f"the backward pass of batch {b}"
         for peer in self.collaborators:
             leaf = leaves[peer.node_id]
             delta = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             delta = self.privacy.outgoing(peer.node_id, delta.detach(), self.batch_labels)
+            enc_x = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
             with protocol_errors(peer, where):
-                msg = self.layers[peer.node_id].backward(delta.detach())
+                msg = self.layers[peer.node_id].backward(delta.detach(), enc_x)
             self.reply(peer, kinds.KIND_BWD_GRAD, round_no, b, msg)
         for peer in self.collaborators:
-            msg = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
             with protocol_errors(peer, where):
-                out = self.layers[peer.node_id].weight_gradient(msg)
+                out = self.layers[peer.node_id].weight_gradient()
             self.reply(peer, kinds.KIND_BWD_WEIGHT, round_no, b, out)
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -207,6 +208,17 @@ class SecureHostRole(SecureExchange, HostRole):
         self.projection.load_state_dict(state["host_projection"])
         self.projection_optimizer.load_state_dict(state["host_projection_optimizer"])
         self.pending_layer_state = dict(state.get("secure_layers", {}))
+
+    def bundle_fields(self, writer: Any) -> dict[str, Any]:
+        """Plus the host's own projection and its shares U of the collaborators' (never W)."""
+        fields = super().bundle_fields(writer)
+        shares = {self.layer_key(n): layer.state_dict()["u"] for n, layer in self.layers.items()}
+        fields["projection"] = {
+            "host": writer.save_state("host_projection.pt", self.projection.state_dict()),
+            "shares": writer.save_state("projection_shares.pt", shares),
+            "shapes": {k: list(v) for k, v in sorted(self.shapes.items())},
+        }
+        return fields
 
     def save_final(self, out_dir: Path) -> None:
         super().save_final(out_dir)

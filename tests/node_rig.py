@@ -1,0 +1,139 @@
+"""A party node's server without a task around it, for tests of what it accepts from peers:
+the real composition (app.start_node_server: servicer -> handler -> inbox, peer
+authorisation, metrics) on 127.0.0.1, with the task's participants set by hand, and clients
+that send what a peer (or an attacker) would."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from prometheus_client import CollectorRegistry
+
+from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.app import node_limits, start_node_server
+from party_node.runtime.links import AbortSignal, Message, Participant
+from party_node.settings import NodeSettings
+from party_node.transport.handler import PeerMessageHandler
+from party_node.transport.node_state import NodeState
+from party_node.transport.serde import message_to_payload
+from wire.chunking import payload_to_chunks
+from wire.grpc_factory import Server, open_channel
+from wire.metrics import Metrics
+from wire.tls import TlsSettings
+
+TASK = "t"
+PARTICIPANTS = (
+    Participant("h", "host", "fk-h"),
+    Participant("c1", "collaborator", "fk-c1"),
+    Participant("c2", "collaborator", "fk-c2"),
+)
+RPC = {
+    "FeatureExchange": party_node_pb2.FeatureExchangeRequest,
+    "GradientReturn": party_node_pb2.GradientReturnRequest,
+}
+
+
+def tls(certs: Path, name: str) -> TlsSettings:
+    return TlsSettings(
+        ca_file=certs / "ca.crt", cert_file=certs / f"{name}.crt", key_file=certs / f"{name}.key"
+    )
+
+
+@dataclass
+class Rig:
+    handler: PeerMessageHandler
+    server: Server
+    metrics: Metrics
+
+    @property
+    def state(self) -> NodeState:
+        return self.handler.state
+
+    def open_calls(self) -> int:
+        """Data calls the handler has admitted and not yet closed."""
+        return sum(self.handler._open.values())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def stub(
+        self, certs: Path | None = None, name: str = ""
+    ) -> tuple[grpc.Channel, party_node_pb2_grpc.PartyNodeServiceStub]:
+        creds = tls(certs, name) if certs is not None else None
+        channel = open_channel(self.address, creds, server_name=self.state.node_id)
+        return channel, party_node_pb2_grpc.PartyNodeServiceStub(channel)
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def start(
+    node_id: str,
+    certs: Path | None = None,
+    joined: bool = True,
+    psi_wait_s: float | None = None,
+    **settings: Any,
+) -> Rig:
+    """The node `node_id` of task TASK (role from PARTICIPANTS), serving on a free port;
+    with `certs`, mutual TLS with `certs/<node_id>.crt`."""
+    creds = tls(certs, node_id) if certs is not None else None
+    return start_with_tls(node_id, creds, joined, psi_wait_s, **settings)
+
+
+def start_with_tls(
+    node_id: str,
+    creds: TlsSettings | None,
+    joined: bool = True,
+    psi_wait_s: float | None = None,
+    **settings: Any,
+) -> Rig:
+    """`start` with explicit TLS settings (pins included); None: plaintext."""
+    role = next(p.role for p in PARTICIPANTS if p.node_id == node_id)
+    files: dict[str, Any] = {"tls_plaintext": True}
+    if creds is not None:
+        files = {
+            "tls_ca_file": creds.ca_file, "tls_cert_file": creds.cert_file,
+            "tls_key_file": creds.key_file, "tls_pins": dict(creds.pins),
+        }
+    node_settings = NodeSettings(
+        node_id=node_id, task_id=TASK, coordinator="127.0.0.1:1", listen="127.0.0.1:0",
+        **files, **settings,
+    )
+    state = NodeState(
+        node_id=node_id, task_id=TASK, role=role, abort=AbortSignal(),
+        max_queued_bytes_per_sender=node_settings.max_queued_bytes_per_sender,
+    )
+    if joined:
+        state.set_participants(PARTICIPANTS)
+    metrics = Metrics(CollectorRegistry(), node_id, role)
+    limits = node_limits(node_settings)
+    if psi_wait_s is not None:
+        limits = replace(limits, psi_wait_s=psi_wait_s)
+    handler = PeerMessageHandler(state, limits)
+    server = start_node_server(handler, node_settings, metrics)
+    return Rig(handler, server, metrics)
+
+
+def payload(
+    sender: str, kind: str = "train.features", rows: int = 4, task: str = TASK, batch: int = 0
+) -> common_pb2.Payload:
+    message = Message(kind=kind, round=1, batch=batch, tensors={"x": torch.ones(rows, 3)})
+    return message_to_payload(message, task, sender)
+
+
+def chunks(rpc: str, p: common_pb2.Payload, chunk_bytes: int = 1 << 20) -> list[Any]:
+    return list(payload_to_chunks(p, RPC[rpc], chunk_bytes))
+
+
+def stalling(first: Any, release: threading.Event) -> Iterator[Any]:
+    """A request stream that sends its first chunk and then nothing until `release` (at most
+    30 s): what a peer that announces a body and never sends it looks like."""
+    yield first
+    release.wait(30)

@@ -1,0 +1,245 @@
+"""Online serving end to end: a trained task's bundles served by `heteronn serve` processes
+under mutual TLS, Predict called over gRPC like another service would.
+
+One deployment per module: collaborator 'c1' (lacking id "7") and host 'h'."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import grpc
+import pytest
+import torch
+
+from heteronn.v1 import serving_pb2, serving_pb2_grpc
+from party_node.simulate import run_local
+from tests import serving_harness as sh
+from tests import serving_synthetic as ss
+from tests.harness import ROOT
+from wire.grpc_factory import open_channel
+
+HOST_SPEC = "tests.serving_synthetic:make_host"
+COLLAB_SPEC = "tests.serving_synthetic:make_collaborator"
+SECRET_ID = "id-that-must-never-be-logged-4471"
+OK = serving_pb2.PREDICTION_STATUS_OK
+NOT_FOUND = serving_pb2.PREDICTION_STATUS_NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("serving")
+    run_local(ss.make_host(), [ss.make_collaborator()], task_id="t", workdir=workdir)
+    certs = sh.issue_certs(workdir / "certs", ["h", "c1"], ["client", "mallory"])
+    collab = sh.spawn_serve(
+        workdir, "c1", COLLAB_SPEC,
+        {"node_id": "c1", "bundle": str(workdir / "c1" / "t" / "model"),
+         **sh.tls_files(certs, "c1"), "scheduler_args": {"lacks": ["7"]}},
+    )
+    host = sh.spawn_serve(
+        workdir, "h", HOST_SPEC,
+        {"node_id": "h", "bundle": str(workdir / "h" / "t"), **sh.tls_files(certs, "h"),
+         "collaborators": {"c1": collab.address}, "max_wait_ms": 1.0},
+    )
+    try:
+        sh.wait_serving(collab, sh.client_tls(certs, "h"), "c1")
+        sh.wait_serving(host, sh.client_tls(certs, "client"), "h")
+        channel = open_channel(host.address, sh.client_tls(certs, "client"), server_name="h")
+        yield {"workdir": workdir, "certs": certs, "host": host, "collab": collab,
+               "stub": serving_pb2_grpc.PredictionServiceStub(channel)}
+        channel.close()
+    finally:
+        host.stop()
+        collab.stop()
+
+
+def predict(stub, ids, timeout=10.0):
+    return stub.Predict(serving_pb2.PredictRequest(ids=ids), timeout=timeout)
+
+
+def test_served_predictions_equal_a_centralized_forward_of_the_saved_weights(deployment):
+    stub, workdir = deployment["stub"], deployment["workdir"]
+    ids = [str(i) for i in range(ss.N_IDS)]
+    expected = ss.centralized(workdir, "t", ids)
+    one_by_one = [predict(stub, [i]).predictions[0] for i in ids]
+    batched = [p for s in range(0, len(ids), 100)
+               for p in predict(stub, ids[s:s + 100]).predictions]
+    for answers in (one_by_one, batched):
+        assert [p.id for p in answers] == ids
+        held = [int(p.id) for p in answers if p.status == OK]
+        assert held == [i for i in range(ss.N_IDS) if i != 7]
+        got = torch.tensor([list(p.scores) for p in answers if p.status == OK])
+        assert torch.allclose(got, expected[held], atol=1e-6, rtol=0)
+        assert all(p.predicted_class == int(expected[int(p.id)].argmax()) for p in answers
+                   if p.status == OK)
+
+
+def test_an_id_a_party_lacks_is_a_per_id_not_found_naming_the_parties(deployment):
+    reply = predict(deployment["stub"], ["3", "7", SECRET_ID, "3"])
+    p3, p7, secret, again = reply.predictions
+    assert p3.status == OK and again.status == OK and list(again.scores) == list(p3.scores)
+    assert (p7.status, list(p7.missing_at), list(p7.scores)) == (NOT_FOUND, ["c1"], [])
+    assert (secret.status, list(secret.missing_at)) == (NOT_FOUND, ["h", "c1"])
+    assert p7.predicted_class == -1
+
+
+def test_get_model_names_the_model_and_its_parties(deployment):
+    info = deployment["stub"].GetModel(serving_pb2.GetModelRequest(), timeout=5)
+    manifest = json.loads((deployment["workdir"] / "h" / "t" / "model" / "manifest.json")
+                          .read_text())
+    assert info.model_id == manifest["model_id"]
+    assert (info.task_id, info.final_round, info.mode, info.output_width) == ("t", 2, "plain", 3)
+    assert list(info.parties) == ["h", "c1"]
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [([], "carries no ids"), ([str(i) for i in range(1025)], "at most 1024 per call"),
+     (["x" * 257], r"ids\[0\] is longer than 256 bytes"), (["1", ""], r"ids\[1\] is empty")],
+)
+def test_malformed_requests_are_refused_with_the_limit_named(deployment, ids, message):
+    with pytest.raises(grpc.RpcError) as err:
+        predict(deployment["stub"], ids)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, err.value.details())
+
+
+def test_a_collaborator_answers_only_the_host_of_its_model(deployment):
+    certs, collab = deployment["certs"], deployment["collab"]
+    request = serving_pb2.EmbedRequest(model_id="x", sender="h", ids=["1"])
+    for name, sender, code, text in (
+        ("mallory", "mallory", grpc.StatusCode.PERMISSION_DENIED, "names no participant"),
+        ("h", "mallory", grpc.StatusCode.PERMISSION_DENIED, "answers only the host"),
+        ("h", "h", grpc.StatusCode.FAILED_PRECONDITION, "serves model"),
+    ):
+        channel = open_channel(collab.address, sh.client_tls(certs, name), server_name="c1")
+        stub = serving_pb2_grpc.InferencePeerServiceStub(channel)
+        request.sender = sender
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Embed(request, timeout=5)
+        channel.close()
+        assert err.value.code() == code and text in err.value.details()
+
+
+def test_the_audit_log_records_who_asked_how_many_but_never_a_raw_id(deployment):
+    predict(deployment["stub"], [SECRET_ID, "11", "12"])
+    audit = deployment["workdir"] / "c1" / "serving" / "audit.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    mine = [r for r in records if r["rpc"] == "Embed" and r["ids"] == 3]
+    assert mine and mine[-1]["caller"] == "h" and mine[-1]["found"] == 2
+    assert all(SECRET_ID not in json.dumps(r) for r in records)
+    found = subprocess.run(
+        [sys.executable, "-m", "party_node.cli", "audit", "--log", str(audit), SECRET_ID],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    ).stdout.splitlines()
+    assert found and all(json.loads(line)["caller"] == "h" for line in found)
+    for node in (deployment["host"], deployment["collab"]):
+        assert SECRET_ID not in node.output()
+
+
+def test_metrics_expose_latency_batch_sizes_and_errors_by_reason(tmp_path):
+    """In-process (a metrics endpoint needs no second process to be read)."""
+    from urllib.request import urlopen
+
+    from party_node.app import start_serving
+    from party_node.settings import ServingSettings
+
+    run_local(ss.make_host(rounds=1), [ss.make_collaborator()], task_id="m", workdir=tmp_path)
+    collab = start_serving(ss.make_collaborator(), ServingSettings(
+        node_id="c1", bundle=tmp_path / "c1" / "m", listen="127.0.0.1:0", tls_plaintext=True,
+        workdir=tmp_path))
+    host = start_serving(ss.make_host(), ServingSettings(
+        node_id="h", bundle=tmp_path / "h" / "m", listen="127.0.0.1:0", tls_plaintext=True,
+        metrics_port=0, collaborators={"c1": f"127.0.0.1:{collab.port}"}))
+    try:
+        stub = serving_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{host.port}"))
+        predict(stub, ["1", "2", "nope"])
+        with pytest.raises(grpc.RpcError):
+            predict(stub, [])
+        collab.stop()
+        with pytest.raises(grpc.RpcError) as err:
+            predict(stub, ["1"])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        text = urlopen(f"http://127.0.0.1:{host.metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        host.stop()
+    assert 'heteronn_prediction_latency_seconds_count{rpc="Predict"} 1.0' in text
+    assert 'heteronn_prediction_batch_ids_bucket{le="4.0",rpc="Predict"}' in text
+    assert 'heteronn_predicted_ids_total{rpc="Predict",status="not_found"} 1.0' in text
+    assert 'heteronn_prediction_errors_total{reason="invalid",rpc="Predict"} 1.0' in text
+    assert ('heteronn_prediction_errors_total{reason="collaborator_unavailable",rpc="Predict"}'
+            in text)
+
+
+def test_a_party_without_predict_feature_refuses_to_serve(deployment, tmp_path):
+    workdir = deployment["workdir"]
+    code, output = sh.run_serve_to_exit(
+        tmp_path, "c1", "tests.serving_synthetic:make_no_hook_collaborator",
+        {"node_id": "c1", "bundle": str(workdir / "c1" / "t"), "tls_plaintext": True},
+    )
+    assert code == 2
+    assert "NoHookCollaborator defines no predict_feature(feature_model, ids)" in output
+    assert "cannot serve" in output
+
+
+def test_bundles_of_another_run_are_refused_naming_the_parties_and_the_difference(
+    deployment, tmp_path
+):
+    # The same task id trained again for one round: another model.
+    run_local(ss.make_host(rounds=1), [ss.make_collaborator()], task_id="t", workdir=tmp_path)
+    certs = deployment["certs"]
+    collab = sh.spawn_serve(
+        tmp_path, "c1", COLLAB_SPEC,
+        {"node_id": "c1", "bundle": str(tmp_path / "c1" / "t"), **sh.tls_files(certs, "c1")},
+    )
+    try:
+        sh.wait_serving(collab, sh.client_tls(certs, "h"), "c1")
+        code, output = sh.run_serve_to_exit(
+            tmp_path, "h", HOST_SPEC,
+            {"node_id": "h", "bundle": str(deployment["workdir"] / "h" / "t"),
+             **sh.tls_files(certs, "h"), "collaborators": {"c1": collab.address}},
+        )
+    finally:
+        collab.stop()
+    assert code == 2
+    assert "host 'h' serves model" in output and f"collaborator 'c1' at {collab.address}" in output
+    assert "final_round 2 vs 1" in output
+
+
+def test_batch_prediction_equals_online_serving(deployment, tmp_path):
+    workdir, certs = deployment["workdir"], deployment["certs"]
+    ids = [str(i) for i in range(0, ss.N_IDS, 3)] + ["7", SECRET_ID, "not-at-c1-either"]
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    config = tmp_path / "predict.toml"
+    from wire.config_file import settings_toml
+
+    config.write_text(settings_toml({
+        "node_id": "h", "bundle": str(workdir / "h" / "t"), **sh.tls_files(certs, "h"),
+        "collaborators": {"c1": deployment["collab"].address},
+    }))
+    out = tmp_path / "predictions.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "party_node.cli", "predict", "--scheduler", HOST_SPEC,
+         "--config", str(config), "--ids", str(tmp_path / "ids.txt"), "--output", str(out),
+         "--batch-rows", "16"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.splitlines()[-1])
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    online = {p.id: p for p in predict(deployment["stub"], ids).predictions}
+    assert [r[0] for r in rows] == [i for i in ids if online[i].status == OK]
+    for r in rows:
+        assert int(r[1]) == online[r[0]].predicted_class
+        assert torch.allclose(torch.tensor([float(v) for v in r[2:]]),
+                              torch.tensor(list(online[r[0]].scores)), atol=1e-6, rtol=0)
+    missing = dict(line.split(",", 1) for line in
+                   (tmp_path / "predictions.csv.missing.csv").read_text().splitlines()[1:])
+    assert missing == {SECRET_ID: "some party (PSI)", "not-at-c1-either": "some party (PSI)",
+                       "7": "c1"}
+    assert (report["distinct"], report["intersection"], report["predicted"], report["missing"]) \
+        == (len(ids), len(ids) - 2, len(ids) - 3, 3)
+    assert "predict" in run.stderr  # the progress bar
