@@ -212,17 +212,32 @@ def _start_mock_coordinator(
 
 
 def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
+    """The address the initiator published; a file left by an initiator that died (its
+    process is gone) is not one: the restarted initiator will publish a new address."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            return json.loads(address_file.read_text())["address"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            time.sleep(0.2)
+            published = json.loads(address_file.read_text())
+            if _alive(int(published["pid"])):
+                return str(published["address"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(0.2)
     raise TaskFailed(
         f"no initiator published a coordinator in {address_file.parent} within "
         f"schedule_timeout={timeout:g} s; start the initiator (is_initiator=True) in the same "
         "working directory with the same task_id"
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def psi_engine_options(settings: NodeSettings, advertise: str) -> EngineOptions | None:
