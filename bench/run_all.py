@@ -14,6 +14,7 @@ BENCHES = [
     "label_leak",
     "checkpoint_cost",
     "predict_bench",
+    "wan",
 ]
 
 
