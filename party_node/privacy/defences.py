@@ -97,6 +97,36 @@ class GradientRR:
         return out.reshape(grad.shape)
 
 
+class ClassNoise:
+    """Gaussian noise confined to the span of the batch's class-mean gradients (centred): the
+    directions along which the classes' gradients differ, i.e. that carry the label. Each row
+    gets noise of σ times its own deviation from the batch centre within that span (so a
+    high-loss row, whose direction says most, is hidden as well as a typical one); the rest of
+    the row and the mean gradient are untouched, so the gradient stays unbiased."""
+
+    def __init__(self, noise_multiplier: float, classes: int) -> None:
+        self.sigma, self.classes = noise_multiplier, classes
+
+    def __call__(
+        self, grad: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        g = _rows(grad)
+        y = labels.flatten().long()
+        counts = torch.bincount(y, minlength=self.classes)
+        present = (counts > 0).nonzero().flatten()
+        if len(present) < 2:  # one class in the batch: its mean says nothing the batch does not
+            return grad
+        sums = torch.zeros(self.classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
+        means = (sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1))[present]
+        center = means.mean(0)
+        _, s, vh = torch.linalg.svd((means - center).double(), full_matrices=False)
+        basis = vh[s > s[0] * 1e-6].to(g.dtype)  # r x d, orthonormal rows
+        coords = (g - center) @ basis.T
+        scale = self.sigma * coords.norm(dim=1, keepdim=True) / math.sqrt(basis.shape[0])
+        z = torch.randn(coords.shape, generator=generator, dtype=g.dtype)
+        return (g + (z * scale) @ basis).reshape(grad.shape)
+
+
 class LabelRR:
     """Label DP: the host trains each round on randomised-response labels."""
 
