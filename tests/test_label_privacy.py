@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.label_leak import DEFAULTS
 from party_node.errors import ConfigError
 from party_node.privacy import LeakMeter, attacks, class_labels, parse_defence
 from party_node.privacy.defences import keep_probability, randomised_response
@@ -70,7 +71,8 @@ def test_clustering_recovers_multiclass_labels_unless_defended() -> None:
     assert cluster_score(split_training(4, noise)[0], 4) < 0.4  # chance 0.25 + sampling
     rr = parse_defence({"kind": "gradient_rr", "epsilon": 0, "classes": 4}).gradient_defence()
     assert cluster_score(split_training(4, rr)[0], 4) < 0.4
-    span = parse_defence({"kind": "class_noise", "noise_multiplier": 2, "classes": 4})
+    # the default for more than two classes (bench/label_leak.py, docs/privacy.md)
+    span = parse_defence({**DEFAULTS["digits"], "classes": 4})
     assert cluster_score(split_training(4, span.gradient_defence())[0], 4) < 0.4
 
 
@@ -85,6 +87,10 @@ def test_class_noise_is_unbiased_and_confined_to_the_class_mean_span() -> None:
     draws = torch.stack([defence.gradient_defence()(grad, y, g) for _ in range(1000)])
     assert torch.allclose(draws[:, :, 2:], same.expand(1000, 64, 6), atol=1e-5)  # untouched
     assert (draws.mean(0) - grad).abs().max() < 0.15  # unbiased
+    host = HostPrivacy({"kind": "class_noise", "noise_multiplier": 1, "classes": 3})
+    sent = host.outgoing("c1", grad, F.one_hot(y, 3).float())  # the host's path, one-hot labels
+    assert sent.shape == grad.shape and torch.allclose(sent[:, 2:], same, atol=1e-5)
+    assert not torch.allclose(sent[:, :2], grad[:, :2])
     assert draws[:, :, :2].std(0).mean() > 0.3  # noise where the label is
 
 

@@ -9,6 +9,8 @@ label DP, to the labels it trains on). Each is a small class built from its sett
 - `GradientRR`: randomised response on the label-carrying part of each row's gradient: the
   row's class mean is replaced by the mean of a randomly answered class (kept with
   probability e^ε/(e^ε+K−1)); the within-class part and the host's own training are untouched;
+- `ClassNoise`: Gaussian noise only in the span of the batch's class-mean gradients (where
+  the label is), each row's scaled to its own deviation there: Marvell's idea for K classes;
 - `LabelRR`: label DP by randomised response with ε; the host trains on the answered labels.
 """
 
