@@ -93,6 +93,7 @@ def start_serving(scheduler: Any, settings: ServingSettings) -> ServingNode:
             interceptors=[metrics.server_interceptor(), *interceptors],
             max_workers=min(512, limits.max_calls_in_flight + 16),
             max_concurrent_rpcs=limits.max_calls_in_flight + 16,
+            reflection_enabled=settings.reflection,
         )
     except BaseException:
         for close in closers:

@@ -44,7 +44,7 @@ def deployment(tmp_path_factory):
     host = sh.spawn_serve(
         workdir, "h", HOST_SPEC,
         {"node_id": "h", "bundle": str(workdir / "h" / "t"), **sh.tls_files(certs, "h"),
-         "collaborators": {"c1": collab.address}, "max_wait_ms": 1.0},
+         "collaborators": {"c1": collab.address}, "max_wait_ms": 1.0, "reflection": True},
     )
     try:
         sh.wait_serving(collab, sh.client_tls(certs, "h"), "c1")
@@ -107,6 +107,27 @@ def test_malformed_requests_are_refused_with_the_limit_named(deployment, ids, me
         predict(deployment["stub"], ids)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert re.search(message, err.value.details())
+
+
+def test_reflection_lists_the_prediction_service_only_where_enabled(deployment):
+    """The host runs with reflection = true (grpcurl can list Predict); the collaborator with
+    the default (off)."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    certs, request = deployment["certs"], reflection_pb2.ServerReflectionRequest(list_services="")
+    for node, name in ((deployment["host"], "h"), (deployment["collab"], "c1")):
+        channel = open_channel(node.address, sh.client_tls(certs, "h"), server_name=name)
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        try:
+            reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+            listed = {s.name for s in reply.list_services_response.service}
+        except grpc.RpcError as err:
+            listed = {err.code().name}
+        channel.close()
+        if name == "h":
+            assert "heteronn.v1.PredictionService" in listed
+        else:
+            assert listed == {"UNIMPLEMENTED"}
 
 
 def test_a_collaborator_answers_only_the_host_of_its_model(deployment):
@@ -246,6 +267,13 @@ def test_batch_prediction_equals_online_serving(deployment, tmp_path):
     assert (report["distinct"], report["intersection"], report["predicted"], report["missing"]) \
         == (len(ids), len(ids) - 2, len(ids) - 3, 3)
     assert "predict" in run.stderr  # the progress bar
+    # The Python entry point beside launch_task writes the same predictions.
+    same = ss.make_host().batch_predict(
+        bundle=workdir / "h" / "t", output=tmp_path / "py.csv", ids=ids, node_id="h",
+        collaborators={"c1": deployment["collab"].address}, **sh.tls_files(certs, "h"),
+    )
+    assert same["predicted"] == report["predicted"]
+    assert (tmp_path / "py.csv").read_text() == out.read_text()
 
 
 def node_modules() -> Path:
