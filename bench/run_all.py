@@ -7,8 +7,14 @@ import sys
 from pathlib import Path
 
 BENCHES = [
-    "psi_bench", "plain_vs_centralized", "he_steps", "secure_vs_plain", "label_leak",
+    "psi_bench",
+    "plain_vs_centralized",
+    "he_steps",
+    "secure_vs_plain",
+    "label_leak",
+    "checkpoint_cost",
     "predict_bench",
+    "wan",
 ]
 
 

@@ -73,6 +73,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         metrics=metrics,
         max_call_s=settings.max_call_s,
         psi_engine=psi_engine_options(settings, advertise),
+        psi_multiparty=settings.psi_engine == "multiparty",
     )
     run = RunSettings(
         node_id=settings.node_id,
@@ -80,6 +81,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         workdir=settings.workdir,
         advertise=advertise,
         recover=settings.recover,
+        agreement={"psi_engine": settings.psi_engine},
     )
     observer = NodeObserver(metrics, settings.task_id, state)
     try:
@@ -210,12 +212,17 @@ def _start_mock_coordinator(
 
 
 def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
+    """The address the initiator published; a file left by an initiator that died (its
+    process is gone) is not one: the restarted initiator will publish a new address."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            return json.loads(address_file.read_text())["address"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            time.sleep(0.2)
+            published = json.loads(address_file.read_text())
+            if _alive(int(published["pid"])):
+                return str(published["address"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(0.2)
     raise TaskFailed(
         f"no initiator published a coordinator in {address_file.parent} within "
         f"schedule_timeout={timeout:g} s; start the initiator (is_initiator=True) in the same "
@@ -223,13 +230,24 @@ def _wait_for_coordinator(address_file: Path, timeout: float) -> str:
     )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def psi_engine_options(settings: NodeSettings, advertise: str) -> EngineOptions | None:
-    """Where this node's PSI engine listens and keeps its files; None for in-process ECDH."""
+    """Where this node's PSI engine listens and keeps its files; None for in-process ECDH.
+    "multiparty" runs the engine's RR22 when the task has one collaborator."""
     if settings.psi_engine == "ecdh":
         return None
     listen_host = settings.listen.rsplit(":", 1)[0] or "0.0.0.0"
     return EngineOptions(
-        engine=settings.psi_engine,
+        engine="spu-rr22" if settings.psi_engine == "multiparty" else settings.psi_engine,
         folder=output_dir(settings.workdir, settings.node_id, settings.task_id) / "psi",
         listen_host=listen_host.strip("[]"),
         advertise_host=advertise.rsplit(":", 1)[0],

@@ -76,10 +76,12 @@ class NodeSettings(_PartySettings):
     metrics_port: int | None = Field(None, description="Prometheus /metrics port; unset: off")
     workdir: Path = Field(Path("."), description="outputs go to <workdir>/<node_id>/<task_id>/")
     recover: bool = Field(False, description="resume from the last complete round")
-    psi_engine: Literal["spu-rr22", "spu-ecdh", "ecdh"] = Field(
+    psi_engine: Literal["spu-rr22", "spu-ecdh", "ecdh", "multiparty"] = Field(
         "spu-rr22",
         description="PSI: SecretFlow's RR22 or ECDH engine as a worker process (needs the "
-        "engine venv, `make install`), or heteronn's in-process ECDH; the same on every party",
+        "engine venv, `make install`), heteronn's in-process ECDH, or the multi-party protocol "
+        "(with two or more collaborators the host learns only the final intersection; with "
+        "one, spu-rr22); the same on every party (checked at join)",
     )
     psi_link_port: int = Field(
         0, ge=0, le=65535, description="port of the PSI engine's link; 0: any free port"

@@ -54,7 +54,8 @@ def run_multiparty(host_ids: list[str], collab_ids: list[list[str]]):
     final = host.accept_tagged_common(tagged)
     keys_out = host.result_keys()
     learned = [collab.accept_result_keys(keys_out) for collab in collabs.values()]
-    own = set(x25519.split(sent_x)) | set(host._tagged or {})
+    assert host._tagged is not None
+    own = set(x25519.split(sent_x)) | set(x25519.split(host._tagged.points.tobytes()))
     return final, learned, view, own, set(x25519.split(tagged))
 
 

@@ -27,9 +27,10 @@ from party_node.psi.engine import (
     check_certificate,
     free_port,
 )
-from party_node.psi.engine_files import EngineInput, id_key
+from party_node.psi.engine_files import EngineInput
 from party_node.psi.frames import MAX_IDS, PsiError
 from party_node.psi.protocol import prepare_ids
+from party_node.psi.result_keys import deliver_keys, keys_of
 from party_node.psi.rpc import (
     Cancellation,
     HeaderCheck,
@@ -43,9 +44,6 @@ PsiLink = party_node_pb2.PsiLink
 PsiStep = party_node_pb2.PsiStep
 PsiMessage = PsiRequest | PsiResponse
 ENGINES = {"spu-rr22": "rr22", "spu-ecdh": "ecdh"}
-KEY_BYTES = 16
-#: About 1 MB of keys per RESULT_KEYS chunk.
-CHUNK_KEYS = 1 << 16
 _RETRY_FIRST_S = 0.2
 _RETRY_MAX_S = 2.0
 #: How long the host waits for a collaborator's ENGINE_DONE once its own worker is done.
@@ -165,9 +163,9 @@ def run_host_engine_psi(
     assert final is not None
     result = {ids[int(row)] for row in final}
     if not broadcast:
-        keys = b"".join(bytes.fromhex(id_key(ids[int(row)])) for row in final)
+        keys = keys_of(ids[int(row)] for row in final)
         for name, stub in stubs.items():
-            _deliver_keys(stub, name, keys, header_factory, remaining)
+            deliver_keys(stub, name, keys, header_factory, remaining(), _rpc_error)
     return result
 
 
@@ -292,31 +290,3 @@ def _next_into(replies: Iterator[PsiResponse], done: futures.Future) -> None:
         done.set_result(next(replies, None))
     except BaseException as exc:
         done.set_exception(exc)
-
-
-def _deliver_keys(
-    stub: party_node_pb2_grpc.PartyNodeServiceStub,
-    name: str,
-    keys: bytes,
-    header_factory: HeaderFactory,
-    remaining,
-) -> None:
-    count = len(keys) // KEY_BYTES
-    cut = CHUNK_KEYS * KEY_BYTES
-
-    def messages() -> Iterator[PsiRequest]:
-        starts = range(0, max(len(keys), 1), cut)
-        for index, start in enumerate(starts):
-            yield PsiRequest(
-                header=header_factory(),
-                step=party_node_pb2.PSI_STEP_RESULT_KEYS,
-                data=keys[start : start + cut],
-                total=count if index == 0 else 0,
-                last=start + cut >= len(keys),
-            )
-
-    try:
-        for _ in stub.Psi(messages(), timeout=remaining(), wait_for_ready=True):
-            raise PsiError(f"collaborator '{name}' answered the PSI result with data")
-    except grpc.RpcError as exc:
-        raise _rpc_error(f"collaborator '{name}'", "result delivery", exc) from None

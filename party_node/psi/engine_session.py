@@ -12,10 +12,9 @@ import grpc
 
 from heteronn.v1 import party_node_pb2
 from party_node.psi.engine import EngineRun, LinkEnd, RunSpec
-from party_node.psi.engine_files import EngineInput, id_key
+from party_node.psi.engine_files import EngineInput
 from party_node.psi.engine_rpc import (
     ENGINES,
-    KEY_BYTES,
     EngineOptions,
     HeaderCheck,
     HeaderFactory,
@@ -28,6 +27,7 @@ from party_node.psi.engine_rpc import (
     _folder_name,
 )
 from party_node.psi.frames import MAX_IDS, PsiError
+from party_node.psi.result_keys import accept_keys
 from party_node.psi.rpc import PsiCancelled, SessionState
 
 
@@ -189,37 +189,7 @@ class EngineCollaboratorSession(SessionState):
 
     def _accept_keys(self, first: PsiMessage, messages: Iterator[PsiMessage]) -> None:
         self._advance("exchanged", "accepting", "the PSI result before finishing the engine run")
-        total = first.total
-        if not 0 <= total <= self.size:
-            raise PsiError(
-                f"the {self.peer} announced {total} result keys; this party has "
-                f"{len(self._ids)} ids"
-            )
-        wanted: set[bytes] = set()
-        message = first
-        while True:
-            if message.step != party_node_pb2.PSI_STEP_RESULT_KEYS or len(message.data) % KEY_BYTES:
-                raise PsiError(f"the {self.peer} sent a malformed RESULT_KEYS chunk")
-            data = message.data
-            wanted.update(data[i : i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES))
-            if len(wanted) > total:
-                raise PsiError(f"the {self.peer} sent more result keys than it announced")
-            if message.last:
-                break
-            message = next(messages, None)
-            if message is None:
-                raise PsiError(f"the {self.peer}'s result ended before its last chunk")
-            if self._check is not None:
-                self._check(message.header)
-        if len(wanted) != total:
-            raise PsiError(f"the {self.peer} sent {len(wanted)} distinct result keys of {total}")
-        result = {item for item in self._ids if bytes.fromhex(id_key(item)) in wanted}
-        if len(result) != total:
-            raise PsiError(
-                f"the {self.peer} sent {total - len(result)} result keys that are none of this "
-                "party's ids"
-            )
-        self._done(result)
+        self._done(accept_keys(first, messages, self._ids, self.peer, self._check))
 
     def _stopped(self) -> None:
         self._stop.set()

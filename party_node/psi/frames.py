@@ -62,17 +62,22 @@ class StepReader:
         peer: str,
         element_bytes: int = POINT_BYTES,
         expected_total: int | None = None,
+        most: int = MAX_IDS,
+        why: str = "",
     ) -> None:
         self._frames = frames
         self.step = step
         self.peer = peer
         self.element_bytes = element_bytes
         self.expected_total = expected_total
+        #: The largest total this party accepts, and why (said in the error).
+        self.most = most
+        self.why = why
         self.total: int | None = None
         self.count = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        what = "ristretto255 points" if self.element_bytes == POINT_BYTES else "uint32 indices"
+        what = "group elements" if self.element_bytes == POINT_BYTES else "uint32 indices"
         for frame in self._frames:
             if frame.step != self.step:
                 raise PsiError(
@@ -111,6 +116,11 @@ class StepReader:
     def _check_total(self, total: int) -> int:
         if total < 0 or total > MAX_IDS:
             raise PsiError(f"{self.peer} announced {total} {self.step} elements, out of range")
+        if total > self.most:
+            raise PsiError(
+                f"{self.peer} announced {total} {self.step} elements; at most {self.most} "
+                f"{self.why}".rstrip()
+            )
         if self.expected_total is not None and total != self.expected_total:
             raise PsiError(
                 f"{self.peer} announced {total} {self.step} elements; expected "

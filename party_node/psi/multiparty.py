@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -33,21 +34,31 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from party_node.psi.engine_files import id_key
 from party_node.psi.frames import PsiError
-from party_node.psi.protocol import _random_permutation, prepare_ids
-from party_node.psi.x25519 import POINT_BYTES, blind, hash_to_points, new_key, split
+from party_node.psi.point_index import PointIndex, as_points
+from party_node.psi.protocol import prepare_ids, random_order
+from party_node.psi.result_keys import KEY_BYTES, keys_of
+from party_node.psi.x25519 import blind, hash_to_points, new_key
 
-KEY_BYTES = 16
 _WRAP_INFO = b"heteronn/v2/psi/multiparty/shared-key"
 
 
-def _shuffled(points: list[bytes]) -> bytes:
-    return b"".join(points[i] for i in _random_permutation(len(points)))
+def _points(data: bytes, what: str) -> np.ndarray:
+    try:
+        return as_points(data)
+    except ValueError as exc:
+        raise PsiError(f"{what}: {exc}") from None
 
 
-def _points(data: bytes, what: str) -> list[bytes]:
-    if len(data) % POINT_BYTES:
-        raise PsiError(f"{what}: {len(data)} bytes is not a whole number of 32-byte points")
-    return split(data)
+def _shuffled(data: bytes) -> bytes:
+    points = as_points(data)
+    return points[random_order(len(points))].tobytes()
+
+
+def _blind(key: bytes, data: bytes, what: str) -> bytes:
+    try:
+        return blind(key, data)
+    except ValueError as exc:
+        raise PsiError(f"{what} holds an invalid point: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,14 @@ class MultipartyHost:
     def __init__(self, ids: Iterable[str], collaborators: Sequence[str]) -> None:
         self.roles = Roles.of(collaborators)
         unique = prepare_ids(ids)
-        self._ids = [unique[i] for i in _random_permutation(len(unique))]
+        self._ids = [unique[i] for i in random_order(len(unique)).tolist()]
         self._key = new_key()
-        self._tagged: dict[bytes, int] | None = None
+        self._tagged: PointIndex | None = None
         self.final: set[str] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self._ids)
 
     def blinded_ids(self) -> bytes:
         """Step 1, to the tagger: P(x)^a in this party's random order."""
@@ -84,60 +99,77 @@ class MultipartyHost:
         points = _points(data, "the tagger's answer")
         if len(points) != len(self._ids):
             raise PsiError(f"the tagger returned {len(points)} points for {len(self._ids)} sent")
-        self._tagged = {point: index for index, point in enumerate(points)}
+        self._tagged = PointIndex(points)
 
     def forward(self, data: bytes) -> bytes:
         """Step 3: a collaborator's P(y)^b as P(y)^ab, reshuffled, for the aggregator."""
-        try:
-            return _shuffled(split(blind(self._key, data)))
-        except ValueError as exc:
-            raise PsiError(f"a collaborator sent an invalid point: {exc}") from None
+        _points(data, "a collaborator's blinded ids")
+        return _shuffled(_blind(self._key, data, "a collaborator's list"))
 
     def accept_tagged_common(self, data: bytes) -> set[str]:
         """Step 5: the final intersection, from the tagged common points."""
         if self._tagged is None:
             raise RuntimeError("accept_tagged_ids() first")
-        found = {self._tagged.get(point) for point in _points(data, "the tagged common points")}
-        found.discard(None)
-        self.final = {self._ids[index] for index in found if index is not None}
+        found = self._tagged.find(_points(data, "the tagged common points"))
+        self.final = {self._ids[index] for index in np.unique(found[found >= 0]).tolist()}
         return self.final
 
     def result_keys(self) -> bytes:
         """Step 5, to every collaborator: the final ids' 16-byte keys."""
         if self.final is None:
             raise RuntimeError("accept_tagged_common() first")
-        return b"".join(bytes.fromhex(id_key(item)) for item in sorted(self.final))
+        return keys_of(self.final)
 
 
 class MultipartyCollaborator:
-    """A collaborator's side; `tagger` adds the tag key t."""
+    """A collaborator's side; `tagger` adds the tag key t. The shared key b may come later
+    (`set_shared_key`): hashing the ids does not need it."""
 
-    def __init__(self, ids: Iterable[str], shared_key: bytes, tagger: bool = False) -> None:
-        self._ids = prepare_ids(ids)
+    def __init__(
+        self, ids: Iterable[str], shared_key: bytes | None = None, tagger: bool = False
+    ) -> None:
+        unique = prepare_ids(ids)
+        self._ids = unique
+        self._hashed = _shuffled(hash_to_points(unique))
         self._shared = shared_key
         self._tag = new_key() if tagger else None
 
+    @property
+    def size(self) -> int:
+        return len(self._ids)
+
+    def set_shared_key(self, key: bytes) -> None:
+        self._shared = key
+
+    def make_tagger(self) -> None:
+        """This party tags (the host names its role once the ids are hashed)."""
+        if self._tag is None:
+            self._tag = new_key()
+
     def blinded_ids(self) -> bytes:
         """Step 2: P(y)^b in a random order."""
-        return blind(self._shared, _shuffled(split(hash_to_points(self._ids))))
+        return blind(self._shared_key(), self._hashed)
 
     def tag_host_ids(self, data: bytes) -> bytes:
         """Step 1 at the tagger: P(x)^a -> P(x)^abt, same order."""
-        return blind(self._tag_key(), blind(self._shared, data))
+        _points(data, "the host's blinded ids")
+        once = _blind(self._shared_key(), data, "the host's blinded ids")
+        return _blind(self._tag_key(), once, "the host's blinded ids")
 
     def tag_common(self, data: bytes) -> bytes:
         """Step 4 at the tagger: P(y)^ab -> P(y)^abt, reshuffled."""
-        return _shuffled(split(blind(self._tag_key(), data)))
+        _points(data, "the common points")
+        return _shuffled(_blind(self._tag_key(), data, "the common points"))
 
     @staticmethod
     def aggregate(lists: Sequence[bytes]) -> bytes:
         """Step 3 at the aggregator: the points in every collaborator's list, sorted."""
         if not lists:
             raise PsiError("the aggregator received no lists")
-        common = set(_points(lists[0], "a forwarded list"))
+        common = Aggregation(lists[0])
         for data in lists[1:]:
-            common &= set(_points(data, "a forwarded list"))
-        return b"".join(sorted(common))
+            common.meet([data])
+        return common.result()
 
     def accept_result_keys(self, data: bytes) -> set[str]:
         if len(data) % KEY_BYTES:
@@ -151,10 +183,38 @@ class MultipartyCollaborator:
             )
         return result
 
+    def _shared_key(self) -> bytes:
+        if self._shared is None:
+            raise PsiError("the multi-party PSI's shared key has not arrived")
+        return self._shared
+
     def _tag_key(self) -> bytes:
         if self._tag is None:
             raise PsiError("this collaborator is not the tagger of the multi-party PSI")
         return self._tag
+
+
+class Aggregation:
+    """The aggregator's intersection of the forwarded lists: it keeps the first list (the
+    smallest, so at most its own size) and, for each further list, which of its points that
+    list holds; the others stream through chunk by chunk."""
+
+    def __init__(self, first: bytes) -> None:
+        self._index = PointIndex(_points(first, "a forwarded list"))
+        self._alive = np.ones(len(self._index), dtype=bool)
+
+    def meet(self, chunks: Iterable[bytes]) -> None:
+        """One more list, as chunks of whole points."""
+        seen = np.zeros(len(self._index), dtype=bool)
+        for chunk in chunks:
+            found = self._index.find(_points(chunk, "a forwarded list"))
+            seen[found[found >= 0]] = True
+        self._alive &= seen
+
+    def result(self) -> bytes:
+        """The common points, sorted (their order says nothing of any list's)."""
+        common = np.unique(self._index.points[self._alive].view("V32").ravel())
+        return common.tobytes()
 
 
 # ---- sharing b: the aggregator wraps it for each other collaborator, the host relays -------
@@ -185,8 +245,8 @@ def wrap_shared_key(key: bytes, recipient: bytes, context: bytes) -> bytes:
 def unwrap_shared_key(blob: bytes, private: X25519PrivateKey, context: bytes) -> bytes:
     if len(blob) != 32 + 12 + 32 + 16:
         raise PsiError(f"the wrapped PSI key is {len(blob)} bytes, expected 92")
-    secret = private.exchange(X25519PublicKey.from_public_bytes(blob[:32]))
     try:
+        secret = private.exchange(X25519PublicKey.from_public_bytes(blob[:32]))
         return AESGCM(_wrapping_key(secret, context)).decrypt(blob[32:44], blob[44:], context)
-    except Exception:  # cryptography's InvalidTag
+    except Exception:  # a low-order ephemeral key (ValueError), cryptography's InvalidTag
         raise PsiError("the wrapped PSI key does not open: it was altered on the way") from None

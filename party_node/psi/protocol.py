@@ -81,12 +81,16 @@ def _slices(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _random_permutation(n: int) -> list[int]:
+def random_order(n: int) -> np.ndarray:
     """A uniformly random order of range(n) from the OS CSPRNG (sort by 128-bit keys)."""
     if n < 2:
-        return list(range(n))
+        return np.arange(n)
     keys = np.frombuffer(os.urandom(16 * n), dtype="<u8").reshape(n, 2)
-    return np.lexsort((keys[:, 1], keys[:, 0])).tolist()
+    return np.lexsort((keys[:, 1], keys[:, 0]))
+
+
+def _random_permutation(n: int) -> list[int]:
+    return random_order(n).tolist()
 
 
 class OwnBlinding:

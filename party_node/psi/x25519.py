@@ -1,4 +1,5 @@
-"""X25519 as a PSI group (OpenSSL through `cryptography`): hash to a u-coordinate, blind.
+"""X25519 as a PSI group (Intel's multi-buffer X25519, or OpenSSL's): hash to a u-coordinate,
+blind.
 
 P(id) = SHA-512(DOMAIN_TAG || utf-8(id))[:32] read as an X25519 u-coordinate (RFC 7748
 masks the top bit). About half the ids land on the quadratic twist; that is sound because
@@ -17,6 +18,8 @@ import os
 from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from party_node.psi import x25519_mb
 
 DOMAIN_TAG = b"heteronn/v2/psi/x25519/SHA-512/"
 POINT_BYTES = 32
@@ -37,7 +40,15 @@ def hash_to_points(ids: Iterable[str]) -> bytes:
 
 def blind(key: bytes, points: bytes) -> bytes:
     """X25519(key, u) for every 32-byte u of `points`; ValueError names a bad element (a
-    low-order point, whose result would be the identity)."""
+    low-order point, whose result would be the identity). Intel's multi-buffer X25519 where
+    this machine has it (`x25519_mb`), else OpenSSL's: the same function."""
+    if x25519_mb.available():
+        return x25519_mb.blind(key, points)
+    return blind_openssl(key, points)
+
+
+def blind_openssl(key: bytes, points: bytes) -> bytes:
+    """`blind` through OpenSSL (`cryptography`), one point at a time."""
     private = X25519PrivateKey.from_private_bytes(key)
     exchange = private.exchange
     load = X25519PublicKey.from_public_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +16,15 @@ from party_node.errors import TaskFailed
 from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
 from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
 from party_node.psi.engine_session import EngineCollaboratorSession
+from party_node.psi.multiparty_rpc import run_host_multiparty_psi
+from party_node.psi.multiparty_session import MultipartyCollaboratorSession
 from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
 from wire import limits
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import open_channel
+from wire.limits import shown
 from wire.metrics import Metrics
 from wire.tls import TlsSettings
 
@@ -46,11 +49,14 @@ class GrpcPeers:
         metrics: Metrics | None = None,
         max_call_s: float = limits.MAX_CALL_S,
         psi_engine: EngineOptions | None = None,
+        psi_multiparty: bool = False,
     ):
         """`psi_engine`: run PSI through the engine (spu) with these options; None runs
-        the in-process ECDH protocol."""
+        the in-process ECDH protocol. `psi_multiparty`: with two or more collaborators, the
+        multi-party protocol instead (the host learns only the final intersection)."""
         self.interceptors = list(interceptors)
         self.psi_engine = psi_engine
+        self.psi_multiparty = psi_multiparty
         self.state = state
         self.role = role
         self.tls = tls
@@ -176,6 +182,20 @@ class GrpcPeers:
     def _psi_header(self) -> common_pb2.Header:
         return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")
 
+    def _psi_header_check(self, sender: str) -> Callable[[common_pb2.Header], None]:
+        """Every PSI message of a call must name this task and the peer called (the caller's
+        certificate was checked when the call opened)."""
+        task = self.state.task_id
+
+        def check(header: common_pb2.Header) -> None:
+            if header.task_id != task or header.sender != sender:
+                raise PsiError(
+                    f"a PSI message names sender {shown(header.sender)} of task "
+                    f"{shown(header.task_id)}; expected '{sender}' of task '{task}'"
+                )
+
+        return check
+
     def _address_host(self, node_id: str) -> str:
         return self.participants[node_id].address.rpartition(":")[0]
 
@@ -185,6 +205,18 @@ class GrpcPeers:
         }
         sizes: dict[str, int] = {}
         try:
+            if self.psi_multiparty and len(stubs) >= 2:
+                final = run_host_multiparty_psi(
+                    stubs,
+                    ids,
+                    self._psi_header,
+                    min(round_timeout, self.max_call_s),
+                    cancel=self.state.abort,
+                    check_header=self._psi_header_check,
+                    peer_sizes=sizes,
+                )
+                self._peer_psi_size(sum(sizes.values()))
+                return final
             if self.psi_engine is not None:
                 final = run_host_engine_psi(
                     stubs,
@@ -215,6 +247,19 @@ class GrpcPeers:
 
     def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
         host = next(p for p in self.participants.values() if p.role == "host")
+        collaborators = [p for p, i in self.participants.items() if i.role == "collaborator"]
+        if self.psi_multiparty and len(collaborators) >= 2:
+            session = MultipartyCollaboratorSession(
+                ids,
+                self._psi_header,
+                node_id=self.state.node_id,
+                task_id=self.state.task_id,
+                collaborators=collaborators,
+                timeout=timeout,
+                peer=f"host '{host.node_id}'",
+                check_header=self._psi_header_check(host.node_id),
+            )
+            return self._serve_psi(session, timeout)
         if self.psi_engine is not None:
             session = EngineCollaboratorSession(
                 ids,
@@ -233,7 +278,9 @@ class GrpcPeers:
             return self._serve_psi(session, timeout)
 
     def _serve_psi(
-        self, session: CollaboratorPsiSession | EngineCollaboratorSession, timeout: float
+        self,
+        session: CollaboratorPsiSession | EngineCollaboratorSession | MultipartyCollaboratorSession,
+        timeout: float,
     ) -> set[str]:
         self.state.psi_session = session
         self.state.psi_ready.set()
