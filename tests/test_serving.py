@@ -21,7 +21,7 @@ from heteronn.v1 import serving_pb2, serving_pb2_grpc
 from party_node.simulate import run_local
 from tests import serving_harness as sh
 from tests import serving_synthetic as ss
-from tests.harness import ROOT
+from tests.harness import ROOT, free_port
 from wire.grpc_factory import open_channel
 
 HOST_SPEC = "tests.serving_synthetic:make_host"
@@ -198,15 +198,20 @@ def test_metrics_expose_latency_batch_sizes_and_errors_by_reason(tmp_path):
             in text)
 
 
-def test_a_party_without_predict_feature_refuses_to_serve(deployment, tmp_path):
-    workdir = deployment["workdir"]
+@pytest.mark.parametrize("node", ["c1", "h"])
+def test_a_party_without_predict_feature_refuses_to_serve(deployment, tmp_path, node):
+    """At once, before it waits for anything: the host's collaborator here is not running."""
+    workdir, kind = deployment["workdir"], "collaborator" if node == "c1" else "host"
     code, output = sh.run_serve_to_exit(
-        tmp_path, "c1", "tests.serving_synthetic:make_no_hook_collaborator",
-        {"node_id": "c1", "bundle": str(workdir / "c1" / "t"), "tls_plaintext": True},
+        tmp_path, node, f"tests.serving_synthetic:make_no_hook_{kind}",
+        {"node_id": node, "bundle": str(workdir / node / "t"), "tls_plaintext": True,
+         "collaborators": {"c1": f"127.0.0.1:{free_port()}"} if node == "h" else {},
+         "startup_timeout_s": 300},
+        timeout=120,
     )
     assert code == 2
-    assert "NoHookCollaborator defines no predict_feature(feature_model, ids)" in output
-    assert "cannot serve" in output
+    assert f"NoHook{kind.title()} defines no predict_feature(feature_model, ids)" in output
+    assert f"this {kind} cannot read its features for new ids, so it cannot serve" in output
 
 
 def test_bundles_of_another_run_are_refused_naming_the_parties_and_the_difference(
