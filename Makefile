@@ -8,6 +8,10 @@ override DATA_ROOT := $(abspath $(DATA_ROOT))
 ROUNDS ?= 20
 # make demo SEED=n: every party seeds its process from n (reproducible for a seed).
 SEED ?= 1
+# make demo TRAINING_MODE=pipelined:8 RTT_MS=50: the demo across an emulated 50 ms WAN
+# (docs/performance.md); exact mode and no delay by default.
+TRAINING_MODE ?= exact
+RTT_MS ?= 0
 # make demo-serve MODE=secure: serve the secure demo's bundles.
 MODE ?= plain
 export DATA_ROOT
@@ -50,11 +54,11 @@ test-all: install
 
 demo: install
 	$(PY) -m examples.mnist_halves.demo --mode plain --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
-		--seed $(SEED)
+		--seed $(SEED) --training-mode $(TRAINING_MODE) --rtt-ms $(RTT_MS)
 
 demo-secure: install
 	$(PY) -m examples.mnist_halves.demo --mode secure --rounds $(ROUNDS) --data-root $(DATA_ROOT) \
-		--seed $(SEED)
+		--seed $(SEED) --training-mode $(TRAINING_MODE) --rtt-ms $(RTT_MS)
 
 # Trains the demo (or reuses out/demo-serve-$(MODE)), serves both parties over gRPC and
 # compares the served accuracy over the 2,000 test ids with the training run's.

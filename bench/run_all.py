@@ -6,7 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["psi_bench", "plain_vs_centralized", "he_steps", "secure_vs_plain", "label_leak"]
+BENCHES = [
+    "psi_bench",
+    "plain_vs_centralized",
+    "he_steps",
+    "secure_vs_plain",
+    "label_leak",
+    "checkpoint_cost",
+    "predict_bench",
+    "wan",
+]
 
 
 def main() -> int:

@@ -147,3 +147,11 @@ class ModelMismatch(NodeError):
 
     code = "FAILED_PRECONDITION"
     reason = "model_mismatch"
+
+
+class SessionUnknown(NodeError):
+    """A SecureEmbed names a secure session this collaborator does not have (it restarted,
+    or the session sat idle too long); the host opens a new one."""
+
+    code = "NOT_FOUND"
+    reason = "secure_session_unknown"

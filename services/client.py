@@ -118,6 +118,8 @@ class CoordinatorClient:
         schedule_timeout_s: float = 0.0,
         calculation_timeout_s: float = 0.0,
         agreement: Mapping[str, str] | None = None,
+        incarnation: str = "",
+        recover: bool = False,
         timeout: float | None = None,
     ) -> TaskInfo:
         request = coordinator_pb2.JoinTaskRequest(
@@ -126,6 +128,8 @@ class CoordinatorClient:
             schedule_timeout_s=schedule_timeout_s,
             calculation_timeout_s=calculation_timeout_s,
             agreement=dict(agreement or {}),
+            incarnation=incarnation,
+            recover=recover,
         )
         return self.stub.JoinTask(request, timeout=timeout or self.timeout).task
 

@@ -80,12 +80,20 @@ class Participant:
     address: str = ""
     joined: bool = False
     checkpoint_round: int = 0
+    #: Batches of round checkpoint_round + 1 in the node's newest checkpoint (0: none).
+    checkpoint_batch: int = 0
     #: The node's own timeouts as it joined (0: it gave none).
     schedule_timeout_s: float = 0.0
     calculation_timeout_s: float = 0.0
     agreement: dict[str, str] = field(default_factory=dict)
     joined_at: float = 0.0
     last_heartbeat: float = 0.0
+    #: Random per run of the node's process: another one while the task runs = a restart.
+    incarnation: str = ""
+
+    def position(self) -> tuple[int, int]:
+        """The node's newest checkpoint as (complete rounds, batches of the next round)."""
+        return (self.checkpoint_round, self.checkpoint_batch)
 
 
 @dataclass
@@ -104,6 +112,8 @@ class Report:
     test_requested: bool = False
     checkpoint_round: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    #: The reporting process's incarnation; reports of an earlier process are ignored.
+    incarnation: str = ""
 
 
 @dataclass
@@ -119,6 +129,12 @@ class Task:
     failure_kind: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     resume_round: int = 0
+    #: Batches of round resume_round + 1 the resume checkpoint already holds.
+    resume_batch: int = 0
+    #: 1 for the first run, +1 for each recovery (new attempt).
+    attempt: int = 1
+    #: Incarnations of nodes of earlier attempts: their late reports are ignored.
+    retired: list[str] = field(default_factory=list)
     #: Reports received for the current phase, by node id.
     reports: dict[str, Report] = field(default_factory=dict)
     #: The host's last TRAIN report said finished; FINISHED after the test that follows.
@@ -201,6 +217,8 @@ class Command:
     reason: str
     participants: tuple[Participant, ...]
     resume_round: int
+    resume_batch: int = 0
+    attempt: int = 1
 
     @classmethod
     def of(cls, task: Task) -> Command:
@@ -212,6 +230,8 @@ class Command:
             reason=task.reason,
             participants=tuple(copy.deepcopy(p) for p in task.participants.values()),
             resume_round=task.resume_round,
+            resume_batch=task.resume_batch,
+            attempt=task.attempt,
         )
 
 

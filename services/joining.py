@@ -5,6 +5,7 @@ whether it fails the task."""
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 from services.domain import (
@@ -70,9 +71,20 @@ def validate_spec(spec: TaskSpec, task_limits: TaskLimits | None = None) -> None
         )
 
 
+#: Incarnations: random tokens, bounded because they are stored.
+INCARNATION = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+#: Incarnations of earlier attempts remembered per task (to ignore their late reports).
+MAX_RETIRED = 64
+
+
 def validate_join_request(task_id: str, node: Participant) -> None:
     """Raise InvalidRequest for a join that is malformed on its own."""
     who = f"node '{node.node_id}'"
+    if not INCARNATION.match(node.incarnation):
+        raise InvalidRequest(
+            f"{who} sent an incarnation that is not a token of at most 64 letters, digits, "
+            "'-' or '_'"
+        )
     if node.role not in (Role.HOST, Role.COLLABORATOR):
         raise InvalidRequest(
             f"{who} joined task '{task_id}' without a role; it must join as host or collaborator"
@@ -81,8 +93,9 @@ def validate_join_request(task_id: str, node: Participant) -> None:
     _timeout(who, "calculation_timeout", node.calculation_timeout_s, allow_zero=True)
     _text(who, "feature_key", node.feature_key)
     _text(who, "address", node.address)
-    if node.checkpoint_round < 0:
-        raise InvalidRequest(f"{who}: checkpoint_round must be >= 0, got {node.checkpoint_round}")
+    for name in ("checkpoint_round", "checkpoint_batch"):
+        if getattr(node, name) < 0:
+            raise InvalidRequest(f"{who}: {name} must be >= 0, got {getattr(node, name)}")
     if len(node.agreement) > limits.MAX_AGREEMENT_ENTRIES:
         raise InvalidRequest(
             f"{who}: agreement has {len(node.agreement)} entries; at most "
@@ -153,13 +166,25 @@ def _differing_parts(a: str, b: str) -> tuple[str, str]:
 
 
 def same_join(old: Participant, new: Participant) -> bool:
-    """A reconnecting node repeating its earlier join (allowed in any running phase)."""
-    return (old.role, old.feature_key, old.address, old.agreement) == (
+    """A reconnecting node repeating its earlier join (allowed in any running phase): the
+    same process (incarnation) with the same details."""
+    return (old.role, old.feature_key, old.address, old.agreement, old.incarnation) == (
         new.role,
         new.feature_key,
         new.address,
         new.agreement,
+        new.incarnation,
     )
+
+
+def stale_report(task: Task, node: Participant, rep: Report) -> bool:
+    """A report from an earlier process of `node`: not the one joined in this attempt, or
+    one of an earlier attempt. Reports without an incarnation (older nodes) count as fresh."""
+    if not rep.incarnation:
+        return False
+    if node.joined:
+        return bool(node.incarnation) and rep.incarnation != node.incarnation
+    return rep.incarnation in task.retired
 
 
 def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from services import joining, verdicts
@@ -131,14 +132,9 @@ class Lifecycle:
                 raise TaskAlreadyExists(
                     f"task '{tid}' already {old.phase.name}{why}; use another task id, or "
                     f"recover=true with the same participants {old.spec.participants} to resume "
-                    "it from its last complete round"
+                    "it from the newest checkpoint every party has"
                 )
-            log.info("task %s: new attempt (recover) after %s", tid, old.phase.name)
-            task = Task(spec=spec, participants={n: Participant(n) for n in spec.participants},
-                        metrics=old.metrics)
-            self._tasks[tid] = task
-            self._enter(task, Phase.WAITING_FOR_NODES, 0)
-            return task.clone()
+            return self._new_attempt(old, spec).clone()
 
     def get_task(self, task_id: str) -> Task:
         with self._lock:
@@ -185,23 +181,28 @@ class Lifecycle:
 
     # --- nodes -----------------------------------------------------------------------
 
-    def join(self, task_id: str, node: Participant) -> Task:
-        """`node` carries role, feature_key, address, checkpoint_round, own timeouts and
-        agreement as the JoinTaskRequest gave them."""
+    def join(self, task_id: str, node: Participant, recover: bool = False) -> Task:
+        """`node` carries role, feature_key, address, checkpoint position, incarnation, own
+        timeouts and agreement as the JoinTaskRequest gave them. With `recover` a node that
+        restarted resumes the task: an ended task, or a running one whose state died with the
+        node's earlier process, starts a new attempt (see `_restarted`)."""
         with self._lock:
             task = self._get(task_id)
             nid = joining.valid_id("node_id", node.node_id)
-            old = self._participant(task, nid)
-            if task.phase.terminal:
-                raise WrongPhase(self._ended(task, f"node '{nid}' cannot join it"))
+            self._participant(task, nid)
             joining.validate_join_request(task_id, node)
-            if task.phase != Phase.WAITING_FOR_NODES:
+            if task.phase.terminal:
+                if not recover:
+                    raise WrongPhase(self._ended(task, f"node '{nid}' cannot join it"))
+                log.info("task %s: node %s restarted with recover after %s", task_id, nid,
+                         task.phase.name)
+                task = self._new_attempt(task, task.spec)
+            elif task.phase != Phase.WAITING_FOR_NODES:
+                old = task.participants[nid]
                 if old.joined and joining.same_join(old, node):
                     return task.clone()
-                raise WrongPhase(
-                    f"task '{task_id}' is already in phase {task.phase_label()}; node '{nid}' "
-                    "cannot join it now. Cancel it and restart every party with recover=True"
-                )
+                task = self._restarted(task, nid, recover)
+            old = task.participants[nid]
             problem = joining.conflict_with_others(task, node)
             if problem:
                 self._fail(task, "invalid_join", problem)
@@ -211,8 +212,8 @@ class Lifecycle:
             if old.joined:  # a re-join updates the node's details, not its join clock
                 node.joined_at = old.joined_at
             task.participants[nid] = node
-            log.info("task %s: node %s joined as %s from %s (checkpoint round %d)",
-                     task_id, nid, node.role.name, node.address, node.checkpoint_round)
+            log.info("task %s: node %s joined as %s from %s (checkpoint round %d batch %d)",
+                     task_id, nid, node.role.name, node.address, *node.position())
             if all(p.joined for p in task.participants.values()):
                 self._all_joined(task)
             else:
@@ -225,6 +226,10 @@ class Lifecycle:
         with self._lock:
             task = self._get(rep.task_id)
             node = self._participant(task, rep.node_id)
+            if joining.stale_report(task, node, rep):
+                log.info("task %s: ignored a %s report from an earlier process of node %s",
+                         task.task_id, rep.phase.name, rep.node_id)
+                return
             if task.phase.terminal:
                 raise WrongPhase(self._ended(task, f"the report of node '{rep.node_id}' is late"))
             if rep.error:  # even before it joined: a node that cannot start ends the task now
@@ -293,10 +298,13 @@ class Lifecycle:
                 f"every participant of task '{task.task_id}' joined as a collaborator; exactly one "
                 "must be the host (the party that holds the labels)"))
             return
-        if task.spec.recover:
-            task.resume_round = min(p.checkpoint_round for p in task.participants.values())
-        log.info("task %s: all %d nodes joined; resume round %d",
-                 task.task_id, len(task.participants), task.resume_round)
+        # A node that does not recover joins at (0, 0): then every party starts afresh.
+        task.resume_round, task.resume_batch = min(
+            p.position() for p in task.participants.values()
+        )
+        log.info("task %s: all %d nodes joined (attempt %d); resume at round %d batch %d",
+                 task.task_id, len(task.participants), task.attempt, task.resume_round,
+                 task.resume_batch)
         self._enter(task, Phase.PSI, 0)
 
     def _advance(self, task: Task) -> None:
@@ -312,24 +320,67 @@ class Lifecycle:
             mismatch = verdicts.split_mismatch(task, host.node_id)
             if mismatch:
                 self._fail(task, "split_mismatch", mismatch)
+            elif task.resume_round and not task.resume_batch:
+                # Resuming at the end of round r: the host's SPLIT report says what that
+                # round's TRAIN report said, and whether its test is still to run.
+                self._after_round(task, task.resume_round, hrep)
             else:
                 self._enter(task, Phase.TRAIN, task.resume_round + 1)
         elif task.phase == Phase.TRAIN:
             for nid, rep in task.reports.items():
                 task.participants[nid].checkpoint_round = rep.checkpoint_round or task.round
-            task.finish_after_test = hrep.finished
-            if hrep.test_requested:
-                self._enter(task, Phase.TEST, task.round)
-            elif hrep.finished:
-                self._enter(task, Phase.FINISHED, task.round)
-            else:
-                self._enter(task, Phase.TRAIN, task.round + 1)
+                task.participants[nid].checkpoint_batch = 0
+            self._after_round(task, task.round, hrep)
         elif task.phase == Phase.TEST:
             task.metrics = dict(hrep.metrics)
             if task.finish_after_test:
                 self._enter(task, Phase.FINISHED, task.round)
             else:
                 self._enter(task, Phase.TRAIN, task.round + 1)
+
+    def _after_round(self, task: Task, round_: int, hrep: Report) -> None:
+        """Round `round_` is trained: its test if asked, then FINISHED or the next round."""
+        task.finish_after_test = hrep.finished
+        if hrep.test_requested:
+            self._enter(task, Phase.TEST, round_)
+        elif hrep.finished:
+            self._enter(task, Phase.FINISHED, round_)
+        else:
+            self._enter(task, Phase.TRAIN, round_ + 1)
+
+    def _restarted(self, task: Task, nid: str, recover: bool) -> Task:
+        """Node `nid` joins a running task as a new process: its earlier process, and the
+        state of this attempt with it, is gone. With recover the attempt is interrupted (every
+        node of it stops) and a new one starts; without, the join is refused."""
+        label = task.phase_label()
+        if not recover:
+            raise WrongPhase(
+                f"task '{task.task_id}' is already in phase {label}; node '{nid}' cannot join "
+                "it now. If its earlier process died, restart every party with recover=True "
+                "to resume it; otherwise cancel it or use another task id"
+            )
+        self._fail(task, "interrupted", (
+            f"node '{nid}' restarted during {label} and lost this attempt's state; the task "
+            "resumes as a new attempt from the newest checkpoint every party has: restart every "
+            "party with recover=True"))
+        return self._new_attempt(task, task.spec)
+
+    def _new_attempt(self, old: Task, spec: TaskSpec) -> Task:
+        """A fresh run of an ended task, keeping its metrics; nodes resume from checkpoints."""
+        log.info("task %s: attempt %d (recover) after %s", old.task_id, old.attempt + 1,
+                 old.phase.name)
+        retired = old.retired + [p.incarnation for p in old.participants.values()
+                                 if p.incarnation]
+        task = Task(
+            spec=replace(spec, recover=True),
+            participants={n: Participant(n) for n in spec.participants},
+            metrics=old.metrics,
+            attempt=old.attempt + 1,
+            retired=retired[-joining.MAX_RETIRED:],
+        )
+        self._tasks[task.task_id] = task
+        self._enter(task, Phase.WAITING_FOR_NODES, 0)
+        return task
 
     def _enter(self, task: Task, phase: Phase, round_: int) -> None:
         now = self._clock()

@@ -46,6 +46,7 @@ def join_from_proto(msg: coordinator_pb2.JoinTaskRequest) -> Participant:
         schedule_timeout_s=msg.schedule_timeout_s,
         calculation_timeout_s=msg.calculation_timeout_s,
         agreement=dict(msg.agreement),
+        incarnation=msg.incarnation,
     )
 
 
@@ -58,6 +59,7 @@ def task_to_proto(task: Task) -> coordinator_pb2.TaskInfo:
         participants=[participant_to_proto(p) for p in task.participants.values()],
         updated_unix_ms=unix_ms(task.updated),
         metrics=dict(task.metrics),
+        attempt=task.attempt,
     )
 
 
@@ -73,6 +75,7 @@ def report_from_proto(msg: coordinator_pb2.ReportPhaseRequest) -> Report:
         node_id=msg.node_id,
         phase=Phase(msg.phase),
         **report_fields(msg),
+        incarnation=msg.incarnation,
     )
 
 
@@ -85,4 +88,6 @@ def command_to_proto(cmd: Command) -> coordinator_pb2.PhaseCommand:
         reason=cmd.reason,
         participants=[participant_to_proto(p) for p in cmd.participants],
         resume_round=cmd.resume_round,
+        resume_batch=cmd.resume_batch,
+        attempt=cmd.attempt,
     )

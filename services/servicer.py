@@ -130,7 +130,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def JoinTask(self, request, context):
         def join():
             self._policy.require_node(self._caller(context), "JoinTask", request.node.node_id)
-            return self._lifecycle.join(request.task_id, serde.join_from_proto(request))
+            node = serde.join_from_proto(request)
+            return self._lifecycle.join(request.task_id, node, recover=request.recover)
 
         task = _call(context, join)
         return coordinator_pb2.JoinTaskResponse(task=serde.task_to_proto(task))

@@ -91,7 +91,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     finish_after_test INTEGER NOT NULL,
     phase_started REAL NOT NULL,
     deadline REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    resume_batch INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    retired TEXT NOT NULL DEFAULT '[]'   -- JSON list of incarnations of earlier attempts
 );
 CREATE TABLE IF NOT EXISTS participants (
     task_id TEXT NOT NULL,
@@ -106,18 +109,34 @@ CREATE TABLE IF NOT EXISTS participants (
     agreement TEXT NOT NULL,             -- JSON object
     joined_at REAL NOT NULL,
     last_heartbeat REAL NOT NULL,
+    checkpoint_batch INTEGER NOT NULL DEFAULT 0,
+    incarnation TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (task_id, node_id)
 );
 """
 
+#: Columns added after the first release, created in databases written before them.
+_ADDED_COLUMNS = {
+    "tasks": (
+        ("resume_batch", "INTEGER NOT NULL DEFAULT 0"),
+        ("attempt", "INTEGER NOT NULL DEFAULT 1"),
+        ("retired", "TEXT NOT NULL DEFAULT '[]'"),
+    ),
+    "participants": (
+        ("checkpoint_batch", "INTEGER NOT NULL DEFAULT 0"),
+        ("incarnation", "TEXT NOT NULL DEFAULT ''"),
+    ),
+}
+
 _TASK_COLS = (
     "task_id, participants, schedule_timeout_s, calculation_timeout_s, recover, mode, phase, "
     "round, reason, failure_kind, metrics, resume_round, reports, finish_after_test, "
-    "phase_started, deadline, updated"
+    "phase_started, deadline, updated, resume_batch, attempt, retired"
 )
 _PART_COLS = (
     "task_id, node_id, role, feature_key, address, joined, checkpoint_round, "
-    "schedule_timeout_s, calculation_timeout_s, agreement, joined_at, last_heartbeat"
+    "schedule_timeout_s, calculation_timeout_s, agreement, joined_at, last_heartbeat, "
+    "checkpoint_batch, incarnation"
 )
 
 
@@ -133,6 +152,14 @@ class SqliteTaskStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def load_all(self) -> list[Task]:
         with self._lock:
@@ -161,11 +188,13 @@ class SqliteTaskStore:
             int(s.recover), s.mode, int(task.phase), task.round, task.reason, task.failure_kind,
             json.dumps(task.metrics), task.resume_round, json.dumps(reports),
             int(task.finish_after_test), task.phase_started, task.deadline, task.updated,
+            task.resume_batch, task.attempt, json.dumps(task.retired),
         )
         part_rows = [
             (s.task_id, p.node_id, int(p.role), p.feature_key, p.address, int(p.joined),
              p.checkpoint_round, p.schedule_timeout_s, p.calculation_timeout_s,
-             json.dumps(p.agreement), p.joined_at, p.last_heartbeat)
+             json.dumps(p.agreement), p.joined_at, p.last_heartbeat, p.checkpoint_batch,
+             p.incarnation)
             for p in task.participants.values()
         ]
         marks = ", ".join("?" * len(row))
@@ -180,7 +209,7 @@ class SqliteTaskStore:
                 )
                 self._db.execute("DELETE FROM participants WHERE task_id=?", (s.task_id,))
                 self._db.executemany(
-                    f"INSERT INTO participants ({_PART_COLS}) VALUES ({', '.join('?' * 12)})",
+                    f"INSERT INTO participants ({_PART_COLS}) VALUES ({', '.join('?' * 14)})",
                     part_rows,
                 )
                 self._db.execute("COMMIT")
@@ -212,7 +241,7 @@ def _participant_from_row(p: tuple) -> Participant:
         node_id=p[1], role=Role(p[2]), feature_key=p[3], address=p[4],
         joined=bool(p[5]), checkpoint_round=p[6], schedule_timeout_s=p[7],
         calculation_timeout_s=p[8], agreement=json.loads(p[9]), joined_at=p[10],
-        last_heartbeat=p[11],
+        last_heartbeat=p[11], checkpoint_batch=p[12], incarnation=p[13],
     )
 
 
@@ -227,7 +256,8 @@ def _task_from_row(r: tuple, known: dict[str, Participant]) -> Task:
         spec=spec, participants=participants, phase=Phase(r[6]), round=r[7],
         reason=r[8], failure_kind=r[9], metrics=json.loads(r[10]), resume_round=r[11],
         reports=reports, finish_after_test=bool(r[13]), phase_started=r[14],
-        deadline=r[15], updated=r[16],
+        deadline=r[15], updated=r[16], resume_batch=r[17], attempt=r[18],
+        retired=json.loads(r[19]),
     )
 
 

@@ -88,7 +88,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     create.add_argument("--schedule-timeout", type=float, default=60.0, help="seconds")
     create.add_argument("--calculation-timeout", type=float, default=300.0, help="seconds")
     create.add_argument("--mode", default="plain", choices=["plain", "secure"])
-    create.add_argument("--recover", action="store_true", help="resume a FAILED task")
+    create.add_argument(
+        "--recover",
+        action="store_true",
+        default=env.get("HETERONN_TASK_RECOVER", "").lower() in ("1", "true", "yes"),
+        help="a new attempt of a FAILED or FINISHED task, resuming from checkpoints "
+        "(default: HETERONN_TASK_RECOVER)",
+    )
     get = sub.add_parser("get", parents=[common], help="show one task")
     get.add_argument("--task-id", required=True)
     sub.add_parser("list", parents=[common], help="show every task")

@@ -40,8 +40,8 @@ class PausingCollaborator(SynthCollaborator):
             yield features
 
 
-def host(nodes: list[str], batch_size: int, rounds: int, **timeouts: Any) -> SynthHost:
-    return SynthHost(nodes[0], nodes, batch_size, rounds, Faults(""), **timeouts)
+def host(nodes: list[str], batch_size: int, rounds: int, **kwargs: Any) -> SynthHost:
+    return SynthHost(nodes[0], nodes, batch_size, rounds, Faults(""), **kwargs)
 
 
 def collaborator(
@@ -57,25 +57,36 @@ CALCULATION_TIMEOUT = 60.0
 TIMEOUTS = {"schedule_timeout": 3.0, "calculation_timeout": CALCULATION_TIMEOUT}
 
 
-def create_task(coordinator: str) -> None:
+def create_task(coordinator: str, schedule_timeout: float = TIMEOUTS["schedule_timeout"]) -> None:
     with CoordinatorClient(coordinator) as client:
         client.create_task(
             task_spec(
                 TASK_ID,
                 ["h", "c1"],
-                schedule_timeout_s=TIMEOUTS["schedule_timeout"],
+                schedule_timeout_s=schedule_timeout,
                 calculation_timeout_s=CALCULATION_TIMEOUT,
             )
         )
 
 
 def start_nodes(
-    workdir: Path, coordinator: str, listen: dict[str, str], prefix: dict[str, list[str]]
+    workdir: Path,
+    coordinator: str,
+    listen: dict[str, str],
+    prefix: dict[str, list[str]],
+    recover: bool = False,
+    checkpoint_every: int = 0,
+    schedule_timeout: float = TIMEOUTS["schedule_timeout"],
 ) -> dict[str, subprocess.Popen]:
     """`heteronn node` processes for h and c1 (plaintext, 4 rounds of batch 32); `prefix`
     runs a node's command inside something (e.g. `ip netns exec NAME`)."""
     factory_args = {
-        "h": {"nodes": ["h", "c1"], "batch_size": 32, "rounds": 4},
+        "h": {
+            "nodes": ["h", "c1"],
+            "batch_size": 32,
+            "rounds": 4,
+            "checkpoint_every_batches": checkpoint_every,
+        },
         "c1": {"node": "c1", "batch_size": 32, "signal_dir": str(workdir)},
     }
     procs = {}
@@ -88,8 +99,13 @@ def start_nodes(
             "listen": listen[name],
             "workdir": str(workdir),
             "tls_plaintext": True,
+            "recover": recover,
             "torch_threads": 1,
-            "scheduler_args": {**factory_args[name], **TIMEOUTS},
+            "scheduler_args": {
+                **factory_args[name],
+                **TIMEOUTS,
+                "schedule_timeout": schedule_timeout,
+            },
         }
         config.write_text(settings_toml(settings))
         command = [sys.executable, "-m", "party_node.cli", "node"]

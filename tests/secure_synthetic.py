@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             faults,
             project_layer_config=config,
             project_layer_lr=args.lr,
+            checkpoint_every_batches=args.checkpoint_every,
             **timeouts,
         )
     else:

@@ -73,3 +73,66 @@ def centralized(workdir, task: str, ids: list[str], keys=("h", "c1")) -> torch.T
     )
     with torch.no_grad():
         return infer.eval()(torch.cat(parts, dim=1))
+
+
+# ---- secure mode --------------------------------------------------------------------------
+
+from tests import secure_synthetic as sec  # noqa: E402
+
+
+class SecureServingHost(Holdings, sec.SecureSynthHost):
+    def __init__(self, *args, lacks=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lacks = frozenset(lacks)
+
+    def predict_a_batch(self, feature_projection):
+        return self.infer_model(torch.cat([feature_projection[k] for k in self.keys], dim=1))
+
+
+class SecureServingCollaborator(Holdings, sec.SecureSynthCollaborator):
+    def __init__(self, *args, lacks=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lacks = frozenset(lacks)
+
+
+def make_secure_host(node="h", keys=("h", "c1"), rounds=2, lacks=()):
+    config = [(k, syn.OUT, sec.PROJ) for k in keys]
+    return SecureServingHost(
+        node, list(keys), 32, rounds, syn.Faults(""), lacks=lacks,
+        project_layer_config=config, project_layer_lr=sec.PROJECT_LR, schedule_timeout=60,
+    )
+
+
+def make_secure_collaborator(node="c1", lacks=()):
+    return SecureServingCollaborator(
+        node, 32, syn.Faults(""), lacks=lacks, project_layer_lr=sec.PROJECT_LR,
+        schedule_timeout=60,
+    )
+
+
+def centralized_secure(workdir, task: str, ids: list[str], keys=("h", "c1")) -> torch.Tensor:
+    """The secure model's output for `ids` in the clear: feature models, the host's own
+    projection, each collaborator's W = U + V from the two parties' shares, the inference
+    model; what secure serving must reproduce within CKKS precision."""
+    rows = torch.tensor([int(i) for i in ids])
+    host_dir = workdir / keys[0] / task / "model"
+    shares_u = torch.load(host_dir / "projection_shares.pt", weights_only=True)
+    parts = []
+    for k in keys:
+        model = syn.feature_model(k)
+        model.load_state_dict(
+            torch.load(workdir / k / task / "model" / "feature_model.pt", weights_only=True)
+        )
+        with torch.no_grad():
+            x = model.eval()(syn.columns(k)[rows]).double()
+        if k == keys[0]:
+            w = torch.load(host_dir / "host_projection.pt", weights_only=True)["weight"].double().T
+        else:
+            v = torch.load(workdir / k / task / "model" / "projection_share.pt",
+                           weights_only=True)["v"]
+            w = shares_u[k].double() + v.double()
+        parts.append(x @ w)
+    infer = sec.SecureSynthHost.build_infer_model(make_secure_host(keys=keys))
+    infer.load_state_dict(torch.load(host_dir / "infer_model.pt", weights_only=True))
+    with torch.no_grad():
+        return infer.eval()(torch.cat(parts, dim=1).float())

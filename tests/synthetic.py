@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -77,6 +78,11 @@ class Faults:
     def at(self, name: str, round_no: int) -> bool:
         return name in self.spec and int(self.spec[name]) == round_no
 
+    def pace(self) -> None:
+        """`slow=S`: every training batch takes S seconds more (so a test can kill mid-round)."""
+        if "slow" in self.spec:
+            time.sleep(float(self.spec["slow"]))
+
 
 class SynthParty:
     """What the synthetic host and collaborator do alike: ids, split, feature model."""
@@ -111,8 +117,13 @@ class SynthHost(SynthParty, HeteroNNHostScheduler):
         return make_optimizer(infer_model)
 
     def iterate_train_feature(self, feature_model, train_ids):
+        if self.faults.at("host_kill", self.current_round):
+            # SIGKILL at the start of this round, i.e. right after the previous round's test:
+            # the embedded coordinator dies with the host, before it can mark anything.
+            os.kill(os.getpid(), signal.SIGKILL)
         order = aligned_order(train_ids, self.current_round)
         for rows in batches(order, self.batch_size):
+            self.faults.pace()
             yield feature_model(self.x[rows]), self.y[rows]
 
     def iterate_test_feature(self, feature_model, test_ids):
@@ -155,7 +166,10 @@ class SynthCollaborator(SynthParty, HeteroNNCollaboratorScheduler):
                 os._exit(17)  # a crash: no goodbye to anyone
             if self.faults.at("short", self.current_round) and b == 5:
                 return  # one batch fewer than the host
+            self.faults.pace()
             yield feature_model(self.x[rows])
+        if self.faults.at("die_at_end", self.current_round):
+            os._exit(17)  # every batch done (and checkpointed), the round's end not sent
 
     def iterate_test_feature(self, feature_model, test_ids):
         for rows in batches(list(test_ids), self.batch_size):
@@ -179,6 +193,9 @@ def party_arguments(
     p.add_argument("--faults", default="")
     p.add_argument(
         "--training-mode", default=None, help="'exact', 'pipelined' or 'pipelined:DEPTH'"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=0, help="host: checkpoint every N batches"
     )
     return p
 
@@ -210,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     nodes = args.nodes.split(",")
     timeouts, faults = scheduler_timeouts(args), Faults(args.faults)
     if args.node == nodes[0]:
-        scheduler = SynthHost(args.node, nodes, args.batch_size, args.rounds, faults, **timeouts)
+        scheduler = SynthHost(
+            args.node,
+            nodes,
+            args.batch_size,
+            args.rounds,
+            faults,
+            checkpoint_every_batches=args.checkpoint_every,
+            **timeouts,
+        )
     else:
         scheduler = SynthCollaborator(args.node, args.batch_size, faults, **timeouts)
     # A node missing from --nodes believes it belongs: the coordinator must refuse it.

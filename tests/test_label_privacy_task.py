@@ -97,7 +97,7 @@ def test_live_leak_metric_and_agreed_defence(tmp_path: Path) -> None:
 def test_a_defence_that_differs_between_parties_fails_the_join(tmp_path: Path) -> None:
     results = wait_all(run(tmp_path, "differ", {"h": RR0, "c1": "null"}))
     assert all(r.code == 1 for r in results.values()), results
-    h, c1 = "'h' has kind=gradient_rr;epsilon=0.0;classes=3", "'c1' has kind=none"
+    h, c1 = "'h' has kind=gradient_rr;epsilon=0.0;classes=3;debias=0.0", "'c1' has kind=none"
     expected = [  # in join order
         f"disagree on 'label_defence': {a}, {b}; every party must use the same label_defence"
         for a, b in ((h, c1), (c1, h))

@@ -6,9 +6,12 @@ One deployment per module: collaborator 'c1' (lacking id "7") and host 'h'."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -243,3 +246,57 @@ def test_batch_prediction_equals_online_serving(deployment, tmp_path):
     assert (report["distinct"], report["intersection"], report["predicted"], report["missing"]) \
         == (len(ids), len(ids) - 2, len(ids) - 3, 3)
     assert "predict" in run.stderr  # the progress bar
+
+
+def node_modules() -> Path:
+    """@grpc/grpc-js and @grpc/proto-loader, installed from npm on first use (pinned in
+    examples/clients/package.json) into .venv-tools/node-client/."""
+    target = ROOT / ".venv-tools" / "node-client"
+    if not (target / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "examples" / "clients" / "package.json", target / "package.json")
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=target,
+                       check=True, timeout=600)
+    return target / "node_modules"
+
+
+def test_predict_from_node_js_and_from_python_with_only_the_proto_files(deployment, tmp_path):
+    certs, host = deployment["certs"], deployment["host"]
+    ids = ["3", "7", SECRET_ID]
+    tls_args = ["--ca", str(certs / "ca.crt"), "--cert", str(certs / "client.crt"),
+                "--key", str(certs / "client.key"), "--server-name", "h"]
+    node = subprocess.run(
+        ["node", str(ROOT / "examples" / "clients" / "predict.js"), "--address", host.address,
+         "--proto-root", str(ROOT / "proto"), *tls_args, *ids],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "NODE_PATH": str(node_modules())},
+    )
+    assert node.returncode == 0, node.stderr
+    # Python with stubs generated here from the .proto files, not heteronn's package.
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
+         f"--python_out={stubs}", f"--grpc_python_out={stubs}",
+         str(ROOT / "proto/heteronn/v1/common.proto"),
+         str(ROOT / "proto/heteronn/v1/serving.proto")],
+        check=True,
+    )
+    python = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "clients" / "predict.py"), "--address",
+         host.address, *tls_args, *ids],
+        capture_output=True, text=True, timeout=120, cwd=stubs,
+        env={**os.environ, "PYTHONPATH": str(stubs)},
+    )
+    assert python.returncode == 0, python.stderr
+    expected = {p.id: p for p in predict(deployment["stub"], ids).predictions}
+    for out in (node.stdout, python.stdout):
+        got = [json.loads(line) for line in out.splitlines()]
+        assert [g["id"] for g in got] == ids
+        for g in got:
+            p = expected[g["id"]]
+            assert g["status"] == serving_pb2.PredictionStatus.Name(p.status)
+            assert g["predicted_class"] == p.predicted_class
+            assert g["missing_at"] == list(p.missing_at)
+            assert torch.allclose(torch.tensor(g["scores"] or [0.0]),
+                                  torch.tensor(list(p.scores) or [0.0]), atol=1e-6)

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from party_node.errors import ConfigError
 from party_node.hetero_nn import aligned_order
 from party_node.runtime.training_mode import InFlight, TrainingMode, parse_training_mode
+from party_node.settings import NodeSettings
 from tests import synthetic as syn
 from tests.harness import run_task
 from tests.wan_nodes import run_over_wan
+from wire.config_file import settings_error
 
 ROUNDS, BATCH = 3, 32  # 192 train rows -> 6 batches a round
 
@@ -174,6 +176,16 @@ def test_a_scheduler_refuses_a_bad_mode_when_it_is_set():
         scheduler.training_mode = {"kind": "pipelined", "depth": 0}
     scheduler.training_mode = "pipelined:2"
     assert scheduler.training_mode.depth == 2
+
+
+def test_a_node_setting_sets_the_mode_and_a_bad_one_is_one_line():
+    base = {"node_id": "c1", "task_id": "t", "coordinator": "127.0.0.1:1", "tls_plaintext": True}
+    assert NodeSettings(**base, training_mode="pipelined:4").training_mode == "pipelined:4"
+    with pytest.raises(ValueError) as info:
+        NodeSettings(**base, training_mode={"kind": "pipelined", "depth": 40})
+    assert settings_error(info.value).startswith(
+        "training_mode: training_mode is invalid: depth: Input should be less than or equal to 32"
+    )
 
 
 # ---- the collaborator's window -------------------------------------------------------------------

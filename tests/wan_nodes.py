@@ -47,7 +47,9 @@ def run_over_wan(
     training_mode: str | None = None,
 ) -> WanRun:
     """Run the task to its end with `delay_s` one way on every party-to-party link."""
-    coordinator = start_coordinator(CoordinatorSettings(listen="127.0.0.1:0", db=":memory:"))
+    coordinator = start_coordinator(
+        CoordinatorSettings(listen="127.0.0.1:0", db=":memory:", plaintext=True)
+    )
     ports = {n: free_port() for n in nodes}
     proxies = {n: LatencyProxy(f"127.0.0.1:{ports[n]}", delay_s=delay_s).start() for n in nodes}
     try:

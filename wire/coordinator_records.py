@@ -13,7 +13,7 @@ from typing import Any
 from heteronn.v1 import coordinator_pb2
 
 #: ParticipantInfo fields with the same name and meaning in both sides' Participant.
-PARTICIPANT_FIELDS = ("node_id", "feature_key", "address", "checkpoint_round")
+PARTICIPANT_FIELDS = ("node_id", "feature_key", "address", "checkpoint_round", "checkpoint_batch")
 
 #: PhaseReport fields with the same name and meaning in both sides' Report (besides metrics).
 REPORT_FIELDS = (

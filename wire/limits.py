@@ -70,11 +70,11 @@ MAX_TENSOR_ELEMENTS = 1 << 31
 #: Ids in one Predict call, and UTF-8 bytes of one id.
 SERVING_MAX_IDS_PER_CALL = 1024
 SERVING_MAX_ID_BYTES = 256
-#: Calls answered at once (Predict at the host; Embed/SecureForward at a collaborator).
+#: Calls answered at once (Predict at the host; Embed/SecureEmbed at a collaborator).
 SERVING_MAX_CALLS_IN_FLIGHT = 256
 #: Ids waiting in the host's batcher.
 SERVING_MAX_QUEUED_IDS = 65_536
-#: Ids in one online Embed/SecureForward call, and in one Embed call of a batch prediction.
+#: Ids in one online Embed/SecureEmbed call, and in one Embed call of a batch prediction.
 SERVING_MAX_EMBED_IDS = 4096
 SERVING_MAX_BATCH_EMBED_IDS = 16_384
 #: A collaborator's cap on ids per second answered online (0: none).
@@ -82,6 +82,9 @@ SERVING_MAX_IDS_PER_S = 0.0
 #: Batch predictions open at once at a collaborator, and how long one may sit idle (s).
 SERVING_MAX_OPEN_BATCHES = 4
 SERVING_BATCH_IDLE_S = 600.0
+#: Secure sessions open at once at a collaborator, and how long one may sit idle (s).
+SERVING_MAX_SECURE_SESSIONS = 4
+SERVING_SESSION_IDLE_S = 3600.0
 #: Deadline of a Predict call that sets none, and the most it may set (s).
 SERVING_PREDICT_TIMEOUT_S = 5.0
 

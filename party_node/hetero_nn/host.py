@@ -11,9 +11,18 @@ from torch import nn, optim
 from party_node.errors import ConfigError
 from party_node.hetero_nn.base import HeteroNNScheduler
 
+#: Default of `checkpoint_every_seconds` (docs/operations.md has the measured cost).
+CHECKPOINT_EVERY_SECONDS = 60.0
+
 
 class HeteroNNHostScheduler(HeteroNNScheduler):
-    """Seed-compatible host scheduler (`alphafed.hetero_nn.HeteroNNHostScheduler`)."""
+    """Seed-compatible host scheduler (`alphafed.hetero_nn.HeteroNNHostScheduler`).
+
+    Beyond the seed: every party checkpoints after the batch the host picks, once
+    `checkpoint_every_batches` batches (0: off) or `checkpoint_every_seconds` seconds (0: off)
+    have passed since the last checkpoint, so a crash costs at most that much training; every
+    round also ends with one.
+    """
 
     _role = "host"
 
@@ -25,6 +34,8 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
         log_rounds: int = 0,
         schedule_timeout: int = 30,
         is_feature_trainable: bool = True,
+        checkpoint_every_batches: int = 0,
+        checkpoint_every_seconds: float = CHECKPOINT_EVERY_SECONDS,
     ) -> None:
         super().__init__(
             feature_key=feature_key,
@@ -36,6 +47,8 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
         )
         self.infer_model: nn.Module | None = None
         self.optimizer: optim.Optimizer | None = None
+        self.checkpoint_every_batches = checkpoint_every_batches
+        self.checkpoint_every_seconds = checkpoint_every_seconds
 
     @abstractmethod
     def build_infer_model(self) -> nn.Module:
@@ -82,6 +95,11 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
 
     def validate_context(self) -> None:
         super().validate_context()
+        n, t = self.checkpoint_every_batches, self.checkpoint_every_seconds
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"checkpoint_every_batches must be an integer >= 0, got {n!r}")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < float("inf"):
+            raise ConfigError(f"checkpoint_every_seconds must be a number >= 0, got {t!r}")
         if self.infer_model is None:
             raise ConfigError("build_infer_model() returned None; return an nn.Module")
         if self.optimizer is None:

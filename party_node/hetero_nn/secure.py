@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from party_node.errors import ConfigError
 from party_node.hetero_nn.collaborator import HeteroNNCollaboratorScheduler
-from party_node.hetero_nn.host import HeteroNNHostScheduler
+from party_node.hetero_nn.host import CHECKPOINT_EVERY_SECONDS, HeteroNNHostScheduler
 from party_node.secure import (
     secure_params,
     validate_host_config,
@@ -57,6 +57,8 @@ class SecureHeteroNNHostScheduler(HeteroNNHostScheduler):
         project_layer_momentum: float = 0.9,
         project_layer_feature_bound: float = 64.0,
         project_layer_delta_bound: float = 0.125,
+        checkpoint_every_batches: int = 0,
+        checkpoint_every_seconds: float = CHECKPOINT_EVERY_SECONDS,
     ) -> None:
         super().__init__(
             feature_key=feature_key,
@@ -65,6 +67,8 @@ class SecureHeteroNNHostScheduler(HeteroNNHostScheduler):
             log_rounds=log_rounds,
             schedule_timeout=schedule_timeout,
             is_feature_trainable=is_feature_trainable,
+            checkpoint_every_batches=checkpoint_every_batches,
+            checkpoint_every_seconds=checkpoint_every_seconds,
         )
         # Shapes and types now; the key set once the task's participants are known.
         validate_host_config(project_layer_config, feature_key)

@@ -77,3 +77,16 @@ class HostPrivacy:
         """Each collaborator's leak score for the round just finished."""
         scores = {peer: meter.score() for peer, meter in self.meters.items()}
         return {peer: score for peer, score in scores.items() if score is not None}
+
+    # ---- checkpoints (party_node.runtime.roles.base: the state contract) -------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        """The defences' random streams, so a resumed task draws what the interrupted one
+        would have (host-local: the checkpoint never leaves the host)."""
+        return {
+            "generator": self.generator.get_state(),
+            "label_generator": self.label_generator.get_state(),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self.label_generator.set_state(state["label_generator"])

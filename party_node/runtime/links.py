@@ -22,6 +22,8 @@ class Message:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     end_of_stream: bool = False
+    #: Host → collaborator, on a batch's last message: every party checkpoints after it.
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Participant:
     feature_key: str
     address: str = ""
     checkpoint_round: int = 0
+    checkpoint_batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,10 @@ class Command:
     reason: str = ""
     participants: tuple[Participant, ...] = ()
     resume_round: int = 0
+    #: Batches of round resume_round + 1 that the resume checkpoint already holds.
+    resume_batch: int = 0
     deadline_unix_ms: int = 0
+    attempt: int = 0
 
 
 @dataclass
@@ -70,6 +76,9 @@ class JoinInfo:
     feature_key: str
     address: str
     checkpoint_round: int
+    checkpoint_batch: int
+    #: The node restarts to resume: the coordinator starts a new attempt if need be.
+    recover: bool
     schedule_timeout: float
     calculation_timeout: float
     agreement: dict[str, str]

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from party_node.errors import ConfigError, NamedKeyError, TaskFailed
+from party_node.runtime.batch_checkpoints import Resume
 from party_node.runtime.bundle_export import export_bundle
-from party_node.runtime.checkpoint import CheckpointStore
+from party_node.runtime.checkpoint import CheckpointStore, Position
 from party_node.runtime.links import (
     AbortSignal,
     Command,
@@ -150,13 +151,17 @@ class TaskRuntime:
 
         with self.watchdog.local("building the models"):
             self.role.build()
+        self.role.save_checkpoint = self._save_in_round
+        position = self.checkpoints.latest() if self.settings.recover else Position()
         participants = self.control.join(
             JoinInfo(
                 node_id=self.settings.node_id,
                 role=sched._role,
                 feature_key=sched.feature_key,
                 address=self.settings.advertise,
-                checkpoint_round=self.checkpoints.latest() if self.settings.recover else 0,
+                checkpoint_round=position.rounds,
+                checkpoint_batch=position.batches,
+                recover=self.settings.recover,
                 schedule_timeout=sched.schedule_timeout,
                 calculation_timeout=sched.calculation_timeout,
                 agreement={**self.settings.agreement, **self.role.agreement()},
@@ -208,15 +213,12 @@ class TaskRuntime:
             train, test = _check_split(split)
             role.set_split(train, test)
             self.summary.update(train_size=len(train), test_size=len(test))
-            if cmd.resume_round:
-                role.load_state(self.checkpoints.load(cmd.resume_round))
-                log.info("resumed from the checkpoint of round %d", cmd.resume_round)
-                self.summary["resumed_from_round"] = cmd.resume_round
             return Report(
                 phase="SPLIT",
                 train_size=len(train),
                 test_size=len(test),
                 split_digest=split_digest(self.settings.task_id, train, test),
+                **self._resume(Position(cmd.resume_round, cmd.resume_batch)),
             )
         if cmd.phase == "TRAIN":
             self.scheduler.current_round = cmd.round
@@ -228,7 +230,7 @@ class TaskRuntime:
             if role.label_leak:
                 self.summary["label_leak"] = role.label_leak
             with self.watchdog.local("saving the checkpoint"):
-                self.checkpoints.save(cmd.round, role.state())
+                self.checkpoints.save(Position(cmd.round), {**role.state(), "round_result": result})
             self.summary["rounds"] = cmd.round
             return Report(phase="TRAIN", round=cmd.round, checkpoint_round=cmd.round, **result)
         if cmd.phase == "TEST":
@@ -236,8 +238,12 @@ class TaskRuntime:
             metrics = role.test(cmd.round)
             self.peers.flush()
             self.observer.test(metrics)
+            history = self.summary.setdefault("test_history", [])
             if metrics:
-                self.summary.setdefault("test_history", []).append({"round": cmd.round, **metrics})
+                history.append({"round": cmd.round, **metrics})
+            # A resume at the end of this round need not run its test again.
+            self.checkpoints.save_progress({"tested_round": cmd.round, "test_history": history})
+            if metrics:
                 log.info(
                     "round %d test: %s",
                     cmd.round,
@@ -245,6 +251,43 @@ class TaskRuntime:
                 )
             return Report(phase="TEST", round=cmd.round, metrics=metrics)
         return None  # WAITING_FOR_NODES: nothing to do
+
+    def _resume(self, position: Position) -> dict[str, Any]:
+        """Load the checkpoint the coordinator resumes every party from (none: a fresh start);
+        newer ones belong to the run being redone. At the end of a round, the host tells the
+        coordinator what that round's report said and whether its test is still to run."""
+        role = self.role
+        assert role is not None
+        self.checkpoints.discard_after(position)
+        if position == Position():
+            return {}
+        state = self.checkpoints.load(position)
+        role.load_state(state)
+        log.info("resuming from the checkpoint at %s", position)
+        self.summary.update(resumed_from_round=position.rounds, rounds=position.rounds)
+        progress = self.checkpoints.progress()
+        history = [t for t in progress.get("test_history", []) if t["round"] <= position.rounds]
+        self.summary["test_history"] = history
+        if position.batches:
+            self.summary["resumed_from_batch"] = position.batches
+            role.resume = Resume(
+                position.rounds + 1, position.batches, state["round_start_rng"], state["rng"]
+            )
+            return {}
+        result = state.get("round_result") or {}
+        tested = progress.get("tested_round", 0) >= position.rounds
+        return {
+            "finished": bool(result.get("finished")),
+            "test_requested": bool(result.get("test_requested")) and not tested,
+        }
+
+    def _save_in_round(self, round_no: int, batches: int) -> None:
+        """The role's callback after the batch every party checkpoints after."""
+        assert self.role is not None
+        state = {**self.role.state(), "round_start_rng": self.role.round_start_rng}
+        what = f"saving the checkpoint after batch {batches} of round {round_no}"
+        with self.watchdog.local(what):
+            self.checkpoints.save(Position(round_no - 1, batches), state)
 
     def _finish(self) -> dict[str, Any]:
         assert self.role is not None

@@ -39,9 +39,10 @@ def noise_ciphertext(peer: PeerKeys, parms_id: Any, scale: float, noise_std: flo
     """Enc_peer(0) with a complex Gaussian flood of `noise_std` in every slot, at `scale`."""
     zero = peer.encrypt_zero(parms_id)
     zero.scale = scale  # an encryption of zero is one at any scale
-    n = peer.params.slots
-    flood = secure_normal(n, noise_std) + 1j * secure_normal(n, noise_std)
-    peer.engine.evaluator.add_plain_inplace(zero, peer.engine.encode(flood, scale, parms_id))
+    if noise_std > 0:  # (0: the flood comes with another plaintext of the result)
+        n = peer.params.slots
+        flood = secure_normal(n, noise_std) + 1j * secure_normal(n, noise_std)
+        peer.engine.evaluator.add_plain_inplace(zero, peer.engine.encode(flood, scale, parms_id))
     return zero
 
 

@@ -11,7 +11,6 @@ decrypted.
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,14 +39,6 @@ from party_node.secure.shares import (
 )
 
 
-@dataclass
-class _Prepared:
-    """Our share's data-independent work for the next forward passes, made ahead."""
-
-    v_plain: dict[tuple[int, int], Any]  # V's baby copies, encoded for X·W
-    v_message: Message  # Enc_C(Vᵀ) baby copies, for the host's λδ·Wᵀ
-
-
 class SecureCollaboratorLayer(ShareLayer):
     """Holds V (the collaborator's share of W) and drives its side of the CKKS protocol."""
 
@@ -73,12 +64,15 @@ class SecureCollaboratorLayer(ShareLayer):
         p = self.params
         self._z_noise = NoisePool(self.background, self.host, p.product_scale, p.z_noise)
         self.share: CollaboratorShare | None = None
-        self._prepared: Future[_Prepared] | None = None
+        #: Our share made ahead: V's baby copies encoded for X·W (needed first), and Enc_C(Vᵀ)
+        #: for the host (needed only when the forward message leaves).
+        self._v_plain: Future[dict[tuple[int, int], Any]] | None = None
+        self._v_message: Future[Message] | None = None
         if initial_share is not None:
             self._set_share(
                 CollaboratorShare(self.check_shape(initial_share, "initial share"), lr, momentum)
             )
-        self._u_cts: dict[tuple[int, int], Any] | None = None
+        self._u_cts: Future[dict[tuple[int, int], Any]] | None = None
         self._x: np.ndarray | None = None
         self._grad_pending = self._weight_pending = False
         self._dtype = torch.float32
@@ -121,36 +115,46 @@ class SecureCollaboratorLayer(ShareLayer):
         return {(t, h): f"u/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
 
     def set_host_share(self, msg: Message, step: str = KIND_SHARE) -> None:
-        """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes."""
+        """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes; they
+        are loaded on the second worker, off our critical path."""
         names = self.share_names()
         if step == KIND_SHARE:
             checks.expect_names(msg, names.values(), step)
         missing = [n for n in names.values() if n not in msg]
         if missing:
             raise SecureProtocolError(f"{step}: missing {missing}")
-        cts = self.load(
-            self.host.engine, msg, list(names.values()), step, 2, self.params.share_scale
-        )
-        self._u_cts = dict(zip(names, cts, strict=True))
+        blobs = {key: checks.blob(msg, name, step) for key, name in names.items()}
+        self._u_cts = self.parallel.submit(self._load_share, blobs, step)
+
+    def _load_share(self, blobs: dict[tuple[int, int], bytes], step: str) -> dict:
+        engine, scale = self.host.engine, self.params.share_scale
+        return {
+            key: engine.load_ciphertext(b, f"u/{key[0]}/{key[1]}", 2, scale)
+            for key, b in blobs.items()
+        }
 
     # ---- work made ahead --------------------------------------------------------------------
     def _set_share(self, share: CollaboratorShare) -> None:
         self.share = share
-        self._prepared = self.background.submit(self._make_prepared, share.v.copy())
+        v = share.v.copy()
+        self._v_plain = self.background.submit(self._encode_v, v)
+        self._v_message = self.background.submit(self._encrypt_v, v)
 
-    def _make_prepared(self, v: np.ndarray) -> _Prepared:
-        scale, fwd, bwd = self.params.share_scale, self.geo.fwd, self.geo.bwd
+    def _encode_v(self, v: np.ndarray) -> dict[tuple[int, int], Any]:
+        scale, fwd = self.params.share_scale, self.geo.fwd
         parms = self.host.engine.seal_context.first_parms_id()
-        v_plain = {
+        return {
             (tile, h): self.host.engine.encode(baby, scale, parms)
             for tile, vec in enumerate(fwd.pack_b(v))
             for h, baby in enumerate(fwd.babies(vec))
         }
-        message: Message = {}
+
+    def _encrypt_v(self, v: np.ndarray) -> Message:
+        scale, bwd, message = self.params.share_scale, self.geo.bwd, {}
         for tile, vec in enumerate(bwd.pack_b(v.T)):
             for h, baby in enumerate(bwd.babies(vec)):
                 message[f"v/{tile}/{h}"] = self.own.encrypt_bytes(baby, scale)
-        return _Prepared(v_plain, message)
+        return message
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, train: bool = True) -> Message:
@@ -173,12 +177,12 @@ class SecureCollaboratorLayer(ShareLayer):
         )
         if train:  # Enc_C(X) for the weight gradient, on the other core meanwhile
             self._enc_x = self.parallel.submit(self._encrypt_x, xs)
-        assert self._prepared is not None
-        prepared = self._prepared.result()
+        assert self._v_plain is not None and self._v_message is not None
+        v_plain = self._v_plain.result()
         ev, baby = self.host.engine.evaluator, {}
-        for key, ct in self._u_cts.items():
+        for key, ct in self._u_cts.result().items():
             total = sealapi.Ciphertext()
-            ev.add_plain(ct, prepared.v_plain[key], total)
+            ev.add_plain(ct, v_plain[key], total)
             baby[key] = total
         out = self.rows_entry(xs.shape[0])
         p = self.params
@@ -188,7 +192,7 @@ class SecureCollaboratorLayer(ShareLayer):
         for i, ct in enumerate(results):
             out[f"z/{i}"] = products.finish(self.host, ct, self._z_noise.take())
         if train:
-            out.update(prepared.v_message)
+            out.update(self._v_message.result())
             self._x, self._grad_pending, self._weight_pending = xs, True, True
         return out
 

@@ -74,14 +74,10 @@ class SecureHostLayer(ShareLayer):
         #: A second worker: the weight gradient overlaps λδ·Wᵀ (the collaborator waits for both).
         self.parallel = Background()
         self._weight: Future[Message] | None = None
-        p, gram = self.params, self.geo.gram
+        p = self.params
         self._dx_noise = NoisePool(self.background, self.peer, p.product_scale, p.dx_noise)
-        self._g_noise = NoisePool(
-            self.background,
-            self.peer,
-            p.gram_product_scale,
-            flood_std_per_group(p.g_noise, gram.groups),
-        )
+        # The weight gradient's flood rides on its mask plaintext (_encode_masks).
+        self._g_noise = NoisePool(self.background, self.peer, p.gram_product_scale, 0.0)
         self.share: HostShare | None = None
         self._prepared: Future[_Prepared] | None = None
         self._a: np.ndarray | None = None
@@ -160,9 +156,12 @@ class SecureHostLayer(ShareLayer):
         bound = p.partial_mask(rows_per_group)
         scale = p.gram_product_scale
         masks = {}
+        flood = flood_std_per_group(p.g_noise, gram.groups)
         for tp in range(gram.t_parts):
             for jp in range(gram.j_parts):
-                vec = products.zero_sum_masks(gram, bound)
+                vec = products.zero_sum_masks(gram, bound) + products.gaussian_slots(
+                    gram.slots, flood
+                )
                 vec[: gram.group] += self._mask_block(mask * p.lam, tp, jp).ravel()
                 masks[(tp, jp)] = self.peer.engine.encode(vec, scale, parms)
         return masks

@@ -21,7 +21,7 @@ from tenseal import sealapi
 from party_node.secure import seal_io
 from party_node.secure.context import PeerKeys
 from party_node.secure.plans import DiagPlan, GramPlan
-from party_node.secure.shares import secure_uniform
+from party_node.secure.shares import secure_normal, secure_uniform
 
 
 def add_plain(peer: PeerKeys, ct: Any, values: np.ndarray, scale: float) -> Any:
@@ -119,6 +119,11 @@ def zero_sum_masks(plan: GramPlan, bound: float) -> np.ndarray:
     vec = np.zeros(plan.slots, dtype=np.complex128)
     vec[: masks.size] = masks.ravel()
     return vec
+
+
+def gaussian_slots(n: int, std: float) -> np.ndarray:
+    """Complex Gaussian flood for n slots (real and imaginary parts of std `std`)."""
+    return secure_normal(n, std) + 1j * secure_normal(n, std)
 
 
 def finish(peer: PeerKeys, ct: Any, noise: Any) -> bytes:

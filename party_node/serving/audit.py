@@ -64,7 +64,10 @@ class AuditLog:
         batch_id: str = "",
         refused: str = "",
         model_id: str = "",
+        digests: bool = True,
     ) -> None:
+        """One call. `digests` false records the count only: for a batch prediction's calls,
+        whose ids were all recorded with its PSI ("Psi" record of the same batch id)."""
         entry: dict[str, Any] = {
             "ts": round(time.time(), 3),
             "caller": caller,
@@ -77,7 +80,8 @@ class AuditLog:
             entry["batch_id"] = batch_id
         if refused:
             entry["refused"] = refused
-        entry["id_digests"] = [id_digest(self.key, i) for i in ids]
+        if digests:
+            entry["id_digests"] = [id_digest(self.key, i) for i in ids]
         line = json.dumps(entry, separators=(",", ":")) + "\n"
         with self._lock:
             self._file.write(line)

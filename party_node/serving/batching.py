@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent Predict calls share one pass through the parties.
 
-A worker takes the oldest waiting call, then keeps collecting until the batch holds
-`max_batch` ids or `max_wait_s` has passed since that call arrived, and runs the batch once
-for the distinct ids of all its calls. Every call keeps its own deadline: one already past it
-is failed before any work, and the batch runs until the latest deadline among its calls
-(each caller stops waiting at its own). The queue is bounded in ids; past it, calls are
-refused at once instead of waiting.
+A worker takes the oldest waiting call and, while another batch is running (so more calls
+are on their way), keeps collecting until the batch holds `max_batch` ids or `max_wait_s`
+has passed since that call arrived; with every worker idle it starts at once, since waiting
+would only add latency. It runs the batch once for the distinct ids of all its calls. Every
+call keeps its own deadline: one already past it is failed before any work, and the batch
+runs until the latest deadline among its calls (each caller stops waiting at its own). The
+queue is bounded in ids; past it, calls are refused at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class DynamicBatcher:
         self.max_queued_ids = max_queued_ids
         self._queue: deque[Pending] = deque()
         self._queued_ids = 0
+        self._running = 0  # batches being run now
         self._cond = threading.Condition()
         self._stopped = False
         self._threads = [
@@ -79,7 +81,7 @@ class DynamicBatcher:
             if self._stopped:
                 return None
             close_at = self._queue[0].arrived + self.max_wait_s
-            while not self._stopped and self._queued_ids < self.max_batch:
+            while self._running and not self._stopped and self._queued_ids < self.max_batch:
                 left = close_at - time.monotonic()
                 if left <= 0:
                     break
@@ -90,33 +92,41 @@ class DynamicBatcher:
                 batch.append(self._queue.popleft())
                 size += len(batch[-1].ids)
             self._queued_ids -= size
+            self._running += 1
             if self._queue:
                 self._cond.notify()  # another worker may start on the rest now
             return batch
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            now = time.monotonic()
-            live = []
-            for p in batch:
-                if p.deadline <= now:
-                    p.future.set_exception(
-                        DeadlineExpired("the call's deadline passed while it waited in the queue")
-                    )
-                elif p.future.set_running_or_notify_cancel():
-                    live.append(p)
-            if not live:
-                continue
-            ids = list(dict.fromkeys(i for p in live for i in p.ids))
-            self.observe(len(ids))
             try:
-                result = self.run(ids, max(p.deadline for p in live))
-            except BaseException as exc:  # every caller hears it; the worker lives on
-                for p in live:
-                    p.future.set_exception(exc)
-                continue
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._running -= 1
+
+    def _run_batch(self, batch: list[Pending]) -> None:
+        now = time.monotonic()
+        live = []
+        for p in batch:
+            if p.deadline <= now:
+                p.future.set_exception(
+                    DeadlineExpired("the call's deadline passed while it waited in the queue")
+                )
+            elif p.future.set_running_or_notify_cancel():
+                live.append(p)
+        if not live:
+            return
+        ids = list(dict.fromkeys(i for p in live for i in p.ids))
+        self.observe(len(ids))
+        try:
+            result = self.run(ids, max(p.deadline for p in live))
+        except Exception as exc:  # every caller hears it; the worker lives on
             for p in live:
-                p.future.set_result(result)
+                p.future.set_exception(exc)
+            return
+        for p in live:
+            p.future.set_result(result)
 
     def stop(self) -> None:
         with self._cond:

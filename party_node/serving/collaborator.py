@@ -44,11 +44,13 @@ class CollaboratorServing:
         }
 
     def features(self, caller: str, rpc: str, ids: Sequence[str], batch_id: str) -> FeatureRows:
-        """This party's rows for `ids`, audited (the caller learns which ids exist here)."""
+        """This party's rows for `ids`, audited (the caller learns which ids exist here). A
+        batch prediction's ids were audited with its PSI: its calls record counts only."""
+        model_id, digests = self.bundle.model_id, not batch_id
         try:
             rows = self.source.read(ids)
         except Exception:
-            self.audit.record(caller, rpc, ids, 0, batch_id, "hook_failed", self.bundle.model_id)
+            self.audit.record(caller, rpc, ids, 0, batch_id, "hook_failed", model_id, digests)
             raise
-        self.audit.record(caller, rpc, ids, rows.count, batch_id, "", self.bundle.model_id)
+        self.audit.record(caller, rpc, ids, rows.count, batch_id, "", model_id, digests)
         return rows

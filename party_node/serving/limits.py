@@ -19,12 +19,12 @@ class ServingLimits:
     max_ids_per_call: int = limits.SERVING_MAX_IDS_PER_CALL
     #: UTF-8 bytes of one id.
     max_id_bytes: int = limits.SERVING_MAX_ID_BYTES
-    #: Calls being answered at once (Predict at the host; Embed/SecureForward at a
+    #: Calls being answered at once (Predict at the host; Embed/SecureEmbed at a
     #: collaborator); more are refused with RESOURCE_EXHAUSTED rather than queued.
     max_calls_in_flight: int = limits.SERVING_MAX_CALLS_IN_FLIGHT
     #: Ids waiting in the host's batcher.
     max_queued_ids: int = limits.SERVING_MAX_QUEUED_IDS
-    #: Ids in one online Embed/SecureForward call (the host's max_batch must fit).
+    #: Ids in one online Embed/SecureEmbed call (the host's max_batch must fit).
     max_embed_ids: int = limits.SERVING_MAX_EMBED_IDS
     #: Ids in one Embed call of a batch prediction.
     max_batch_embed_ids: int = limits.SERVING_MAX_BATCH_EMBED_IDS
@@ -35,6 +35,10 @@ class ServingLimits:
     max_open_batches: int = limits.SERVING_MAX_OPEN_BATCHES
     #: Seconds a batch prediction may sit idle before a collaborator forgets it.
     batch_idle_s: float = limits.SERVING_BATCH_IDLE_S
+    #: Secure sessions (a host's keys and Enc_H(U)) open at once at a collaborator, and how
+    #: long one may sit idle before it is forgotten.
+    max_secure_sessions: int = limits.SERVING_MAX_SECURE_SESSIONS
+    session_idle_s: float = limits.SERVING_SESSION_IDLE_S
     #: Deadline of a Predict call when the caller sets none, and the most it may set.
     predict_timeout_s: float = limits.SERVING_PREDICT_TIMEOUT_S
 

@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 
 import grpc
 
@@ -44,6 +45,11 @@ class CoordinatorLink:
         self._threads: list[threading.Thread] = []
         self._patience = 30.0
         self._watch_call: WatchStream | None = None
+        #: This process's identity at the coordinator: a later process of this node (a
+        #: restart) has another, and this one's reports are then ignored.
+        self.incarnation = uuid.uuid4().hex
+        #: The attempt of the task this node joined; a later attempt ends this run.
+        self.attempt = 0
 
     # ---- join -----------------------------------------------------------------------------------
     def join(self, info: JoinInfo) -> tuple[Participant, ...]:
@@ -51,7 +57,12 @@ class CoordinatorLink:
         deadline = time.monotonic() + info.schedule_timeout
         node = participant_to_proto(
             Participant(
-                info.node_id, info.role, info.feature_key, info.address, info.checkpoint_round
+                info.node_id,
+                info.role,
+                info.feature_key,
+                info.address,
+                info.checkpoint_round,
+                info.checkpoint_batch,
             )
         )
         while True:
@@ -62,6 +73,8 @@ class CoordinatorLink:
                     schedule_timeout_s=info.schedule_timeout,
                     calculation_timeout_s=info.calculation_timeout,
                     agreement=info.agreement,
+                    incarnation=self.incarnation,
+                    recover=info.recover,
                 )
                 break
             except grpc.RpcError as exc:
@@ -81,6 +94,7 @@ class CoordinatorLink:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.attempt = task.attempt
         return tuple(participant_from_proto(p) for p in task.participants)
 
     # ---- commands -------------------------------------------------------------------------------
@@ -92,6 +106,8 @@ class CoordinatorLink:
                 for pb in self._watch_call:
                     last_contact = time.monotonic()
                     cmd = command_from_proto(pb)
+                    if cmd.attempt and self.attempt and cmd.attempt != self.attempt:
+                        cmd = self._superseded(cmd)
                     if cmd.phase == "FAILED":
                         self.abort.set(cmd.reason)
                     self._commands.put(cmd)
@@ -110,6 +126,19 @@ class CoordinatorLink:
                     self._commands.put(Command(phase="FAILED", reason=reason))
                     return
             self._stop.wait(0.5)
+
+    def _superseded(self, cmd: Command) -> Command:
+        """A command of another attempt: this node's attempt ended (interrupted, because a
+        party restarted with recover=True); this process stops."""
+        why = f": {cmd.reason}" if cmd.reason else ""
+        return Command(
+            phase="FAILED",
+            reason=(
+                f"task '{self.task_id}' went on as attempt {cmd.attempt} without this process "
+                f"of node '{self.node_id}' (attempt {self.attempt}){why}; restart this node "
+                "with recover=True to take part"
+            ),
+        )
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -130,7 +159,7 @@ class CoordinatorLink:
         """Deliver `report`; while the coordinator is unreachable (restarting), retry for up
         to schedule_timeout, the gap a node tolerates (an error report, sent on the way out,
         for at most ERROR_REPORT_PATIENCE_S)."""
-        request = report_to_proto(self.task_id, self.node_id, report)
+        request = report_to_proto(self.task_id, self.node_id, report, self.incarnation)
         patience = min(self._patience, ERROR_REPORT_PATIENCE_S) if report.error else self._patience
         deadline = time.monotonic() + patience
         delay = 0.2

@@ -15,7 +15,13 @@ _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 
 def message_to_payload(msg: Message, task_id: str, sender: str, seq: int = 0) -> common_pb2.Payload:
     header = common_pb2.Header(
-        task_id=task_id, round=msg.round, batch=msg.batch, sender=sender, kind=msg.kind, seq=seq
+        task_id=task_id,
+        round=msg.round,
+        batch=msg.batch,
+        sender=sender,
+        kind=msg.kind,
+        seq=seq,
+        checkpoint=msg.checkpoint,
     )
     payload = common_pb2.Payload(header=header, end_of_stream=msg.end_of_stream)
     for name, tensor in msg.tensors.items():
@@ -35,6 +41,7 @@ def message_from_payload(payload: common_pb2.Payload) -> Message:
         tensors={k: tensor_from_proto(v) for k, v in payload.tensors.items()},
         blobs=dict(payload.blobs),
         end_of_stream=payload.end_of_stream,
+        checkpoint=h.checkpoint,
     )
 
 
@@ -53,14 +60,19 @@ def command_from_proto(cmd: coordinator_pb2.PhaseCommand) -> Command:
         reason=cmd.reason,
         participants=tuple(participant_from_proto(p) for p in cmd.participants),
         resume_round=cmd.resume_round,
+        resume_batch=cmd.resume_batch,
         deadline_unix_ms=cmd.deadline_unix_ms,
+        attempt=cmd.attempt,
     )
 
 
-def report_to_proto(task_id: str, node_id: str, r: Report) -> coordinator_pb2.ReportPhaseRequest:
+def report_to_proto(
+    task_id: str, node_id: str, r: Report, incarnation: str = ""
+) -> coordinator_pb2.ReportPhaseRequest:
     return coordinator_pb2.ReportPhaseRequest(
         task_id=task_id,
         node_id=node_id,
         phase=common_pb2.Phase.Value(f"PHASE_{r.phase}"),
+        incarnation=incarnation,
         **report_fields(r),
     )

@@ -135,6 +135,13 @@ class PeerCallHandler:
                 f"claims to come from '{sender}'"
             )
 
+    def check_model(self, model_id: str) -> None:
+        if model_id != self.bundle.model_id:
+            raise ModelMismatch(
+                f"{self.where} serves model {short(self.bundle.model_id)}, not "
+                f"{short(model_id) or 'none'}; both parties must serve bundles of one task run"
+            )
+
     def check_batch_id(self, batch_id: str) -> str:
         if not BATCH_ID.match(batch_id):
             raise BadMessage("a batch id is 1-128 characters of [A-Za-z0-9._-]")
@@ -144,11 +151,7 @@ class PeerCallHandler:
         """Everything about `call` before this party reads a row: caller, model, ids, and
         the rate cap (online) or the batch's intersection (batch prediction)."""
         self.check_caller(call.sender, call.identities, call.rpc)
-        if call.model_id != self.bundle.model_id:
-            raise ModelMismatch(
-                f"{self.where} serves model {short(self.bundle.model_id)}, not "
-                f"{short(call.model_id) or 'none'}; both parties must serve bundles of one task run"
-            )
+        self.check_model(call.model_id)
         lim = self.limits
         limit = lim.max_batch_embed_ids if call.batch_id else lim.max_embed_ids
         ids = check_ids(call.ids, limit, lim.max_id_bytes, call.rpc)

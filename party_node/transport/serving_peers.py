@@ -4,6 +4,7 @@ failures turned into errors that name the collaborator and its address."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,9 +20,16 @@ from party_node.errors import (
     PeerTimedOut,
     PeerUnavailable,
 )
+from party_node.secure import SecureProtocolError
 from party_node.serving.bundle import Bundle, differences, short, summary
 from party_node.serving.hooks import FeatureRows
-from party_node.transport.serving_serde import describe_from_proto, rows_from_embed_response
+from party_node.serving.secure import HostSecureLayers, decrypt_projection
+from party_node.transport.serving_serde import (
+    describe_from_proto,
+    message_from_proto,
+    message_to_proto,
+    rows_from_embed_response,
+)
 from wire.grpc_factory import open_channel
 from wire.tls import TlsSettings
 
@@ -133,3 +141,73 @@ def check_agreement(bundle: Bundle, peer: GrpcCollaborator, theirs: dict[str, An
         f"{theirs['final_round']}, {theirs['mode']}): {'; '.join(diffs)} — start every party "
         "with the bundle of the same finished task"
     )
+
+
+class SecureGrpcCollaborator(GrpcCollaborator):
+    """A collaborator in secure mode (a `ProjectionSource`): a session holding our keys and
+    Enc_H(U) there, then per batch SecureEmbed and the decryption of z = X·W here."""
+
+    def __init__(self, *args: Any, layers: HostSecureLayers, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.layers = layers
+        self._session: tuple[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def open_session(self, timeout: float) -> tuple[str, Any]:
+        request = serving_pb2.OpenSecureSessionRequest(
+            model_id=self.model_id,
+            sender=self.host_id,
+            keys=message_to_proto(self.layers.session_blobs(self.feature_key)),
+        )
+        try:
+            reply = self.stub.OpenSecureSession(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self.error(exc, "OpenSecureSession") from None
+        layer = self.layers.layer(self.feature_key, message_from_proto(reply.keys))
+        with self._lock:
+            if self._session is not None:
+                self._session[1].close()
+            self._session = (reply.session_id, layer)
+        return self._session
+
+    def session(self, timeout: float) -> tuple[str, Any]:
+        with self._lock:
+            session = self._session
+        return session if session is not None else self.open_session(timeout)
+
+    def read(self, ids: Sequence[str], deadline: float, batch_id: str = "") -> FeatureRows:
+        for attempt in (1, 2):
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise PeerTimedOut(f"no time was left to ask {self.describe()}")
+            session_id, layer = self.session(timeout)
+            request = serving_pb2.SecureEmbedRequest(
+                model_id=self.model_id, sender=self.host_id, session_id=session_id, ids=ids,
+                batch_id=batch_id,
+            )
+            try:
+                reply = self.stub.SecureEmbed(request, timeout=deadline - time.monotonic())
+                break
+            except grpc.RpcError as exc:
+                gone = isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND
+                if not gone or attempt == 2:
+                    raise self.error(exc, "SecureEmbed") from None
+                with self._lock:  # it restarted: a new session, once
+                    if self._session is not None and self._session[0] == session_id:
+                        self._session = None
+        found = list(reply.found)
+        if len(found) != len(ids):
+            raise PeerRefused(f"{self.describe()} answered {len(found)} flags for "
+                              f"{len(ids)} ids", "INTERNAL")
+        try:
+            z = decrypt_projection(layer, message_from_proto(reply.step), sum(found))
+        except (SecureProtocolError, BadMessage) as exc:
+            raise PeerRefused(
+                f"{self.describe()} sent a secure forward that does not check: {exc}", "INTERNAL"
+            ) from None
+        return FeatureRows(found, z)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session[1].close()
+        super().close()

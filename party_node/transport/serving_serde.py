@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from heteronn.v1 import serving_pb2
+from heteronn.v1 import common_pb2, serving_pb2
 from party_node.errors import BadMessage
 from party_node.serving.hooks import FeatureRows
 from party_node.serving.predict import Predictions
@@ -82,7 +82,6 @@ def describe_to_proto(summary: dict[str, Any]) -> serving_pb2.DescribeModelRespo
         participants=[serving_pb2.ModelParticipant(**p) for p in summary["participants"]],
         parties=summary["parties"],
         output_width=summary["output_width"],
-        public_keys=summary.get("public_keys", {}),
     )
 
 
@@ -101,5 +100,24 @@ def describe_from_proto(msg: serving_pb2.DescribeModelResponse) -> dict[str, Any
         ],
         "parties": dict(msg.parties),
         "output_width": msg.output_width,
-        "public_keys": dict(msg.public_keys),
     }
+
+
+def message_to_proto(msg: dict[str, Any]) -> common_pb2.Payload:
+    """A secure-layer message (tensors and byte blobs by name) as a Payload."""
+    payload = common_pb2.Payload()
+    for name, value in msg.items():
+        if isinstance(value, bytes):
+            payload.blobs[name] = value
+        else:
+            payload.tensors[name].CopyFrom(tensor_to_proto(value))
+    return payload
+
+
+def message_from_proto(payload: common_pb2.Payload) -> dict[str, Any]:
+    """The message a Payload carries; BadMessage for a tensor that does not decode."""
+    try:
+        tensors = {k: tensor_from_proto(v) for k, v in payload.tensors.items()}
+    except TensorDecodeError as exc:
+        raise BadMessage(f"a secure message carries a bad tensor: {exc}") from None
+    return {**tensors, **dict(payload.blobs)}

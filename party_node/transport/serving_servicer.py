@@ -7,17 +7,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from heteronn.v1 import serving_pb2, serving_pb2_grpc
-from party_node.errors import DeadlineExpired, ModelMismatch, NodeError
+from party_node.errors import DeadlineExpired, HookFailed, ModelMismatch, NodeError
+from party_node.secure import SecureProtocolError
 from party_node.serving.bundle import Bundle
 from party_node.serving.collaborator import CollaboratorServing
+from party_node.serving.hooks import FeatureRows
 from party_node.transport.serving_handler import PeerCall, PeerCallHandler, PredictHandler, admitted
 from party_node.transport.serving_serde import (
     describe_to_proto,
+    message_from_proto,
+    message_to_proto,
     predict_response,
     rows_to_embed_response,
 )
@@ -82,8 +86,8 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
 
 
 class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
-    """A collaborator's side; `secure` (party_node.serving.secure_forward) runs the secure
-    forward in secure mode, None in plain mode."""
+    """A collaborator's side. `secure` (party_node.serving.secure.CollaboratorSessions) is set
+    for a secure bundle: then only OpenSecureSession/SecureEmbed answer, never Embed."""
 
     def __init__(
         self,
@@ -105,21 +109,18 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
             self.handler.check_caller(
                 request.sender, frozenset(tls_identities(context, self.trust)), "DescribeModel"
             )
-            summary = self.serving.describe()
-            if self.secure is not None:
-                summary["public_keys"] = self.secure.public_keys()
-            return describe_to_proto(summary)
+            return describe_to_proto(self.serving.describe())
 
         return answer(context, self.metrics, "DescribeModel", run)
 
-    def Embed(self, request, context):
+    def _embed(
+        self, rpc: str, request: Any, context: grpc.ServicerContext, secure: bool,
+        respond: Callable[[FeatureRows], Any],
+    ) -> Any:
+        """Check, read this party's rows, answer: the path Embed and SecureEmbed share."""
         started = time.perf_counter()
         call = PeerCall(
-            "Embed",
-            request.sender,
-            request.model_id,
-            request.ids,
-            request.batch_id,
+            rpc, request.sender, request.model_id, request.ids, request.batch_id,
             frozenset(tls_identities(context, self.trust)),
         )
 
@@ -127,36 +128,56 @@ class InferencePeerServicer(serving_pb2_grpc.InferencePeerServiceServicer):
             h = self.handler
             with admitted(h.gate, h.where):
                 ids = h.admit(call)
-                if self.secure is not None:
-                    raise_plain_only(h.where)
+                if secure != (self.secure is not None):
+                    raise ModelMismatch(
+                        f"{h.where} serves a {'secure' if self.secure else 'plain'} bundle; "
+                        f"{rpc} is for {'secure' if secure else 'plain'} ones"
+                    )
+                if secure:
+                    self.secure.check(request.session_id)
                 _check_time(context, h.where)
-                rows = self.serving.features(call.sender, "Embed", ids, call.batch_id)
-            return rows_to_embed_response(rows), rows
+                rows = self.serving.features(call.sender, rpc, ids, call.batch_id)
+                return respond(rows), rows
 
-        response, rows = answer(context, self.metrics, "Embed", run)
-        self.metrics.batch_ids.labels(rpc="Embed").observe(len(rows.found))
+        response, rows = answer(context, self.metrics, rpc, run)
+        self.metrics.batch_ids.labels(rpc=rpc).observe(len(rows.found))
         self.metrics.answered(
-            "Embed", time.perf_counter() - started, rows.count, len(rows.found) - rows.count
+            rpc, time.perf_counter() - started, rows.count, len(rows.found) - rows.count
         )
         return response
 
-    def SecureForward(self, request_iterator, context):
-        if self.secure is None:
+    def Embed(self, request, context):
+        return self._embed("Embed", request, context, False, rows_to_embed_response)
 
-            def refuse() -> NoReturn:
-                raise ModelMismatch(
-                    f"{self.handler.where} serves a plain bundle; SecureForward is for secure ones"
-                )
+    def SecureEmbed(self, request, context):
+        def respond(rows: FeatureRows) -> Any:
+            step = {}
+            if rows.count:
+                try:
+                    step = self.secure.forward(request.session_id, rows.features)
+                except SecureProtocolError as exc:
+                    log.error("secure forward of %s: %s", self.handler.where, exc)
+                    raise HookFailed(
+                        f"{self.handler.where} could not run the secure forward (see its log)"
+                    ) from None
+            return serving_pb2.SecureEmbedResponse(found=rows.found, step=message_to_proto(step))
 
-            answer(context, self.metrics, "SecureForward", refuse)
-        yield from self.secure.serve(request_iterator, context, self.handler, self.serving)
+        return self._embed("SecureEmbed", request, context, True, respond)
 
+    def OpenSecureSession(self, request, context):
+        def run() -> Any:
+            h = self.handler
+            names = frozenset(tls_identities(context, self.trust))
+            h.check_caller(request.sender, names, "OpenSecureSession")
+            h.check_model(request.model_id)
+            if self.secure is None:
+                raise ModelMismatch(f"{h.where} serves a plain bundle; it opens no secure session")
+            session_id, keys = self.secure.open(message_from_proto(request.keys))
+            return serving_pb2.OpenSecureSessionResponse(
+                session_id=session_id, keys=message_to_proto(keys)
+            )
 
-def raise_plain_only(where: str) -> NoReturn:
-    raise ModelMismatch(
-        f"{where} serves a secure bundle: its features never leave it in plain; the host must "
-        "use SecureForward"
-    )
+        return answer(context, self.metrics, "OpenSecureSession", run)
 
 
 def _check_time(context: grpc.ServicerContext, where: str) -> None:

@@ -1,5 +1,11 @@
 """Behaviour shared by host and collaborator roles: building models, checked message
-receipt, checkpoints of the feature model."""
+receipt, checkpoints of the feature model, and the hooks for checkpoints inside a round.
+
+State contract (what a checkpoint holds, and what secure layers must expose): `state()` returns
+everything that outlives a batch — models, optimizers, random states, the secure layer's shares
+and mask state — as tensors and plain data; `load_state()` takes it back. Checkpoints are taken
+only between batches (`after_batch`, once a batch's last step is done), so nothing batch-local
+(ciphertexts, pending masks) is ever part of one."""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import torch
 from party_node.errors import ConfigError, TaskFailed
 from party_node.privacy import AGREEMENT_KEY as PRIVACY_KEY
 from party_node.privacy import parse_defence
+from party_node.runtime import rng
+from party_node.runtime.batch_checkpoints import CheckpointPolicy, Resume, skip_batches
 from party_node.runtime.links import AbortSignal, Message, Participant, PeerLink, TaskObserver
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.training_mode import AGREEMENT_KEY as MODE_KEY
@@ -40,6 +48,16 @@ class Role:
         self.participants: tuple[Participant, ...] = ()
         self.train_ids: list = []
         self.test_ids: list = []
+        #: (round, batch) after which this party checkpoints (the host decides; see
+        #: batch_checkpoints), and the runtime's callback that writes it.
+        self.checkpoint_due: tuple[int, int] | None = None
+        self.save_checkpoint: Callable[[int, int], None] | None = None
+        #: The host's rule for checkpoint_due (None at collaborators: they follow the host).
+        self.policy: CheckpointPolicy | None = None
+        #: Set by the runtime when the task resumes inside a round.
+        self.resume: Resume | None = None
+        self.round_start_rng: dict[str, Any] = {}
+        self.batches_done = 0
         self.mode = TrainingMode()
         #: The host's live leak metric, one entry per round and collaborator (report.json).
         self.label_leak: list[dict[str, Any]] = []
@@ -98,6 +116,41 @@ class Role:
             yield b, item
             b += 1
 
+    def train_batches(
+        self,
+        round_no: int,
+        iterable: Any,
+        what: str,
+        around: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> Iterator[tuple[int, Any]]:
+        """The round's batches from the user's iterator, numbered from 0. When resuming inside
+        this round, those the checkpoint holds are pulled and dropped here (with the random
+        states put where the uninterrupted run had them), and `batches_done` counts them: the
+        round has at least that many batches even if none is left."""
+        resume = self.resume if self.resume and self.resume.round == round_no else None
+        self.resume, self.checkpoint_due = None, None
+        if resume is not None:
+            rng.restore(resume.round_start_rng)
+        self.round_start_rng = rng.capture()
+        self.batches_done = resume.batches if resume else 0
+        if self.policy is not None:
+            self.policy.reset(self.batches_done)
+        batches = self.batches(iterable, what, around)
+        if resume is not None:
+            skip_batches(batches, resume.batches, self.s.feature_model, what)
+            rng.restore(resume.rng)
+        return batches
+
+    def after_batch(self, round_no: int, b: int) -> None:
+        """Batch b is done here: checkpoint if it is the batch every party checkpoints after."""
+        if self.checkpoint_due != (round_no, b):
+            return
+        self.checkpoint_due = None
+        if self.save_checkpoint is not None:
+            self.save_checkpoint(round_no, b + 1)
+        if self.policy is not None:
+            self.policy.reset(b + 1)
+
     def test_batches(self) -> Iterator[tuple[int, Any]]:
         """The user's test batches (call inside `evaluating`)."""
         s = self.s
@@ -142,13 +195,13 @@ class Role:
         return {
             "feature_model": self.s.feature_model.state_dict(),
             "feature_optimizer": self.s.feature_optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": rng.capture(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.s.feature_model.load_state_dict(state["feature_model"])
         self.s.feature_optimizer.load_state_dict(state["feature_optimizer"])
-        torch.set_rng_state(state["rng"])
+        rng.restore(state["rng"])
 
     def save_final(self, out_dir: Path) -> None:
         atomic_torch_save(self.s.feature_model.state_dict(), out_dir / "feature_model.pt")

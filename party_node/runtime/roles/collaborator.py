@@ -41,27 +41,40 @@ class CollaboratorRole(Role):
         s.feature_model.train()
         what = f"iterate_train_feature in round {round_no}"
         flight = InFlight(self.batch_depth)
-        batches = self.batches(
+        batches = self.train_batches(
+            round_no,
             s.iterate_train_feature(s.feature_model, self.train_ids),
             what,
             lambda: flight.keeping_weights(s.feature_model),
         )
-        count = 0
+        count = self.batches_done
         for b, item in batches:
             features = check_features(item, what)
             self.send_batch(round_no, b, features, what)
             for done in flight.push(b, features):
                 self.complete_batch(round_no, *done, what)
+                self.after_batch(round_no, done[0])
             self.observer.batch(features.shape[0], "train")
             count = b + 1
         for done in flight.drain():
             self.complete_batch(round_no, *done, what)
+            self.after_batch(round_no, done[0])
         if count == 0:
             raise ConfigError(
                 "iterate_train_feature yielded no batches; check train_ids/batch_size"
             )
         self.send_end(host.node_id, self.features_kind, round_no, count)
         return {}
+
+    def expect(
+        self, peer: Participant, kind: str, round_no: int, batch: int, host_batches: str
+    ) -> Message:
+        """As Role.expect; a training message the host flagged makes this party checkpoint
+        after that batch, as the host does."""
+        msg = super().expect(peer, kind, round_no, batch, host_batches)
+        if msg.checkpoint and round_no > 0:
+            self.checkpoint_due = (round_no, batch)
+        return msg
 
     @property
     def batch_depth(self) -> int:

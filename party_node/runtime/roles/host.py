@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from party_node.errors import ConfigError, NamedKeyError, TaskFailed
+from party_node.runtime.batch_checkpoints import CheckpointPolicy, MarkedPeers
 from party_node.runtime.label_privacy import HostPrivacy
 from party_node.runtime.links import Message, Participant
 from party_node.runtime.outputs import atomic_torch_save, test_metrics
@@ -88,6 +89,9 @@ class HostRole(Role):
         if not isinstance(s.infer_model, torch.nn.Module):
             raise ConfigError("build_infer_model() must return a torch.nn.Module")
         s.optimizer = s.build_infer_optimizer(s.infer_model)
+        # The host decides when every party checkpoints inside a round (batch_checkpoints).
+        self.policy = CheckpointPolicy(s.checkpoint_every_batches, s.checkpoint_every_seconds)
+        self.peers = MarkedPeers(self.peers, lambda: self.checkpoint_due)
         self.privacy = HostPrivacy(getattr(s, "label_defence", None))
         self.batch_labels = torch.empty(0)
 
@@ -140,12 +144,15 @@ class HostRole(Role):
         s = self.s
         s.feature_model.train()
         s.infer_model.train()
-        batches = self.batches(
+        batches = self.train_batches(
+            round_no,
             s.iterate_train_feature(s.feature_model, self.train_ids),
             f"iterate_train_feature in round {round_no}",
         )
-        count = 0
+        count = self.batches_done
         for b, item in batches:
+            if self.policy is not None and self.policy.due(b):
+                self.checkpoint_due = (round_no, b)
             features, labels = self.unpack(item, "iterate_train_feature")
             self.batch_labels = labels
             own = self.own_projection(features)
@@ -160,6 +167,7 @@ class HostRole(Role):
                 s.train_a_batch(projection, self.privacy.labels_for_training(labels))
             self.step_optimizers()
             self.observer.batch(features.shape[0], "train")
+            self.after_batch(round_no, b)
             count = b + 1
         if count == 0:
             raise ConfigError(
@@ -288,12 +296,15 @@ class HostRole(Role):
             **super().state(),
             "infer_model": self.s.infer_model.state_dict(),
             "infer_optimizer": self.s.optimizer.state_dict(),
+            "label_privacy": self.privacy.state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.s.infer_model.load_state_dict(state["infer_model"])
         self.s.optimizer.load_state_dict(state["infer_optimizer"])
+        if "label_privacy" in state:
+            self.privacy.load_state(state["label_privacy"])
 
     def save_final(self, out_dir: Path) -> None:
         super().save_final(out_dir)

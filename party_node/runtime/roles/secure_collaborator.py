@@ -13,7 +13,11 @@ from party_node.errors import ConfigError, TaskFailed
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.roles.base import check_features, evaluating
 from party_node.runtime.roles.collaborator import CollaboratorRole
-from party_node.runtime.roles.secure_common import SecureExchange, protocol_errors
+from party_node.runtime.roles.secure_common import (
+    SecureExchange,
+    protocol_errors,
+    secure_bundle_params,
+)
 from party_node.secure import (
     SecureCollaboratorLayer,
     check_feature_width,
@@ -169,6 +173,7 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
                 "share": writer.save_state("projection_share.pt", share),
                 "in_dim": self.layer.in_dim,
                 "out_dim": self.layer.out_dim,
+                "params": secure_bundle_params(self.s, self.params),
             }
         return fields
 

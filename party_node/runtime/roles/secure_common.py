@@ -44,6 +44,16 @@ def agreement(scheduler: object, params: SecureParams) -> dict[str, str]:
     }
 
 
+def secure_bundle_params(scheduler: Any, params: SecureParams) -> dict[str, float]:
+    """What serving needs to rebuild the agreed parameters (the bundle's manifest)."""
+    return {
+        "feature_bound": params.feature_bound,
+        "delta_bound": params.delta_bound,
+        "lr": float(scheduler.project_layer_lr),
+        "momentum": float(scheduler.project_layer_momentum),
+    }
+
+
 @contextmanager
 def protocol_errors(peer: Participant, where: str) -> Iterator[None]:
     """Protocol violations name the peer and the step (config mistakes pass as ConfigErrors)."""

@@ -16,7 +16,11 @@ from party_node.errors import TaskFailed
 from party_node.runtime.links import Participant
 from party_node.runtime.outputs import atomic_torch_save
 from party_node.runtime.roles.host import HostRole
-from party_node.runtime.roles.secure_common import SecureExchange, protocol_errors
+from party_node.runtime.roles.secure_common import (
+    SecureExchange,
+    protocol_errors,
+    secure_bundle_params,
+)
 from party_node.secure import (
     SecureHostLayer,
     check_feature_width,
@@ -217,6 +221,7 @@ class SecureHostRole(SecureExchange, HostRole):
             "host": writer.save_state("host_projection.pt", self.projection.state_dict()),
             "shares": writer.save_state("projection_shares.pt", shares),
             "shapes": {k: list(v) for k, v in sorted(self.shapes.items())},
+            "params": secure_bundle_params(self.s, self.params),
         }
         return fields
 
