@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.psi_multiparty import compare
+from bench.psi_multiparty import compare, run_host, start_collaborator
 from bench.psi_sets import collaborator_ids, host_ids, intersection_size, write_csv
 from party_node.psi.engine import engine_python, free_port
 
@@ -41,37 +40,17 @@ def _env() -> dict[str, str]:
 
 def run_ours(n: int, engine: str) -> dict:
     """Both parties of heteronn's PSI; seconds until both know the intersection."""
-    party = [sys.executable, "-m", "bench.psi_party"]
-    collab = subprocess.Popen(
-        [*party, "collaborator", str(n), engine],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    collab, port = start_collaborator([str(n), engine], "collaborator")
     try:
-        assert collab.stdout is not None
-        line = collab.stdout.readline().split()
-        if line[:1] != ["PORT"]:
-            raise SystemExit(f"collaborator did not start: {line}")
         started = time.perf_counter()
-        host = subprocess.run(
-            [*party, "host", str(n), engine, line[1]],
-            cwd=ROOT,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
-        if host.returncode != 0:
-            raise SystemExit(f"heteronn's host failed:\n{host.stderr[-3000:]}")
+        host_report = run_host([str(n), engine, port], "heteronn's host")
+        assert collab.stdout is not None
         collab_report = json.loads(collab.stdout.readline())
         seconds = time.perf_counter() - started
         collab.wait(60)
     finally:
         if collab.poll() is None:
             collab.kill()
-    host_report = json.loads(host.stdout.strip().splitlines()[-1])
     want = intersection_size(n)
     if host_report["result"] != want or collab_report["result"] != want:
         raise SystemExit(

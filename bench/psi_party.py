@@ -47,6 +47,14 @@ def rss_bound_mb() -> float:
     return round((own + child) / 1024, 1)
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the engine worker): the
+    party's cost, which the machine's load changes far less than its wall time."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _rss_kb(pid: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -93,7 +101,11 @@ class RssSampler(threading.Thread):
     def report(self) -> dict:
         self.done.set()
         self.join()
-        return {"peak_rss_mb": round(self.peak_kb / 1024, 1), "rss_bound_mb": rss_bound_mb()}
+        return {
+            "peak_rss_mb": round(self.peak_kb / 1024, 1),
+            "rss_bound_mb": rss_bound_mb(),
+            "cpu_s": round(cpu_s(), 2),
+        }
 
 
 class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
