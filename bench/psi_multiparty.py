@@ -92,7 +92,8 @@ def run_three(n: int, engine: str) -> dict:
     found = [host_report["result"], *(r["result"] for r in reports)]
     if found != [final_size(n)] * 3:
         raise SystemExit(f"{engine}: parties found {found}, expected {final_size(n)} each")
-    print(f"heteronn 3 parties ({engine}): {seconds:.1f} s", flush=True)
+    by_party = [host_report["cpu_s"], *(r["cpu_s"] for r in reports)]
+    print(f"heteronn 3 parties ({engine}): {seconds:.1f} s, CPU s {by_party}", flush=True)
     peaks = [host_report["peak_rss_mb"], *(r["peak_rss_mb"] for r in reports)]
     cpu = host_report["cpu_s"] + sum(r["cpu_s"] for r in reports)
     return {
