@@ -91,3 +91,18 @@ def test_resume_at_the_last_batch_of_a_round(tmp_path):
         assert (report["resumed_from_round"], report["resumed_from_batch"]) == (2, 6), report
     got = final_weights(tmp_path, nodes, "e")
     assert_same_weights(got, centralized(nodes), 1e-6, "uninterrupted training")
+
+
+def test_pipelined_mode_resumes_where_every_party_completed(tmp_path):
+    """Pipelined training (3 batches in flight): the collaborator checkpoints when a batch
+    completes, so the position every party has is where the collaborator's gradients were
+    applied; the task resumes there and finishes. (Step-for-step equality is exact mode's.)"""
+    nodes = ["h", "c1"]
+    common = [*COMMON, "--checkpoint-every", "2", "--training-mode", "pipelined:3"]
+    first = run_task(tmp_path, nodes, "p", common=common, per_node={"c1": ["--faults", "die=3"]})
+    assert first["c1"].code == 17, first["c1"].stderr
+    # c1 dies before sending batch 2 of round 3: with 2 batches in flight it completed none.
+    second = run_task(tmp_path, nodes, "p", common=[*common, "--recover"])
+    for report in _finished(second, tmp_path, nodes, "p"):
+        assert report["resumed_from_round"] == 2 and "resumed_from_batch" not in report, report
+        assert report["rounds"] == ROUNDS
