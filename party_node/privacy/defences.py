@@ -43,6 +43,19 @@ def _rows(grad: torch.Tensor) -> torch.Tensor:
     return grad.reshape(grad.shape[0], -1)
 
 
+def _class_means(
+    g: torch.Tensor, y: torch.Tensor, classes: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each class's mean row (classes x d) and the classes present in the batch; None when
+    fewer than two are present (one class's mean says nothing the batch does not)."""
+    counts = torch.bincount(y, minlength=classes)
+    present = (counts > 0).nonzero().flatten()
+    if len(present) < 2:
+        return None
+    sums = torch.zeros(classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
+    return sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1), present
+
+
 class GaussianNoise:
     """Clip each row to C and add N(0, (σ·C)²). C is `clip` if given, else the batch's
     `clip_quantile` of row norms, so the noise follows the gradients' scale whatever the loss,
@@ -81,13 +94,11 @@ class GradientRR:
     ) -> torch.Tensor:
         g = _rows(grad)
         y = labels.flatten().long()
-        counts = torch.bincount(y, minlength=self.classes)
-        present = (counts > 0).nonzero().flatten()
-        k = len(present)
-        if k < 2:  # one class in the batch: its mean says nothing the batch does not
+        found = _class_means(g, y, self.classes)
+        if found is None:
             return grad
-        sums = torch.zeros(self.classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
-        means = sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1)
+        means, present = found
+        k = len(present)
         center = means[present].mean(0)
         index = torch.full((self.classes,), -1, dtype=torch.long)
         index[present] = torch.arange(k)
@@ -113,16 +124,15 @@ class ClassNoise:
         self, grad: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         g = _rows(grad)
-        y = labels.flatten().long()
-        counts = torch.bincount(y, minlength=self.classes)
-        present = (counts > 0).nonzero().flatten()
-        if len(present) < 2:  # one class in the batch: its mean says nothing the batch does not
+        found = _class_means(g, labels.flatten().long(), self.classes)
+        if found is None:
             return grad
-        sums = torch.zeros(self.classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
-        means = (sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1))[present]
+        means = found[0][found[1]]
         center = means.mean(0)
         _, s, vh = torch.linalg.svd((means - center).double(), full_matrices=False)
         basis = vh[s > s[0] * 1e-6].to(g.dtype)  # r x d, orthonormal rows
+        if float(s[0]) == 0 or len(basis) == 0:  # the classes' gradients do not differ
+            return grad
         coords = (g - center) @ basis.T
         scale = self.sigma * coords.norm(dim=1, keepdim=True) / math.sqrt(basis.shape[0])
         z = torch.randn(coords.shape, generator=generator, dtype=g.dtype)
