@@ -132,6 +132,9 @@ def main() -> None:
     except data.MnistMissing as exc:
         raise SystemExit(f"checkpoint_cost: {exc}") from None
     torch.set_num_threads(1)
+    # PSI is not what is measured: the in-process ECDH spares two engine workers per run (and
+    # the spu engine's link failed twice here at load 20: "SendThread error bad_weak_ptr").
+    os.environ.setdefault("HETERONN_NODE_PSI_ENGINE", "ecdh")
     best = {name: float("inf") for name in SETTINGS}
     share = {name: float("inf") for name in SETTINGS}
     count = {name: 0 for name in SETTINGS}
