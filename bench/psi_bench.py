@@ -10,19 +10,21 @@ ids per party, half shared):
 
 Each party reports its peak RSS (`peak_rss_mb`: its process and its engine worker together,
 sampled every 0.2 s; `rss_bound_mb`: the sum of the two processes' own peaks, an upper
-bound). The last stdout line
-is one JSON object. Run from the project root: `.venv/bin/python -m bench.psi_bench`."""
+bound). Then, unless PSI_MULTIPARTY=0, three parties (host and two collaborators) with the
+multi-party protocol and with pairwise RR22 (`bench.psi_multiparty`): `multiparty_seconds`,
+`pairwise_seconds`, `multiparty_vs_pairwise`. The last stdout line is one JSON object.
+Run from the project root: `.venv/bin/python -m bench.psi_bench`."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.psi_multiparty import compare, run_host, start_collaborator
 from bench.psi_sets import collaborator_ids, host_ids, intersection_size, write_csv
 from party_node.psi.engine import engine_python, free_port
 
@@ -38,37 +40,17 @@ def _env() -> dict[str, str]:
 
 def run_ours(n: int, engine: str) -> dict:
     """Both parties of heteronn's PSI; seconds until both know the intersection."""
-    party = [sys.executable, "-m", "bench.psi_party"]
-    collab = subprocess.Popen(
-        [*party, "collaborator", str(n), engine],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    collab, port = start_collaborator([str(n), engine], "collaborator")
     try:
-        assert collab.stdout is not None
-        line = collab.stdout.readline().split()
-        if line[:1] != ["PORT"]:
-            raise SystemExit(f"collaborator did not start: {line}")
         started = time.perf_counter()
-        host = subprocess.run(
-            [*party, "host", str(n), engine, line[1]],
-            cwd=ROOT,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
-        if host.returncode != 0:
-            raise SystemExit(f"heteronn's host failed:\n{host.stderr[-3000:]}")
+        host_report = run_host([str(n), engine, port], "heteronn's host")
+        assert collab.stdout is not None
         collab_report = json.loads(collab.stdout.readline())
         seconds = time.perf_counter() - started
         collab.wait(60)
     finally:
         if collab.poll() is None:
             collab.kill()
-    host_report = json.loads(host.stdout.strip().splitlines()[-1])
     want = intersection_size(n)
     if host_report["result"] != want or collab_report["result"] != want:
         raise SystemExit(
@@ -140,6 +122,12 @@ def run_spu(n: int, protocol: str, folder: Path) -> dict:
     return {"seconds": seconds, "peak_rss_mb": {"host": rss[0], "collaborator": rss[1]}}
 
 
+def multiparty_figures(n: int) -> dict:
+    """Three parties, the multi-party protocol against pairwise RR22 (bench.psi_multiparty),
+    at PSI_MP_N ids per party (default N)."""
+    return compare(int(os.environ.get("PSI_MP_N", str(n))))
+
+
 def main() -> None:
     n = int(os.environ.get("PSI_N", str(1 << 20)))
     engine = os.environ.get("PSI_ENGINE", "spu-rr22")
@@ -171,6 +159,8 @@ def main() -> None:
         line[f"spu_{protocol}_seconds"] = round(figures["seconds"], 2)
         line[f"spu_{protocol}_peak_rss_mb"] = figures["peak_rss_mb"]
     line["spu_link"] = SPU_LINK
+    if os.environ.get("PSI_MULTIPARTY", "1") != "0":
+        line.update(multiparty_figures(n))
     line["load"] = [round(x, 2) for x in (*load_before[:1], *load_after[:1])]
     print(json.dumps(line))
 

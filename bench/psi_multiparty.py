@@ -1,132 +1,129 @@
-"""Several collaborators: what hiding the pairwise intersections from the host costs, side
-by side in one run. N = env PSI_MP_N ids per party (default 2^15), two collaborators, the
-sets of `bench.psi_sets` (the second collaborator's shifted by N/4).
+"""Several collaborators: what hiding the pairwise intersections from the host costs, end to
+end, side by side in one run. Three parties as processes over gRPC on 127.0.0.1 (host and
+collaborators c0, c1, `bench.psi_party`), N ids each (env PSI_MP_N, default PSI_N, default
+2^20): the host holds ids [0, N), c0 [N/2, 3N/2), c1 [3N/4, 7N/4), so N/4 are common.
 
-- multiparty: `party_node.psi.multiparty` (X25519 through OpenSSL), every party's work in
-  this process, one after another: its CPU seconds are the protocol's whole cost;
-- pairwise through the engine: one spu RR22 run per collaborator (the default today, in
-  which the host learns each pairwise intersection), workers as processes;
-- pairwise in-process ECDH (ristretto255), the protocol the multi-party one replaces.
+- multiparty: psi_engine "multiparty" (the host learns only the final intersection);
+- pairwise: the node's default engine, spu RR22, one run per collaborator with the host the
+  only receiver, then the final keys to each (the host learns X ∩ Y_i for each i).
 
-Each figure is CPU seconds of all parties together (load-independent); the last stdout line
-is one JSON object."""
+Wall seconds until every party has the result, and CPU seconds of every party's process and
+engine workers together (`*_cpu_s`: what the machine's load changes least). `psi_bench` adds
+these figures to its JSON line; alone this prints its own JSON line."""
 
 from __future__ import annotations
 
 import json
 import os
-import resource
-import tempfile
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from bench.psi_sets import IdRange
-from party_node.psi.engine import EngineRun, LinkEnd, RunSpec, free_port
-from party_node.psi.engine_files import EngineInput
-from party_node.psi.multiparty import MultipartyCollaborator, MultipartyHost, shared_key
-from party_node.psi.pool import PsiPool
-from party_node.psi.protocol import CollaboratorPsi, HostPsi
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 7200
+NAMES = ["c0", "c1"]
 
 
-def cpu_s() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "proto")]))
 
 
-def measured(fn) -> tuple[float, float, object]:
-    cpu, wall = cpu_s(), time.perf_counter()
-    out = fn()
-    return cpu_s() - cpu, time.perf_counter() - wall, out
+def starts(n: int) -> list[int]:
+    return [n // 2, n // 2 + n // 4]
 
 
-def multiparty(host_ids, collab_ids) -> set[str]:
-    host = MultipartyHost(host_ids, ["c0", "c1"])
-    b = shared_key()
-    collabs = [MultipartyCollaborator(ids, b, tagger=i == 1) for i, ids in enumerate(collab_ids)]
-    host.accept_tagged_ids(collabs[1].tag_host_ids(host.blinded_ids()))
-    forwarded = [host.forward(c.blinded_ids()) for c in collabs]
-    common = MultipartyCollaborator.aggregate(forwarded)
-    return host.accept_tagged_common(collabs[1].tag_common(common))
+def final_size(n: int) -> int:
+    return n - starts(n)[-1]
 
 
-def pairwise_engine(host_ids, collab_ids, folder: Path) -> set[str]:
-    source = EngineInput.write(folder / "h", host_ids)
-    final: set[int] | None = None
-    for i, ids in enumerate(collab_ids):
-        mine = EngineRun(folder / f"h-{i}", source, "h", False)
-        theirs = EngineRun(folder / f"c-{i}", EngineInput.write(folder / f"c{i}", ids), "c", False)
-        ports = [free_port(), free_port()]
-        ends = [(mine, theirs, 0), (theirs, mine, 1)]
-        for run, other, rank in ends:
-            run.start(
-                RunSpec(
-                    "rr22",
-                    rank,
-                    f"mp-{i}",
-                    "h" if rank == 0 else "c",
-                    "c" if rank == 0 else "h",
-                    f"127.0.0.1:{ports[rank]}",
-                    LinkEnd(f"127.0.0.1:{ports[1 - rank]}", other.certificate),
-                    broadcast=False,
-                )
-            )
-        waiter = threading.Thread(target=theirs.wait, args=(3600.0,))
-        waiter.start()
-        mine.wait(3600.0)
-        waiter.join()
-        rows = set(mine.rows().tolist())
-        final = rows if final is None else final & rows
-    return {host_ids[r] for r in final or set()}
+PARTY = [sys.executable, "-m", "bench.psi_party"]
 
 
-def pairwise_ecdh(host_ids, collab_ids) -> set[str]:
-    with PsiPool() as pool:
-        hosts = []
-        for ids in collab_ids:
-            host, collab = HostPsi(list(host_ids), pool), CollaboratorPsi(list(ids), pool)
-            host.consume(collab.respond(host.blinded_frames()))
-            hosts.append(host)
-    final = hosts[0].matched_ids()
-    for host in hosts[1:]:
-        final &= host.matched_ids()
-    return final
+def start_collaborator(args: list[str], what: str) -> tuple[subprocess.Popen, str]:
+    """A `bench.psi_party` collaborator process and the port it serves on."""
+    proc = subprocess.Popen(
+        [*PARTY, "collaborator", *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if line[:1] != ["PORT"]:
+        proc.kill()
+        raise SystemExit(f"{what} did not start: {line}")
+    return proc, line[1]
+
+
+def run_host(args: list[str], what: str) -> dict:
+    """A `bench.psi_party` host process, to its end; its report."""
+    host = subprocess.run(
+        [*PARTY, "host", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    if host.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{host.stderr[-3000:]}")
+    return json.loads(host.stdout.strip().splitlines()[-1])
+
+
+def run_three(n: int, engine: str) -> dict:
+    """Host and two collaborators; seconds until every party knows the final intersection."""
+    collabs, ports = [], []
+    try:
+        for name, start in zip(NAMES, starts(n), strict=True):
+            args = [str(n), engine, name, str(start), ",".join(NAMES)]
+            proc, port = start_collaborator(args, f"collaborator {name}")
+            collabs.append(proc)
+            ports.append(port)
+        started = time.perf_counter()
+        host_report = run_host(
+            [str(n), engine, ",".join(ports)], f"heteronn's host ({engine}, 3 parties)"
+        )
+        reports = [json.loads(proc.stdout.readline()) for proc in collabs]  # type: ignore[union-attr]
+        seconds = time.perf_counter() - started
+        for proc in collabs:
+            proc.wait(60)
+    finally:
+        for proc in collabs:
+            if proc.poll() is None:
+                proc.kill()
+    found = [host_report["result"], *(r["result"] for r in reports)]
+    if found != [final_size(n)] * 3:
+        raise SystemExit(f"{engine}: parties found {found}, expected {final_size(n)} each")
+    by_party = [host_report["cpu_s"], *(r["cpu_s"] for r in reports)]
+    print(f"heteronn 3 parties ({engine}): {seconds:.1f} s, CPU s {by_party}", flush=True)
+    peaks = [host_report["peak_rss_mb"], *(r["peak_rss_mb"] for r in reports)]
+    cpu = host_report["cpu_s"] + sum(r["cpu_s"] for r in reports)
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "peak_rss_mb": dict(zip(["host", *NAMES], peaks, strict=True)),
+    }
+
+
+def compare(n: int) -> dict:
+    """The figures psi_bench adds to its line."""
+    multi = run_three(n, "multiparty")
+    pair = run_three(n, "spu-rr22")
+    return {
+        "multiparty_n": n,
+        "multiparty_seconds": round(multi["seconds"], 2),
+        "pairwise_seconds": round(pair["seconds"], 2),
+        "multiparty_vs_pairwise": round(multi["seconds"] / pair["seconds"], 2),
+        "multiparty_cpu_s": round(multi["cpu_s"], 1),
+        "pairwise_cpu_s": round(pair["cpu_s"], 1),
+        "multiparty_vs_pairwise_cpu": round(multi["cpu_s"] / pair["cpu_s"], 2),
+        "multiparty_peak_rss_mb": multi["peak_rss_mb"],
+    }
 
 
 def main() -> None:
-    n = int(os.environ.get("PSI_MP_N", str(1 << 15)))
-    host_ids = IdRange(0, n)
-    collab_ids = [IdRange(n // 2, n), IdRange(n // 4 + n // 2, n)]
-    want = set(host_ids) & set(collab_ids[0]) & set(collab_ids[1])
+    n = int(os.environ.get("PSI_MP_N", os.environ.get("PSI_N", str(1 << 20))))
     load = os.getloadavg()[0]
-    figures = {}
-    with tempfile.TemporaryDirectory(prefix="psi-mp-") as tmp:
-        runs = {
-            "multiparty": lambda: multiparty(host_ids, collab_ids),
-            "pairwise_engine": lambda: pairwise_engine(host_ids, collab_ids, Path(tmp)),
-            "pairwise_ecdh": lambda: pairwise_ecdh(host_ids, collab_ids),
-        }
-        for name, run in runs.items():
-            cpu, wall, final = measured(run)
-            if final != want:
-                raise SystemExit(f"{name}: {len(final)} common ids, expected {len(want)}")
-            figures[name] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}
-            print(f"{name}: {cpu:.1f} CPU s, {wall:.1f} s", flush=True)
-    line = {
-        "bench": "psi_multiparty",
-        "n": n,
-        "collaborators": 2,
-        **{f"{k}_cpu_s": v["cpu_s"] for k, v in figures.items()},
-        **{f"{k}_wall_s": v["wall_s"] for k, v in figures.items()},
-        "multiparty_vs_pairwise_engine": round(
-            figures["multiparty"]["cpu_s"] / figures["pairwise_engine"]["cpu_s"], 2
-        ),
-        "multiparty_vs_pairwise_ecdh": round(
-            figures["multiparty"]["cpu_s"] / figures["pairwise_ecdh"]["cpu_s"], 2
-        ),
-        "load": [round(load, 2), round(os.getloadavg()[0], 2)],
-    }
+    line = {"bench": "psi_multiparty", **compare(n)}
+    line["load"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(line))
 
 

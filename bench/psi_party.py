@@ -1,9 +1,13 @@
-"""One party of heteronn's PSI for `bench.psi_bench`, in its own process: the collaborator
-serves `Psi` over gRPC, the host calls it. Both print one JSON line with their time, the
-result size and their peak RSS (this process plus its engine worker).
+"""One party of heteronn's PSI for `bench.psi_bench`, in its own process: a collaborator
+serves `Psi` over gRPC, the host calls it. Each prints one JSON line with its time, the
+result size and its peak RSS (this process plus its engine worker).
 
-    python -m bench.psi_party collaborator N ENGINE        (prints PORT p first)
-    python -m bench.psi_party host N ENGINE PORT"""
+    python -m bench.psi_party collaborator N ENGINE [NAME START NAMES]   (prints PORT p first)
+    python -m bench.psi_party host N ENGINE PORT[,PORT...]
+
+With several collaborators (ports in the order of NAMES, the comma-separated collaborator
+names), collaborator NAME holds the N ids from START; ENGINE `multiparty` runs the
+multi-party protocol, an engine name one pairwise engine run per collaborator."""
 
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ from pathlib import Path
 
 import grpc
 
-from bench.psi_sets import collaborator_ids, host_ids
+from bench.psi_sets import IdRange, collaborator_ids, host_ids
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
 from party_node.psi.engine_session import EngineCollaboratorSession
+from party_node.psi.multiparty_rpc import run_host_multiparty_psi
+from party_node.psi.multiparty_session import MultipartyCollaboratorSession
 from party_node.psi.pool import PsiPool
 from party_node.psi.rpc import CollaboratorPsiSession, run_host_psi
 from wire.grpc_factory import open_channel, start_server
@@ -39,6 +45,14 @@ def rss_bound_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round((own + child) / 1024, 1)
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the engine worker): the
+    party's cost, which the machine's load changes far less than its wall time."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _rss_kb(pid: str) -> int:
@@ -87,7 +101,11 @@ class RssSampler(threading.Thread):
     def report(self) -> dict:
         self.done.set()
         self.join()
-        return {"peak_rss_mb": round(self.peak_kb / 1024, 1), "rss_bound_mb": rss_bound_mb()}
+        return {
+            "peak_rss_mb": round(self.peak_kb / 1024, 1),
+            "rss_bound_mb": rss_bound_mb(),
+            "cpu_s": round(cpu_s(), 2),
+        }
 
 
 class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
@@ -98,18 +116,29 @@ class _Collaborator(party_node_pb2_grpc.PartyNodeServiceServicer):
         return self.session.handle(request_iterator, context)
 
 
-def collaborator(n: int, engine: str, folder: Path) -> None:
+def collaborator(
+    n: int, engine: str, folder: Path, name: str = "collab", start: int = -1, names: str = ""
+) -> None:
     """Its PSI phase starts with the process (as a node's does when the coordinator says
     PSI): the input is written while the host starts."""
     sampler = RssSampler()
-    ids = collaborator_ids(n)
+    ids = collaborator_ids(n) if start < 0 else IdRange(start, n)
     pool = PsiPool() if engine == "ecdh" else None
     if pool is not None:
-        session = CollaboratorPsiSession(list(ids), pool, _header("collab"))
+        session = CollaboratorPsiSession(list(ids), pool, _header(name))
+    elif engine == "multiparty":
+        session = MultipartyCollaboratorSession(
+            ids,
+            _header(name),
+            node_id=name,
+            task_id="psi-bench",
+            collaborators=names.split(","),
+            timeout=TIMEOUT_S,
+        )
     else:
         options = EngineOptions(engine=engine, folder=folder)
         session = EngineCollaboratorSession(
-            ids, options, _header("collab"), node_id="collab", timeout=TIMEOUT_S
+            ids, options, _header(name), node_id=name, timeout=TIMEOUT_S
         )
 
     def register(server: grpc.Server) -> list[str]:
@@ -128,20 +157,26 @@ def collaborator(n: int, engine: str, folder: Path) -> None:
     print(json.dumps(report), flush=True)
 
 
-def host(n: int, engine: str, port: int, folder: Path) -> None:
+def host(n: int, engine: str, ports: list[int], folder: Path, names: list[str]) -> None:
     sampler = RssSampler()
     ids = host_ids(n)
-    channel = open_channel(f"127.0.0.1:{port}")
-    stubs = {"collab": party_node_pb2_grpc.PartyNodeServiceStub(channel)}
+    channels = [open_channel(f"127.0.0.1:{port}") for port in ports]
+    stubs = {
+        name: party_node_pb2_grpc.PartyNodeServiceStub(channel)
+        for name, channel in zip(names, channels, strict=True)
+    }
     started = time.perf_counter()
-    if engine == "ecdh":
+    if engine == "multiparty":
+        final = run_host_multiparty_psi(stubs, ids, _header("host"), TIMEOUT_S)
+    elif engine == "ecdh":
         with PsiPool() as pool:
             final = run_host_psi(stubs, list(ids), _header("host"), pool, TIMEOUT_S)
     else:
         options = EngineOptions(engine=engine, folder=folder)
         final = run_host_engine_psi(stubs, ids, _header("host"), options, TIMEOUT_S)
     seconds = time.perf_counter() - started
-    channel.close()
+    for channel in channels:
+        channel.close()
     report = {"result": len(final), "seconds": seconds, **sampler.report()}
     print(json.dumps(report), flush=True)
 
@@ -149,10 +184,14 @@ def host(n: int, engine: str, port: int, folder: Path) -> None:
 def main() -> None:
     role, n, engine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with tempfile.TemporaryDirectory(prefix=f"psi-bench-{role}-") as folder:
-        if role == "collaborator":
+        if role == "collaborator" and len(sys.argv) > 4:
+            collaborator(n, engine, Path(folder), sys.argv[4], int(sys.argv[5]), sys.argv[6])
+        elif role == "collaborator":
             collaborator(n, engine, Path(folder))
         else:
-            host(n, engine, int(sys.argv[4]), Path(folder))
+            ports = [int(port) for port in sys.argv[4].split(",")]
+            names = ["collab"] if len(ports) == 1 else [f"c{i}" for i in range(len(ports))]
+            host(n, engine, ports, Path(folder), names)
 
 
 if __name__ == "__main__":

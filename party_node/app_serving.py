@@ -21,6 +21,7 @@ from party_node.serving.batch_job import BatchReport, run_batch
 from party_node.serving.batching import DynamicBatcher
 from party_node.serving.bundle import read_bundle
 from party_node.serving.collaborator import CollaboratorServing
+from party_node.serving.hooks import require_predict_feature
 from party_node.serving.models import load_collaborator_model, load_host_model
 from party_node.serving.predict import HostPrediction
 from party_node.serving.secure import CollaboratorSessions, HostSecureLayers
@@ -70,6 +71,7 @@ def start_serving(scheduler: Any, settings: ServingSettings) -> ServingNode:
     """Start a party's serving node from its bundle (host: PredictionService; collaborator:
     InferencePeerService and batch PSI). Raises ConfigError/BundleError before listening when
     the bundle, the hooks or the collaborators' bundles are not right."""
+    require_predict_feature(scheduler)  # before waiting on anyone: the user's fix is local
     bundle = read_bundle(settings.bundle, role=scheduler._role)
     if bundle.node_id != settings.node_id:
         raise BundleError(
@@ -93,6 +95,7 @@ def start_serving(scheduler: Any, settings: ServingSettings) -> ServingNode:
             interceptors=[metrics.server_interceptor(), *interceptors],
             max_workers=min(512, limits.max_calls_in_flight + 16),
             max_concurrent_rpcs=limits.max_calls_in_flight + 16,
+            reflection_enabled=settings.reflection,
         )
     except BaseException:
         for close in closers:
@@ -256,6 +259,7 @@ def run_batch_predict(
     """Batch prediction at the host against the collaborators' serving nodes (`heteronn
     predict`, `batch_predict`): `ids` (default: the host's load_local_ids()) through PSI,
     then predicted into `output`."""
+    require_predict_feature(scheduler)
     bundle = read_bundle(settings.bundle, role="host")
     tls = settings.tls if settings.tls.enabled else None
     if settings.torch_threads is not None:

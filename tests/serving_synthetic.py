@@ -45,6 +45,12 @@ class NoHookCollaborator(syn.SynthCollaborator):
     """A collaborator whose author did not write predict_feature."""
 
 
+class NoHookHost(syn.SynthHost):
+    """A host whose author wrote predict_a_batch but not predict_feature."""
+
+    predict_a_batch = ServingHost.predict_a_batch
+
+
 def make_host(node="h", keys=("h", "c1"), rounds=2, lacks=()):
     return ServingHost(node, list(keys), 32, rounds, syn.Faults(""), lacks=lacks)
 
@@ -55,6 +61,10 @@ def make_collaborator(node="c1", lacks=()):
 
 def make_no_hook_collaborator(node="c1"):
     return NoHookCollaborator(node, 32, syn.Faults(""))
+
+
+def make_no_hook_host(node="h", keys=("h", "c1")):
+    return NoHookHost(node, list(keys), 32, 2, syn.Faults(""))
 
 
 def centralized(workdir, task: str, ids: list[str], keys=("h", "c1")) -> torch.Tensor:

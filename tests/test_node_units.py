@@ -23,7 +23,6 @@ from party_node.errors import (
     TooLarge,
     WrongTask,
 )
-from party_node.runtime.checkpoint import CheckpointStore
 from party_node.runtime.links import (
     AbortSignal,
     Command,
@@ -225,18 +224,6 @@ def test_inbox_get_ends_on_abort_and_names_the_silent_peer() -> None:
         inbox.get("c1", 10, "c1")
 
 
-# ---- checkpoint store ------------------------------------------------------------------------
-def test_checkpoints_keep_the_last_two_rounds(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path / "ck")
-    assert store.latest() == 0
-    for r in (1, 2, 3):
-        store.save(r, {"w": torch.full((2,), float(r))})
-    assert store.rounds() == [2, 3] and store.latest() == 3
-    assert torch.equal(store.load(2)["w"], torch.full((2,), 2.0))
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint for round 1 .* \(have: \[2, 3\]\)"):
-        store.load(1)
-
-
 # ---- serde, tensor codec, chunking -------------------------------------------------------------
 def test_message_payload_round_trip() -> None:
     msg = Message(
@@ -255,9 +242,11 @@ def test_control_records_round_trip() -> None:
     assert participant_from_proto(participant_to_proto(p)) == p
     cmd = coordinator_pb2.PhaseCommand(
         task_id="t", phase=common_pb2.PHASE_TRAIN, round=4, reason="",
-        participants=[participant_to_proto(p)], resume_round=2, deadline_unix_ms=9,
+        participants=[participant_to_proto(p)], resume_round=2, resume_batch=3, deadline_unix_ms=9,
     )
-    assert command_from_proto(cmd) == Command("TRAIN", 4, "", (p,), 2, 9)
+    assert command_from_proto(cmd) == Command(
+        "TRAIN", 4, "", (p,), resume_round=2, resume_batch=3, deadline_unix_ms=9
+    )
     report = Report("SPLIT", train_size=10, test_size=2, split_digest="d", metrics={"a": 1.0})
     wire = report_to_proto("t", "c1", report)
     assert (wire.phase, wire.train_size, dict(wire.metrics)) == (

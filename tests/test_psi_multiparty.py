@@ -12,6 +12,7 @@ from party_node.psi.frames import PsiError
 from party_node.psi.multiparty import (
     MultipartyCollaborator,
     MultipartyHost,
+    common_points,
     key_pair,
     shared_key,
     unwrap_shared_key,
@@ -23,13 +24,14 @@ from party_node.psi.protocol import CollaboratorPsi, HostPsi
 
 def run_multiparty(host_ids: list[str], collab_ids: list[list[str]]):
     """The whole protocol, messages passed by hand as the host would relay them. Returns the
-    final set, what each collaborator learned, and every 32-byte point the host received or
-    computed from a collaborator's set (its whole view of them)."""
+    final set, what each collaborator learned, every 32-byte point the host received from, or
+    can compute with its key on, a collaborator's set (its whole view of them), its own ids'
+    points (hashed, under a and under abt), and the tagged common points."""
     names = [f"c{i}" for i in range(len(collab_ids))]
     host = MultipartyHost(host_ids, names)
-    # b: made by the aggregator, wrapped for each other collaborator, relayed by the host.
+    # b: made by the key keeper, wrapped for each other collaborator, relayed by the host.
     b = shared_key()
-    keys = {host.roles.aggregator: b}
+    keys = {host.roles.keeper: b}
     for name in names[1:]:
         private, public = key_pair()
         relayed = wrap_shared_key(b, public, context=f"t/{name}".encode())
@@ -42,20 +44,26 @@ def run_multiparty(host_ids: list[str], collab_ids: list[list[str]]):
     sent_x = host.blinded_ids()
     host.accept_tagged_ids(tagger.tag_host_ids(sent_x))
     view: dict[str, set[bytes]] = {}
-    forwarded = []
+    lists = []
     for name, collab in collabs.items():
         received = collab.blinded_ids()
-        onward = host.forward(received)
-        forwarded.append(onward)
-        view[name] = set(x25519.split(received)) | set(x25519.split(onward))
-    common = MultipartyCollaborator.aggregate(forwarded)
-    view["common"] = set(x25519.split(common))
+        lists.append(received)
+        view[name] = set(x25519.split(received)) | set(
+            x25519.split(x25519.blind(host._key, received))
+        )
+    view["common"] = set(x25519.split(common_points(lists)))
+    common = host.common(lists)
+    view["common"] |= set(x25519.split(common))
     tagged = tagger.tag_common(common)
     final = host.accept_tagged_common(tagged)
     keys_out = host.result_keys()
     learned = [collab.accept_result_keys(keys_out) for collab in collabs.values()]
     assert host._tagged is not None
-    own = set(x25519.split(sent_x)) | set(x25519.split(host._tagged.points.tobytes()))
+    own = (
+        set(x25519.split(x25519.hash_to_points(host_ids)))
+        | set(x25519.split(sent_x))
+        | set(x25519.split(host._tagged.points.tobytes()))
+    )
     return final, learned, view, own, set(x25519.split(tagged))
 
 
@@ -113,8 +121,8 @@ def test_host_cannot_compute_a_pairwise_intersection() -> None:
 
     final, _, view, own, tagged = run_multiparty(host_ids, collab_ids)
     assert final == want
-    # Nothing the host got from, or computed on, a collaborator's set equals any point of its
-    # own ids (under a or under abt): matching finds nothing, for any collaborator.
+    # Nothing the host got from, or can compute with its key on, a collaborator's set equals
+    # any point of its own ids (hashed, under a or under abt): matching finds nothing.
     for name in ("c0", "c1"):
         assert not view[name] & own, name
     assert not view["common"] & own

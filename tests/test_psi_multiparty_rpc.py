@@ -1,7 +1,7 @@
 """The multi-party PSI over gRPC (collaborator sessions behind real servers on 127.0.0.1):
 exact with two and three collaborators, and every collaborator refuses what the protocol does
 not allow it, with a message naming the problem: steps of another role, out of order or
-twice, a wrong list of collaborators, a first list larger than its own set, a wrong sender."""
+twice, a wrong list of collaborators, more common points than its own set, a wrong sender."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import grpc
 import pytest
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.psi import x25519
 from party_node.psi.frames import PsiError
-from party_node.psi.multiparty_rpc import PsiRequest, run_host_multiparty_psi
+from party_node.psi.multiparty import shared_key, wrap_shared_key
+from party_node.psi.multiparty_rpc import PsiRequest, run_host_multiparty_psi, wrap_context
 from party_node.psi.multiparty_session import MultipartyCollaboratorSession
 from party_node.psi.rpc import PsiRpcError
 from wire.grpc_factory import open_channel, start_server
@@ -144,48 +146,56 @@ def test_a_step_of_another_role_is_refused(network) -> None:
     _refused(
         stub,
         session,
-        "MP_WRAP_KEYS, a step of the aggregator; this collaborator is the tagger",
+        "MP_WRAP_KEYS, a step of the key keeper; this collaborator is the tagger",
         wrap,
     )
 
 
 def test_steps_out_of_order_or_twice_are_refused(network) -> None:
     nodes = network({"c0": ["a"], "c1": ["a"]})
-    stub, session, _ = nodes["c0"]  # the aggregator
-    lists = PsiRequest(header=_header("host")(), step=STEP("PSI_STEP_MP_LISTS"), last=True)
-    _refused(stub, session, "MP_LISTS before MP_HELLO (PSI is waiting)", lists)
-    stub, session, _ = network({"c0": ["a"], "c1": ["a"]})["c0"]
+    stub, session, _ = nodes["c1"]  # the tagger
+    common = PsiRequest(header=_header("host")(), step=STEP("PSI_STEP_MP_COMMON"), last=True)
+    _refused(stub, session, "MP_COMMON before MP_HELLO (PSI is waiting)", common)
+    stub, session, _ = network({"c0": ["a"], "c1": ["a"]})["c0"]  # the key keeper
     _call(stub, _hello(["c0", "c1"]))
     _refused(stub, session, "a second multi-party PSI for this task", _hello(["c0", "c1"]))
-
-
-def test_a_first_list_larger_than_the_aggregators_set_is_refused(network) -> None:
-    nodes = network({"c0": ["a", "b"], "c1": ["a"]})
-    stub, session, _ = nodes["c0"]
+    stub, session, _ = network({"c0": ["a"], "c1": ["a"]})["c0"]
     _call(stub, _hello(["c0", "c1"]))
-    _call(
-        stub,
-        PsiRequest(
-            header=_header("host")(),
-            step=STEP("PSI_STEP_MP_WRAP_KEYS"),
-            data=bytes(range(32)),
-            last=True,
-        ),
+    wrong = "MP_COMMON, a step of the tagger; this collaborator is the key keeper"
+    _refused(stub, session, wrong, common)
+
+
+def test_more_common_points_than_the_taggers_set_are_refused(network) -> None:
+    """The common points are in every collaborator's list, the tagger's too: more of them than
+    it holds ids is a host's error or attack, refused before any work."""
+    nodes = network({"c0": ["a"], "c1": ["a", "b"]})
+    stub, session, _ = nodes["c1"]  # the tagger
+    public = _call(stub, _hello(["c0", "c1"]))[0].data
+    wrapped = wrap_shared_key(shared_key(), public, wrap_context(TASK, "c1"))
+    key = PsiRequest(
+        header=_header("host")(), step=STEP("PSI_STEP_MP_SHARED_KEY"), data=wrapped, last=True
     )
-    _call(
-        stub, PsiRequest(header=_header("host")(), step=STEP("PSI_STEP_MP_SHARED_KEY"), last=True)
+    assert sum(len(m.data) for m in _call(stub, key)) == 2 * 32
+    host_ids = x25519.hash_to_points(["a"])
+    ids = PsiRequest(
+        header=_header("host")(),
+        step=STEP("PSI_STEP_MP_HOST_IDS"),
+        data=host_ids,
+        total=1,
+        last=True,
     )
+    assert sum(len(m.data) for m in _call(stub, ids)) == 32
     big = PsiRequest(
         header=_header("host")(),
-        step=STEP("PSI_STEP_MP_LISTS"),
-        data=bytes(32 * 3),
+        step=STEP("PSI_STEP_MP_COMMON"),
+        data=x25519.hash_to_points(["p", "q", "r"]),
         total=3,
         last=True,
     )
     _refused(
         stub,
         session,
-        "announced 3 mp_lists elements; at most 2 (the first list must be the smallest",
+        "announced 3 mp_common elements; at most 2 (they are common to every collaborator",
         big,
     )
 

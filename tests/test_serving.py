@@ -21,7 +21,7 @@ from heteronn.v1 import serving_pb2, serving_pb2_grpc
 from party_node.simulate import run_local
 from tests import serving_harness as sh
 from tests import serving_synthetic as ss
-from tests.harness import ROOT
+from tests.harness import ROOT, free_port
 from wire.grpc_factory import open_channel
 
 HOST_SPEC = "tests.serving_synthetic:make_host"
@@ -44,7 +44,7 @@ def deployment(tmp_path_factory):
     host = sh.spawn_serve(
         workdir, "h", HOST_SPEC,
         {"node_id": "h", "bundle": str(workdir / "h" / "t"), **sh.tls_files(certs, "h"),
-         "collaborators": {"c1": collab.address}, "max_wait_ms": 1.0},
+         "collaborators": {"c1": collab.address}, "max_wait_ms": 1.0, "reflection": True},
     )
     try:
         sh.wait_serving(collab, sh.client_tls(certs, "h"), "c1")
@@ -107,6 +107,27 @@ def test_malformed_requests_are_refused_with_the_limit_named(deployment, ids, me
         predict(deployment["stub"], ids)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert re.search(message, err.value.details())
+
+
+def test_reflection_lists_the_prediction_service_only_where_enabled(deployment):
+    """The host runs with reflection = true (grpcurl can list Predict); the collaborator with
+    the default (off)."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    certs, request = deployment["certs"], reflection_pb2.ServerReflectionRequest(list_services="")
+    for node, name in ((deployment["host"], "h"), (deployment["collab"], "c1")):
+        channel = open_channel(node.address, sh.client_tls(certs, "h"), server_name=name)
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        try:
+            reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+            listed = {s.name for s in reply.list_services_response.service}
+        except grpc.RpcError as err:
+            listed = {err.code().name}
+        channel.close()
+        if name == "h":
+            assert "heteronn.v1.PredictionService" in listed
+        else:
+            assert listed == {"UNIMPLEMENTED"}
 
 
 def test_a_collaborator_answers_only_the_host_of_its_model(deployment):
@@ -177,15 +198,20 @@ def test_metrics_expose_latency_batch_sizes_and_errors_by_reason(tmp_path):
             in text)
 
 
-def test_a_party_without_predict_feature_refuses_to_serve(deployment, tmp_path):
-    workdir = deployment["workdir"]
+@pytest.mark.parametrize("node", ["c1", "h"])
+def test_a_party_without_predict_feature_refuses_to_serve(deployment, tmp_path, node):
+    """At once, before it waits for anything: the host's collaborator here is not running."""
+    workdir, kind = deployment["workdir"], "collaborator" if node == "c1" else "host"
     code, output = sh.run_serve_to_exit(
-        tmp_path, "c1", "tests.serving_synthetic:make_no_hook_collaborator",
-        {"node_id": "c1", "bundle": str(workdir / "c1" / "t"), "tls_plaintext": True},
+        tmp_path, node, f"tests.serving_synthetic:make_no_hook_{kind}",
+        {"node_id": node, "bundle": str(workdir / node / "t"), "tls_plaintext": True,
+         "collaborators": {"c1": f"127.0.0.1:{free_port()}"} if node == "h" else {},
+         "startup_timeout_s": 300},
+        timeout=120,
     )
     assert code == 2
-    assert "NoHookCollaborator defines no predict_feature(feature_model, ids)" in output
-    assert "cannot serve" in output
+    assert f"NoHook{kind.title()} defines no predict_feature(feature_model, ids)" in output
+    assert f"this {kind} cannot read its features for new ids, so it cannot serve" in output
 
 
 def test_bundles_of_another_run_are_refused_naming_the_parties_and_the_difference(
@@ -246,6 +272,13 @@ def test_batch_prediction_equals_online_serving(deployment, tmp_path):
     assert (report["distinct"], report["intersection"], report["predicted"], report["missing"]) \
         == (len(ids), len(ids) - 2, len(ids) - 3, 3)
     assert "predict" in run.stderr  # the progress bar
+    # The Python entry point beside launch_task writes the same predictions.
+    same = ss.make_host().batch_predict(
+        bundle=workdir / "h" / "t", output=tmp_path / "py.csv", ids=ids, node_id="h",
+        collaborators={"c1": deployment["collab"].address}, **sh.tls_files(certs, "h"),
+    )
+    assert same["predicted"] == report["predicted"]
+    assert (tmp_path / "py.csv").read_text() == out.read_text()
 
 
 def node_modules() -> Path:

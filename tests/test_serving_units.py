@@ -192,3 +192,31 @@ def test_the_audit_log_answers_who_asked_about_an_id_only_with_its_key(tmp_path)
     found = list(lookup(tmp_path / "audit.jsonl", tmp_path / "audit.key", ["bob", "zed"]))
     assert [(item, entry["caller"], entry["ids"]) for item, entry in found] == [("bob", "h", 2)]
     assert (tmp_path / "audit.key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_the_predictions_file_reads_back_as_csv_with_awkward_ids(width):
+    """The batch job's row writer formats by hand (speed): csv.reader must read back every id
+    (commas, quotes, spaces) and the scores to 7 significant digits."""
+    import csv
+    import io
+
+    from party_node.serving.batch_job import _write
+    from party_node.serving.predict import Predictions
+
+    ids = ["1", "a,b", 'say "hi"', " sp ", "lacks", "x\ty"]
+    scores = torch.tensor([[1e-9, -2.5, 3.0], [0.1, 0.2, 0.3], [7.0, 1.0, 0.0],
+                           [-1.0, 5e6, 2.0], [3.25, 0.0, 1.0]])[:, :width]
+    rows = [0, 1, 2, 3, -1, 4]
+    out, missing = io.StringIO(), io.StringIO()
+    done, lost = _write(Predictions(ids, rows, scores, {"c1": [i == 4 for i in range(6)]}),
+                        out, csv.writer(missing))
+    assert (done, lost) == (5, 1)
+    back = list(csv.reader(io.StringIO(out.getvalue())))
+    assert [r[0] for r in back] == [i for i in ids if i != "lacks"]
+    kept = scores[[0, 1, 2, 3, 4]]
+    classes = kept.argmax(1).tolist() if width > 1 else [-1] * 5
+    assert [int(r[1]) for r in back] == classes
+    assert torch.allclose(torch.tensor([[float(v) for v in r[2:]] for r in back]), kept,
+                          rtol=1e-6, atol=0)
+    assert list(csv.reader(io.StringIO(missing.getvalue()))) == [["lacks", "c1"]]

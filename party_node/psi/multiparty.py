@@ -1,23 +1,27 @@
 """PSI with several collaborators in which the host learns only the final intersection.
 
 Pure protocol (no transport), on X25519 (`x25519.py`). H holds X and key a; the collaborators
-share a key b (made by the aggregator A and sent to each other collaborator wrapped for its
+share a key b (made by the key keeper K and sent to each other collaborator wrapped for its
 own X25519 key, through H, which relays it unread); the tagger T also holds a key t.
-A and T are two different collaborators (the first two, in the host's order).
+K and T are two different collaborators (the first two, in the host's order).
 
-1. H -> T   P(x)^a for H's ids in a random order;       T -> H  P(x)^abt, same order.
-2. C -> H   P(y)^b for every collaborator's ids, each in a random order.
-3. H -> A   P(y)^ab per collaborator, each list reshuffled; A intersects the lists.
-4. A -> T   (through H) the common points, P(y)^ab for y in every Y;  T -> H  P(y)^abt.
-5. H        final = the x whose P(x)^abt is among them; H -> C  16-byte keys of the final ids.
+1. C -> H   P(y)^b for every collaborator's ids, each list in a random order.
+2. H -> T   P(x)^a for H's ids in a random order;       T -> H  P(x)^abt, same order.
+3. H        the points in every list: P(y)^b for y in every Y (H cannot open them: no b);
+   H -> T   those points ^a, in a random order;         T -> H  P(y)^abt, reshuffled.
+4. H        final = the x whose P(x)^abt is among them; H -> C  16-byte keys of the final ids.
 
-Who sees what (semi-honest, no collusion): H holds X under {a,b,t} and the collaborators'
-sets under {b} and {a,b}, so it can relate no collaborator's set to X on its own: it learns
-the final intersection, the set sizes, and the sizes (not the ids) of the intersections among
-the collaborators' sets (their lists share key b). A sees every list under {a,b} without a,
-so it learns the sizes of the collaborators' intersections only. T sees X under {a} and the
-common points under {a,b}: it learns |X| and the final size. Every collaborator learns the
-final intersection, which is a subset of its own ids.
+Who sees what (semi-honest, no collusion): H holds X under {a} and {a,b,t}, the
+collaborators' sets under {b} and their common part under {a,b} and {a,b,t} (shuffled by T):
+relating a collaborator's list to X needs b or t (DDH), so H learns the final intersection,
+the set sizes, and the sizes (not the ids) of the intersections among the collaborators'
+sets (their lists share b). T sees X under {a} and the collaborators' common part under
+{a,b}, without a: it learns |X|, the size of that common part and the final size. Every
+collaborator learns the final intersection, a subset of its own ids. Cost in X25519
+multiplications: one per id of every party, two more per host id (at T), two per common
+point (H and T). (An earlier version sent every list ^a to K to intersect: k more per
+collaborator id, and K learnt the intersections' sizes; H intersecting the lists under b
+itself needs neither.)
 """
 
 from __future__ import annotations
@@ -63,16 +67,33 @@ def _blind(key: bytes, data: bytes, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class Roles:
-    """Which collaborators aggregate and tag (two different ones)."""
+    """Which collaborators make b (the key keeper) and tag (two different ones)."""
 
-    aggregator: str
+    keeper: str
     tagger: str
 
     @classmethod
     def of(cls, collaborators: Sequence[str]) -> Roles:
         if len(collaborators) < 2:
             raise ValueError("the multi-party protocol needs at least two collaborators")
-        return cls(aggregator=collaborators[0], tagger=collaborators[1])
+        return cls(keeper=collaborators[0], tagger=collaborators[1])
+
+
+def common_points(lists: Sequence[bytes]) -> bytes:
+    """The points in every list (each a list of distinct points, as each collaborator's is):
+    the smallest list is indexed, every other one looked up in it. In the smallest list's
+    order, which the host cannot link to any id."""
+    if not lists:
+        raise PsiError("no collaborator's list to intersect")
+    arrays = sorted((_points(data, "a collaborator's list") for data in lists), key=len)
+    index = PointIndex(arrays[0])
+    alive = np.ones(len(index), dtype=bool)
+    for points in arrays[1:]:
+        seen = np.zeros(len(index), dtype=bool)
+        found = index.find(points)
+        seen[found[found >= 0]] = True
+        alive &= seen
+    return index.points[alive].tobytes()
 
 
 class MultipartyHost:
@@ -91,23 +112,23 @@ class MultipartyHost:
         return len(self._ids)
 
     def blinded_ids(self) -> bytes:
-        """Step 1, to the tagger: P(x)^a in this party's random order."""
+        """Step 2, to the tagger: P(x)^a in this party's random order."""
         return blind(self._key, hash_to_points(self._ids))
 
     def accept_tagged_ids(self, data: bytes) -> None:
-        """Step 1's answer: P(x)^abt, in the order sent."""
+        """Step 2's answer: P(x)^abt, in the order sent."""
         points = _points(data, "the tagger's answer")
         if len(points) != len(self._ids):
             raise PsiError(f"the tagger returned {len(points)} points for {len(self._ids)} sent")
         self._tagged = PointIndex(points)
 
-    def forward(self, data: bytes) -> bytes:
-        """Step 3: a collaborator's P(y)^b as P(y)^ab, reshuffled, for the aggregator."""
-        _points(data, "a collaborator's blinded ids")
-        return _shuffled(_blind(self._key, data, "a collaborator's list"))
+    def common(self, lists: Sequence[bytes]) -> bytes:
+        """Step 3, to the tagger: the points in every collaborator's list P(y)^b, ^a,
+        reshuffled."""
+        return _shuffled(_blind(self._key, common_points(lists), "a collaborator's list"))
 
     def accept_tagged_common(self, data: bytes) -> set[str]:
-        """Step 5: the final intersection, from the tagged common points."""
+        """Step 4: the final intersection, from the tagged common points."""
         if self._tagged is None:
             raise RuntimeError("accept_tagged_ids() first")
         found = self._tagged.find(_points(data, "the tagged common points"))
@@ -115,7 +136,7 @@ class MultipartyHost:
         return self.final
 
     def result_keys(self) -> bytes:
-        """Step 5, to every collaborator: the final ids' 16-byte keys."""
+        """Step 4, to every collaborator: the final ids' 16-byte keys."""
         if self.final is None:
             raise RuntimeError("accept_tagged_common() first")
         return keys_of(self.final)
@@ -147,29 +168,19 @@ class MultipartyCollaborator:
             self._tag = new_key()
 
     def blinded_ids(self) -> bytes:
-        """Step 2: P(y)^b in a random order."""
+        """Step 1: P(y)^b in a random order."""
         return blind(self._shared_key(), self._hashed)
 
     def tag_host_ids(self, data: bytes) -> bytes:
-        """Step 1 at the tagger: P(x)^a -> P(x)^abt, same order."""
+        """Step 2 at the tagger: P(x)^a -> P(x)^abt, same order."""
         _points(data, "the host's blinded ids")
         once = _blind(self._shared_key(), data, "the host's blinded ids")
         return _blind(self._tag_key(), once, "the host's blinded ids")
 
     def tag_common(self, data: bytes) -> bytes:
-        """Step 4 at the tagger: P(y)^ab -> P(y)^abt, reshuffled."""
+        """Step 3 at the tagger: P(y)^ab -> P(y)^abt, reshuffled."""
         _points(data, "the common points")
         return _shuffled(_blind(self._tag_key(), data, "the common points"))
-
-    @staticmethod
-    def aggregate(lists: Sequence[bytes]) -> bytes:
-        """Step 3 at the aggregator: the points in every collaborator's list, sorted."""
-        if not lists:
-            raise PsiError("the aggregator received no lists")
-        common = Aggregation(lists[0])
-        for data in lists[1:]:
-            common.meet([data])
-        return common.result()
 
     def accept_result_keys(self, data: bytes) -> set[str]:
         if len(data) % KEY_BYTES:
@@ -194,36 +205,13 @@ class MultipartyCollaborator:
         return self._tag
 
 
-class Aggregation:
-    """The aggregator's intersection of the forwarded lists: it keeps the first list (the
-    smallest, so at most its own size) and, for each further list, which of its points that
-    list holds; the others stream through chunk by chunk."""
-
-    def __init__(self, first: bytes) -> None:
-        self._index = PointIndex(_points(first, "a forwarded list"))
-        self._alive = np.ones(len(self._index), dtype=bool)
-
-    def meet(self, chunks: Iterable[bytes]) -> None:
-        """One more list, as chunks of whole points."""
-        seen = np.zeros(len(self._index), dtype=bool)
-        for chunk in chunks:
-            found = self._index.find(_points(chunk, "a forwarded list"))
-            seen[found[found >= 0]] = True
-        self._alive &= seen
-
-    def result(self) -> bytes:
-        """The common points, sorted (their order says nothing of any list's)."""
-        common = np.unique(self._index.points[self._alive].view("V32").ravel())
-        return common.tobytes()
-
-
-# ---- sharing b: the aggregator wraps it for each other collaborator, the host relays -------
+# ---- sharing b: the key keeper wraps it for each other collaborator, the host relays -------
 def shared_key() -> bytes:
     return new_key()
 
 
 def key_pair() -> tuple[X25519PrivateKey, bytes]:
-    """A collaborator's fresh key to receive b with; the public half goes to the aggregator."""
+    """A collaborator's fresh key to receive b with; the public half goes to the key keeper."""
     private = X25519PrivateKey.generate()
     return private, private.public_key().public_bytes_raw()
 

@@ -117,14 +117,14 @@ def run_host_multiparty_psi(
     peer_sizes: dict[str, int] | None = None,
 ) -> set[str]:
     """The host's whole multi-party PSI with two or more collaborators (in `stubs`' order:
-    the first aggregates, the second tags). Returns the final intersection; the host learns
-    nothing else about the collaborators' ids (docs/psi.md). `check_header(name)` gives the
-    check of that collaborator's message headers."""
+    the first makes the shared key b, the second tags). Returns the final intersection; the
+    host learns nothing else about the collaborators' ids but sizes (docs/psi.md).
+    `check_header(name)` gives the check of that collaborator's message headers."""
     if isinstance(ids, str | bytes):
         raise TypeError("ids must be a sequence of str, not a single string")
     names = list(stubs)
     host = MultipartyHost(ids, names)
-    aggregator, tagger = host.roles.aggregator, host.roles.tagger
+    keeper, tagger = host.roles.keeper, host.roles.tagger
     deadline = time.monotonic() + timeout
 
     def remaining() -> float:
@@ -154,8 +154,8 @@ def run_host_multiparty_psi(
         own = own_pool.submit(host.blinded_ids)
         try:
             public = _hello_all(names, call, header_factory, remaining, cancel, calls)
-            wrapped = _wrap(names, aggregator, public, call, header_factory, finish)
-            forwarded: dict[str, bytes] = {}
+            wrapped = _wrap(names, keeper, public, call, header_factory, finish)
+            lists: dict[str, bytes] = {}
             sizes: dict[str, int] = {}
 
             def exchange(name: str) -> None:
@@ -172,7 +172,7 @@ def run_host_multiparty_psi(
                 blinded = read_all(frames, PsiStep.Value("PSI_STEP_MP_BLINDED"), peer)
                 finish(frames, name)
                 sizes[name] = len(blinded) // POINT_BYTES
-                forwarded[name] = host.forward(blinded)
+                lists[name] = blinded
                 if name == tagger:
                     mine = own.result(remaining())
                     step = PsiStep.Value("PSI_STEP_MP_HOST_IDS")
@@ -191,25 +191,10 @@ def run_host_multiparty_psi(
             own.cancel()
     if peer_sizes is not None:  # what the protocol reveals to the host anyway
         peer_sizes.update(sizes)
-    # The aggregator: every list, the smallest first (it keeps only that one whole).
-    order = sorted(names, key=lambda n: sizes[n])
-
-    def lists() -> Iterator[PsiRequest]:
-        for name in order:
-            yield from messages_of(
-                PsiStep.Value("PSI_STEP_MP_LISTS"), forwarded[name], header_factory
-            )
-
+    # The points in every list, intersected here under b alone (no key of the host's opens
+    # them), then ^a and reshuffled for the tagger.
+    common = host.common([lists.pop(name) for name in names])
     common_step = PsiStep.Value("PSI_STEP_MP_COMMON")
-    frames = call(aggregator, lists(), "aggregation")
-    common = read_all(
-        frames,
-        common_step,
-        f"collaborator '{aggregator}'",
-        most=sizes[order[0]],
-        why="(the smallest list's size)",
-    )
-    finish(frames, aggregator)
     frames = call(tagger, messages_of(common_step, common, header_factory), "tagging")
     tagged = read_all(
         frames,
@@ -249,7 +234,7 @@ def _errors_named(frames: Iterator[PsiFrame], name: str, what: str) -> Iterator[
 
 def _hello_all(names, call, header_factory, remaining, cancel, calls) -> dict[str, bytes]:
     """MP_HELLO to every collaborator (retrying while one is not ready for PSI yet); each
-    answers with the public key it receives b under (the aggregator, who makes b: none)."""
+    answers with the public key it receives b under (the key keeper, who makes b: none)."""
     hello = party_node_pb2.PsiMultiparty(collaborators=names)
     step = PsiStep.Value("PSI_STEP_MP_HELLO")
     public: dict[str, bytes] = {}
@@ -280,20 +265,20 @@ def _hello_all(names, call, header_factory, remaining, cancel, calls) -> dict[st
     return public
 
 
-def _wrap(names, aggregator, public, call, header_factory, finish) -> dict[str, bytes]:
-    """b, made by the aggregator, wrapped for each other collaborator's key."""
-    others = [name for name in names if name != aggregator]
+def _wrap(names, keeper, public, call, header_factory, finish) -> dict[str, bytes]:
+    """b, made by the key keeper, wrapped for each other collaborator's key."""
+    others = [name for name in names if name != keeper]
     step = PsiStep.Value("PSI_STEP_MP_WRAP_KEYS")
     frames = call(
-        aggregator, _one(step, b"".join(public[n] for n in others), header_factory), "key wrapping"
+        keeper, _one(step, b"".join(public[n] for n in others), header_factory), "key wrapping"
     )
     blob = _single(
         frames,
         PsiStep.Value("PSI_STEP_MP_WRAPPED_KEYS"),
-        f"collaborator '{aggregator}'",
+        f"collaborator '{keeper}'",
         WRAPPED_BYTES * len(others),
     )
-    finish(frames, aggregator)
+    finish(frames, keeper)
     return {
         name: blob[i * WRAPPED_BYTES : (i + 1) * WRAPPED_BYTES] for i, name in enumerate(others)
     }

@@ -4,10 +4,10 @@ the framing are in `multiparty_rpc.py`.
 
 Every step is checked before any work is done on it: it must come from the task's host (the
 node has checked the caller's certificate; each message's header is checked here too), be a
-step of this party's role (aggregator, tagger or neither), come in the protocol's order and
+step of this party's role (key keeper, tagger or neither), come in the protocol's order and
 only once, and carry whole points in the counts this party accepts: the host's ids under
-`MAX_IDS`, at most this party's own size where the protocol guarantees it (the common points,
-the smallest list), fixed sizes for keys."""
+`MAX_IDS`, at most this party's own size where the protocol guarantees it (the common
+points), fixed sizes for keys."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from party_node.psi.frames import PsiError, PsiFrame
 from party_node.psi.multiparty import (
-    Aggregation,
     MultipartyCollaborator,
     Roles,
     key_pair,
@@ -69,7 +68,7 @@ class MultipartyCollaboratorSession(SessionState):
     ) -> None:
         if isinstance(ids, str | bytes):
             raise TypeError("ids must be a sequence of str, not a single string")
-        # waiting -> greeted -> [wrapped] -> blinded -> [tagged | aggregating] -> exchanged
+        # waiting -> greeted -> [wrapped] -> blinded -> [tagged -> tagging] -> exchanged
         # -> accepting -> done, or failed
         super().__init__(peer)
         self._node_id = node_id
@@ -127,7 +126,6 @@ class MultipartyCollaboratorSession(SessionState):
             _STEP("PSI_STEP_MP_WRAP_KEYS"): self._wrap,
             _STEP("PSI_STEP_MP_SHARED_KEY"): self._blinded,
             _STEP("PSI_STEP_MP_HOST_IDS"): self._tag_host_ids,
-            _STEP("PSI_STEP_MP_LISTS"): self._aggregate,
             _STEP("PSI_STEP_MP_COMMON"): self._tag_common,
         }
         serve = steps.get(first.step)
@@ -150,7 +148,7 @@ class MultipartyCollaboratorSession(SessionState):
             )
         _single(frames, _STEP("PSI_STEP_MP_HELLO"), f"the {self.peer}", 0)
         self._order = order
-        if self._role() == "aggregator":  # it makes b
+        if self._role() == "key keeper":  # it makes b
             self._shared = shared_key()
             public = b""
         else:
@@ -160,7 +158,7 @@ class MultipartyCollaboratorSession(SessionState):
         )
 
     def _wrap(self, first: PsiMessage, frames: Iterator[PsiFrame]) -> Iterator[PsiMessage]:
-        self._require_role("aggregator", "MP_WRAP_KEYS")
+        self._require_role("key keeper", "MP_WRAP_KEYS")
         self._advance("greeted", "wrapped", "the keys to wrap out of order")
         others = self._order[1:]
         data = _single(frames, _STEP("PSI_STEP_MP_WRAP_KEYS"), f"the {self.peer}", 32 * len(others))
@@ -177,11 +175,11 @@ class MultipartyCollaboratorSession(SessionState):
     def _blinded(self, first: PsiMessage, frames: Iterator[PsiFrame]) -> Iterator[PsiMessage]:
         role = self._role()
         self._advance(
-            "wrapped" if role == "aggregator" else "greeted",
+            "wrapped" if role == "key keeper" else "greeted",
             "blinded",
             "its shared key out of order",
         )
-        size = 0 if role == "aggregator" else WRAPPED_BYTES
+        size = 0 if role == "key keeper" else WRAPPED_BYTES
         blob = _single(frames, _STEP("PSI_STEP_MP_SHARED_KEY"), f"the {self.peer}", size)
         if self._secret is not None:
             context = wrap_context(self._task_id, self._node_id)
@@ -194,7 +192,7 @@ class MultipartyCollaboratorSession(SessionState):
         yield from messages_of(
             _STEP("PSI_STEP_MP_BLINDED"), protocol.blinded_ids(), self._header, PsiResponse
         )
-        if role == "member":  # its part is done (the host reads the call to its end first)
+        if role != "tagger":  # its part is done (the host reads the call to its end first)
             self._advance("blinded", "exchanged", "")
 
     def _tag_host_ids(self, first: PsiMessage, frames: Iterator[PsiFrame]) -> Iterator[PsiMessage]:
@@ -211,27 +209,6 @@ class MultipartyCollaboratorSession(SessionState):
                 header=self._header(), step=step, data=protocol.tag_host_ids(chunk), total=total
             )
         yield PsiResponse(header=self._header(), step=step, last=True)
-
-    def _aggregate(self, first: PsiMessage, frames: Iterator[PsiFrame]) -> Iterator[PsiMessage]:
-        self._require_role("aggregator", "MP_LISTS")
-        self._advance("blinded", "aggregating", "the lists out of order")
-        step, peer = _STEP("PSI_STEP_MP_LISTS"), f"the {self.peer}"
-        smallest = read_all(
-            frames,
-            step,
-            peer,
-            most=self.size,
-            why="(the first list must be the smallest, and this party's own is one of them)",
-        )
-        common = Aggregation(smallest)
-        for _ in self._order[1:]:
-            common.meet(read_step(frames, step, peer))
-        for frame in frames:
-            raise PsiError(f"the {self.peer} sent {frame.step} after the last list")
-        yield from messages_of(
-            _STEP("PSI_STEP_MP_COMMON"), common.result(), self._header, PsiResponse
-        )
-        self._advance("aggregating", "exchanged", "")
 
     def _tag_common(self, first: PsiMessage, frames: Iterator[PsiFrame]) -> Iterator[PsiMessage]:
         self._require_role("tagger", "MP_COMMON")
@@ -257,8 +234,8 @@ class MultipartyCollaboratorSession(SessionState):
         if not self._order:
             return "member"
         roles = Roles.of(self._order)
-        if self._node_id == roles.aggregator:
-            return "aggregator"
+        if self._node_id == roles.keeper:
+            return "key keeper"
         return "tagger" if self._node_id == roles.tagger else "member"
 
     def _require_role(self, role: str, step: str) -> None:
