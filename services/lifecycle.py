@@ -75,6 +75,11 @@ class Lifecycle:
         self.limits = limits or TaskLimits()
         self._lock = threading.RLock()
         self._tasks: dict[str, Task] = {}
+        #: Per waiting task, nodes whose join was recorded before this coordinator started and
+        #: that it has not heard from since: their process may have died with the old one (the
+        #: host's, in the two-notebook workflow), so they do not count as joined until they
+        #: heartbeat or join again; silent past their schedule_timeout, they are un-joined.
+        self._unconfirmed: dict[str, set[str]] = {}
         now = clock()
         for task in store.load_all():
             self._tasks[task.task_id] = task
@@ -95,6 +100,9 @@ class Lifecycle:
                 raise ValueError(f"a stored timeout is outside 0..{MAX_TIMEOUT_S:g} s")
             task.restart_clocks(now)
             self._store.save(task)
+            if task.phase == Phase.WAITING_FOR_NODES:
+                joined = {n for n, p in task.participants.items() if p.joined}
+                self._unconfirmed[task.task_id] = joined
         self._notify(task)
         self._publish(Command.of(task))
 
@@ -214,7 +222,8 @@ class Lifecycle:
             task.participants[nid] = node
             log.info("task %s: node %s joined as %s from %s (checkpoint round %d batch %d)",
                      task_id, nid, node.role.name, node.address, *node.position())
-            if all(p.joined for p in task.participants.values()):
+            self._unconfirmed.get(task_id, set()).discard(nid)
+            if self._everyone_joined(task):
                 self._all_joined(task)
             else:
                 task.deadline = task.waiting_deadline()
@@ -265,6 +274,11 @@ class Lifecycle:
                 raise WrongPhase(f"node '{node_id}' has not joined task '{task_id}'; join first")
             node.last_heartbeat = self._clock()
             self._store.save_heartbeat(task_id, node_id, node.last_heartbeat)
+            unconfirmed = self._unconfirmed.get(task_id, set())
+            if node_id in unconfirmed:
+                unconfirmed.discard(node_id)
+                if self._everyone_joined(task):
+                    self._all_joined(task)
 
     def check_watch(self, task_id: str, node_id: str) -> None:
         """A watcher must name a known task and (if it names itself) be a participant."""
@@ -284,11 +298,35 @@ class Lifecycle:
                     if retention and now - task.updated > retention:
                         self._delete(task)
                     continue
+                self._unjoin_silent(task, now)
                 verdict = verdicts.overdue(
                     task, now, self._min_liveness_s, self.limits.unjoined_expiry_s
                 )
                 if verdict is not None:
                     self._fail(task, *verdict)
+
+    def _everyone_joined(self, task: Task) -> bool:
+        """Every participant joined, and in this coordinator's lifetime or heard from since."""
+        unconfirmed = self._unconfirmed.get(task.task_id, set())
+        return all(p.joined and n not in unconfirmed for n, p in task.participants.items())
+
+    def _unjoin_silent(self, task: Task, now: float) -> None:
+        """A node that joined before this coordinator's restart and stayed silent for its
+        schedule_timeout since: its process is gone; it has to join again (a recover join of
+        its new process does), and the task waits for it instead of failing."""
+        unconfirmed = self._unconfirmed.get(task.task_id)
+        if not unconfirmed or task.phase != Phase.WAITING_FOR_NODES:
+            self._unconfirmed.pop(task.task_id, None)
+            return
+        sched, _, _ = task.effective_timeouts()
+        for nid in sorted(unconfirmed):
+            node = task.participants[nid]
+            if now - node.last_heartbeat > max(sched, self._min_liveness_s):
+                log.info("task %s: node %s joined before the coordinator restarted and has "
+                         "been silent since; it must join again", task.task_id, nid)
+                node.joined = False
+                unconfirmed.discard(nid)
+                self._commit(task, publish=False)
 
     # --- transitions -----------------------------------------------------------------
 

@@ -78,6 +78,12 @@ class Faults:
     def at(self, name: str, round_no: int) -> bool:
         return name in self.spec and int(self.spec[name]) == round_no
 
+    def kill_in(self, phase: str, round_no: int = 0) -> None:
+        """`kill_in_<phase>=R`: SIGKILL this process in that phase (of round R; 0 for PSI and
+        SPLIT), with no goodbye to anyone; the host's embedded coordinator dies with it."""
+        if self.at(f"kill_in_{phase}", round_no):
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def pace(self) -> None:
         """`slow=S`: every training batch takes S seconds more (so a test can kill mid-round)."""
         if "slow" in self.spec:
@@ -89,10 +95,14 @@ class SynthParty:
 
     node: str
 
-    def load_local_ids(self):
+    faults: Faults
+
+    def load_local_ids(self):  # called when the coordinator has moved the task to PSI
+        self.faults.kill_in("psi")
         return all_ids()
 
     def split_dataset(self, id_intersection):
+        self.faults.kill_in("split")
         return split(id_intersection)
 
     def build_feature_model(self):
@@ -145,6 +155,7 @@ class SynthHost(SynthParty, HeteroNNHostScheduler):
     def run_test(self, batched_feature_projection, batched_labels):
         if self.faults.at("test_raise", self.current_round):
             raise RuntimeError("injected failure in run_test")
+        self.faults.kill_in("test", self.current_round)
         correct = total = 0
         for projection, y in zip(batched_feature_projection, batched_labels, strict=True):
             out = self.infer_model(torch.cat([projection[k] for k in self.keys], dim=1))

@@ -18,9 +18,15 @@ from torch import nn
 
 from party_node.errors import ConfigError
 from party_node.runtime import rng
-from party_node.runtime.batch_checkpoints import CheckpointPolicy, MarkedPeers, skip_batches
+from party_node.runtime.batch_checkpoints import (
+    MAX_TIME_SHARE,
+    CheckpointPolicy,
+    MarkedPeers,
+    skip_batches,
+)
 from party_node.runtime.checkpoint import CheckpointStore, Position
 from party_node.runtime.links import Message
+from party_node.runtime.roles.base import Role
 from tests.harness import ROOT
 
 
@@ -68,6 +74,33 @@ def test_policy_counts_batches_and_seconds():
     timed.reset(1)
     assert not timed.due(1)
     assert not CheckpointPolicy(0, 0).due(10**6)  # both off
+
+
+def test_time_trigger_never_spends_more_than_5_percent_writing():
+    """The default (every 60 s) stays on for any model: a write of w seconds pushes the next
+    time-triggered checkpoint to at least w / 5% later; the batch trigger is left exact."""
+    now = [0.0]
+    timed = CheckpointPolicy(every_batches=0, every_seconds=60, clock=lambda: now[0])
+    timed.reset(1, write_s=6.0)  # a large state: 6 s per write
+    now[0] = 60.0
+    assert not timed.due(2)  # 6 s of 66 would be 9%
+    now[0] = 6.0 / MAX_TIME_SHARE
+    assert timed.due(2)
+    timed.reset(3)  # a round's start: the last write time is kept
+    now[0] += 60.0
+    assert not timed.due(3)
+    counted = CheckpointPolicy(every_batches=2, every_seconds=0, clock=lambda: now[0])
+    counted.reset(0, write_s=6.0)
+    assert counted.due(1)
+
+
+def test_the_host_times_its_checkpoint_write_for_the_policy():
+    role = Role(None, None, None, None, "h")  # type: ignore[arg-type]
+    role.policy = CheckpointPolicy(every_batches=0, every_seconds=1)
+    role.save_checkpoint = lambda round_no, batches: time.sleep(0.2)
+    role.checkpoint_due = (1, 4)
+    role.after_batch(1, 4)
+    assert role.policy.interval_s >= 0.2 / MAX_TIME_SHARE
 
 
 def test_marked_peers_flag_only_the_chosen_batch():

@@ -62,6 +62,41 @@ def test_restarted_node_with_recover_interrupts_the_attempt(store: TaskStore) ->
     assert (rig.commands[-1].resume_round, rig.commands[-1].resume_batch) == (3, 0)
 
 
+def test_a_join_from_before_a_restart_counts_once_heard_from(store: TaskStore) -> None:
+    """The chaos test's case: the host joined, then died with its embedded coordinator while
+    the task waited for the others. Its new process restarts the coordinator but joins late
+    (models to build); the collaborators, quicker, must not start PSI with the dead host's
+    join, and the task waits for the new one instead of failing heartbeat_lost."""
+    rig = Rig(store)
+    rig.create()
+    join(rig, "h", "h-1")
+    rig.restart()
+    rig.clock.now += 3
+    join(rig, "c1", "c1-2", recover=True)
+    join(rig, "c2", "c2-2", recover=True)
+    assert rig.task.phase == Phase.WAITING_FOR_NODES
+    rig.clock.now += 2.5  # the old host silent 5.5 s > its schedule_timeout (5 s)
+    rig.lc.tick()
+    task = rig.task
+    assert task.phase == Phase.WAITING_FOR_NODES and not task.participants["h"].joined, task
+    join(rig, "h", "h-2", recover=True)
+    assert rig.commands[-1].phase == Phase.PSI and rig.task.attempt == 1
+
+
+def test_a_live_node_confirms_its_join_by_heartbeat_after_a_restart(store: TaskStore) -> None:
+    """A standalone coordinator restarted while the host waited: the host heartbeats (it does
+    not join again), which counts, and the task starts when the others join."""
+    rig = Rig(store)
+    rig.create()
+    join(rig, "h", "h-1")
+    rig.restart()
+    join(rig, "c1", "c1-1")
+    join(rig, "c2", "c2-1")
+    assert rig.task.phase == Phase.WAITING_FOR_NODES
+    rig.lc.heartbeat("t", "h")
+    assert rig.commands[-1].phase == Phase.PSI
+
+
 def test_restarted_node_without_recover_is_refused(store: TaskStore) -> None:
     rig = Rig(store)
     training(rig, 1)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.label_leak import DEFAULTS
 from party_node.errors import ConfigError
 from party_node.privacy import LeakMeter, attacks, class_labels, parse_defence
 from party_node.privacy.defences import keep_probability, randomised_response
@@ -70,6 +71,47 @@ def test_clustering_recovers_multiclass_labels_unless_defended() -> None:
     assert cluster_score(split_training(4, noise)[0], 4) < 0.4  # chance 0.25 + sampling
     rr = parse_defence({"kind": "gradient_rr", "epsilon": 0, "classes": 4}).gradient_defence()
     assert cluster_score(split_training(4, rr)[0], 4) < 0.4
+    # the default for more than two classes (bench/label_leak.py, docs/privacy.md)
+    span = parse_defence({**DEFAULTS["digits"], "classes": 4})
+    assert cluster_score(split_training(4, span.gradient_defence())[0], 4) < 0.4
+
+
+def test_class_noise_is_unbiased_and_confined_to_the_class_mean_span() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 3
+    # three classes whose means differ only in columns 0 and 1; columns 2..7 carry no label
+    means = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    same = torch.randn(1, 6, generator=g).expand(64, 6)
+    grad = torch.cat([means[y] + 0.1 * torch.randn(64, 2, generator=g), same], 1)
+    defence = parse_defence({"kind": "class_noise", "noise_multiplier": 1, "classes": 3})
+    draws = torch.stack([defence.gradient_defence()(grad, y, g) for _ in range(1000)])
+    assert torch.allclose(draws[:, :, 2:], same.expand(1000, 64, 6), atol=1e-5)  # untouched
+    assert (draws.mean(0) - grad).abs().max() < 0.15  # unbiased
+    host = HostPrivacy({"kind": "class_noise", "noise_multiplier": 1, "classes": 3})
+    sent = host.outgoing("c1", grad, F.one_hot(y, 3).float())  # the host's path, one-hot labels
+    assert sent.shape == grad.shape and torch.allclose(sent[:, 2:], same, atol=1e-5)
+    assert not torch.allclose(sent[:, :2], grad[:, :2])
+    assert draws[:, :, :2].std(0).mean() > 0.3  # noise where the label is
+
+
+def test_averaging_across_rounds_undoes_fresh_per_round_noise() -> None:
+    """A collaborator knows each row's id: averaging a sample's gradient over rounds cancels
+    noise drawn fresh each round, which a per-round score does not show."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 4
+    centers = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    grad = centers[y] + 0.2 * torch.randn(400, 8, generator=g)
+    rr = parse_defence({"kind": "gradient_rr", "epsilon": 0.5, "classes": 4, "debias": 1})
+    averager, ids = attacks.RoundAverager(), [f"id{i}" for i in range(400)]
+    per_round = []
+    for _ in range(60):
+        sent = rr.gradient_defence()(grad, y, g)
+        per_round.append(attacks.cluster_accuracy(sent, y, 4, g))
+        averager.add(ids, sent, y)
+    averaged, labels = averager.averaged()
+    assert max(per_round) < 0.45  # 0.41 measured; chance 0.25, q = 0.35 at ε 0.5, 4 classes
+    assert torch.equal(labels, y[torch.tensor(sorted(range(400), key=lambda i: f"id{i}"))])
+    assert attacks.cluster_accuracy(averaged, labels, 4, g) > 0.6  # 0.695 measured
 
 
 def test_direction_and_norm_attacks_on_a_binary_task_unless_defended() -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from party_node.runtime.checkpoint import CheckpointStore, Position
 from tests.harness import run_task
 from tests.test_equivalence import BATCH, ROUNDS, assert_same_weights, centralized, final_weights
 
@@ -106,3 +109,38 @@ def test_pipelined_mode_resumes_where_every_party_completed(tmp_path):
     for report in _finished(second, tmp_path, nodes, "p"):
         assert report["resumed_from_round"] == 2 and "resumed_from_batch" not in report, report
         assert report["rounds"] == ROUNDS
+
+
+@pytest.mark.timeout(1200)
+def test_killed_in_a_test_then_in_psi_then_in_split(tmp_path):
+    """A crash in every phase that is not a batch, each during a recovering attempt: the host
+    (with its embedded coordinator) in round 3's test, then the collaborator in PSI, then the
+    host in SPLIT. Nothing checkpointed is lost on the way: the last attempt resumes at the end
+    of round 3, runs its test again, and ends exactly where uninterrupted training ends."""
+    nodes = ["h", "c1"]
+    common = [*COMMON, "--checkpoint-every", "2"]
+    attempts = [
+        ("h", "kill_in_test=3", 1),
+        ("c1", "kill_in_psi=0", 1),
+        ("h", "kill_in_split=0", 1),
+    ]
+    for i, (victim, fault, survivor_code) in enumerate(attempts):
+        extra = ["--recover"] if i else []
+        run = run_task(
+            tmp_path, nodes, "k", common=[*common, *extra], per_node={victim: ["--faults", fault]}
+        )
+        assert run[victim].code == -9, (fault, run[victim].stderr)
+        other = "c1" if victim == "h" else "h"
+        assert run[other].code == survivor_code, (fault, run[other].stderr)
+        for node in nodes:
+            latest = CheckpointStore(tmp_path / node / "k" / "checkpoints").latest()
+            assert latest == Position(3), (fault, node, latest)
+
+    last = run_task(tmp_path, nodes, "k", common=[*common, "--recover"])
+    for report in _finished(last, tmp_path, nodes, "k"):
+        assert report["resumed_from_round"] == 3 and "resumed_from_batch" not in report, report
+        assert report["rounds"] == ROUNDS
+    host = json.loads((tmp_path / "h" / "k" / "report.json").read_text())
+    assert [t["round"] for t in host["test_history"]] == list(range(1, ROUNDS + 1)), host
+    got = final_weights(tmp_path, nodes, "k")
+    assert_same_weights(got, centralized(nodes), 1e-6, "uninterrupted training")

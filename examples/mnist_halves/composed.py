@@ -27,10 +27,12 @@ def task_labels(labels: torch.Tensor, task: str) -> torch.Tensor:
 
 @dataclass
 class RoundRecord:
-    """What the collaborator received in one round (per batch) and the true labels."""
+    """What the collaborator received in one round (per batch), the true labels, and the ids
+    of each batch's rows (which the collaborator knows: it can link rows across rounds)."""
 
     grads: list[torch.Tensor] = field(default_factory=list)
     labels: list[torch.Tensor] = field(default_factory=list)
+    ids: list[list[str]] = field(default_factory=list)
     seconds_outgoing: float = 0.0
 
 
@@ -106,6 +108,8 @@ class Composed:
             feat_c.backward(grad)
             record.grads.append(grad.detach().clone())
             record.labels.append(y)
+            start = len(record.ids) * self.batch_size
+            record.ids.append(order[start : start + len(y)])
             for o in self.opts:
                 o.step()
         return record

@@ -6,8 +6,9 @@ trains the demo's models and records exactly what the collaborator receives).
 Per round: cosine-clustering label accuracy over the round's gradients (and the same clusters
 against shuffled labels: chance), within one batch, the direction attack's AUC with one known
 positive per batch, the norm attack's AUC; at the end, model completion from k known labels
-on the collaborator's trained feature model against an untrained one. `--defence JSON`
-evaluates a label defence instead (docs/privacy.md)."""
+on the collaborator's trained feature model against an untrained one, and the attack on each
+sample's gradient direction averaged over all rounds (the collaborator knows the ids).
+`--defence JSON` evaluates a label defence instead (docs/privacy.md)."""
 
 from __future__ import annotations
 
@@ -53,17 +54,23 @@ def evaluate(task: str, mode: str, rounds: int, seed: int, defence: object, know
     model = Composed(task=task, mode=mode, seed=seed)
     g = torch.Generator().manual_seed(seed)
     untrained = completion(model, known, g)
-    history = []
+    history, averager = [], attacks.RoundAverager()
     for r in range(1, rounds + 1):
         rec = model.train_round(r, setting, noise)
+        for ids, grads, labels in zip(rec.ids, rec.grads, rec.labels, strict=True):
+            averager.add(ids, grads, labels)
         scores = round_scores(rec.grads, rec.labels, g)
         history.append({"round": r, **{k: round(v, 3) for k, v in scores.items()}})
         print(f"  {task:6} {mode:6} round {r}: {_fmt(scores)}", file=sys.stderr, flush=True)
+    rows, labels = averager.averaged()
+    batches = list(zip(rows.split(model.batch_size), labels.split(model.batch_size), strict=True))
+    averaged = round_scores([b[0] for b in batches], [b[1] for b in batches], g)
     return {
         "task": task,
         "mode": mode,
         "defence": setting.agreement(),
         "rounds": history,
+        "averaged_over_rounds": {k: round(v, 3) for k, v in averaged.items()},
         "test_accuracy": round(model.test_accuracy(), 4),
         f"completion_acc_{known}_known": round(completion(model, known, g), 3),
         f"completion_acc_{known}_known_untrained": round(untrained, 3),

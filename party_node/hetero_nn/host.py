@@ -21,7 +21,8 @@ class HeteroNNHostScheduler(HeteroNNScheduler):
     Beyond the seed: every party checkpoints after the batch the host picks, once
     `checkpoint_every_batches` batches (0: off) or `checkpoint_every_seconds` seconds (0: off)
     have passed since the last checkpoint, so a crash costs at most that much training; every
-    round also ends with one.
+    round also ends with one. The time trigger waits longer when the host's writes are slow,
+    so that writing never takes more than 5% of the training time.
     """
 
     _role = "host"

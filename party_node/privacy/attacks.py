@@ -135,3 +135,24 @@ def completion_accuracy(
     optimizer.step(closure)
     with torch.no_grad():
         return float((logits(test_features).argmax(1) == test_labels.long()).double().mean())
+
+
+class RoundAverager:
+    """The collaborator's cross-round attack: it knows each row's id, so it can average the
+    direction of every sample's gradient over the rounds it has seen; fresh per-round noise
+    averages out, and the attacks above then run on the averages (one row per sample)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.labels: dict[str, int] = {}
+
+    def add(self, ids: list[str], grads: torch.Tensor, labels: torch.Tensor) -> None:
+        rows = F.normalize(flat(grads), dim=1)
+        for i, row, y in zip(ids, rows, labels.flatten().tolist(), strict=True):
+            self.sums[i] = self.sums[i] + row if i in self.sums else row.clone()
+            self.labels[i] = int(y)
+
+    def averaged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean direction of each sample seen, its label), in id order."""
+        ids = sorted(self.sums)
+        return torch.stack([self.sums[i] for i in ids]), torch.tensor([self.labels[i] for i in ids])

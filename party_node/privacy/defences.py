@@ -9,6 +9,8 @@ label DP, to the labels it trains on). Each is a small class built from its sett
 - `GradientRR`: randomised response on the label-carrying part of each row's gradient: the
   row's class mean is replaced by the mean of a randomly answered class (kept with
   probability e^ε/(e^ε+K−1)); the within-class part and the host's own training are untouched;
+- `ClassNoise`: Gaussian noise only in the span of the batch's class-mean gradients (where
+  the label is), each row's scaled to its own deviation there: Marvell's idea for K classes;
 - `LabelRR`: label DP by randomised response with ε; the host trains on the answered labels.
 """
 
@@ -39,6 +41,19 @@ def randomised_response(
 
 def _rows(grad: torch.Tensor) -> torch.Tensor:
     return grad.reshape(grad.shape[0], -1)
+
+
+def _class_means(
+    g: torch.Tensor, y: torch.Tensor, classes: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each class's mean row (classes x d) and the classes present in the batch; None when
+    fewer than two are present (one class's mean says nothing the batch does not)."""
+    counts = torch.bincount(y, minlength=classes)
+    present = (counts > 0).nonzero().flatten()
+    if len(present) < 2:
+        return None
+    sums = torch.zeros(classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
+    return sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1), present
 
 
 class GaussianNoise:
@@ -79,13 +94,11 @@ class GradientRR:
     ) -> torch.Tensor:
         g = _rows(grad)
         y = labels.flatten().long()
-        counts = torch.bincount(y, minlength=self.classes)
-        present = (counts > 0).nonzero().flatten()
-        k = len(present)
-        if k < 2:  # one class in the batch: its mean says nothing the batch does not
+        found = _class_means(g, y, self.classes)
+        if found is None:
             return grad
-        sums = torch.zeros(self.classes, g.shape[1], dtype=g.dtype).index_add_(0, y, g)
-        means = sums / counts.clamp(min=1).to(g.dtype).unsqueeze(1)
+        means, present = found
+        k = len(present)
         center = means[present].mean(0)
         index = torch.full((self.classes,), -1, dtype=torch.long)
         index[present] = torch.arange(k)
@@ -95,6 +108,35 @@ class GradientRR:
         scale = c**-self.debias if self.debias and c > 0 else 1.0
         out = g - means[y] + center + scale * (means[answer] - center)
         return out.reshape(grad.shape)
+
+
+class ClassNoise:
+    """Gaussian noise confined to the span of the batch's class-mean gradients (centred): the
+    directions along which the classes' gradients differ, i.e. that carry the label. Each row
+    gets noise of σ times its own deviation from the batch centre within that span (so a
+    high-loss row, whose direction says most, is hidden as well as a typical one); the rest of
+    the row and the mean gradient are untouched, so the gradient stays unbiased."""
+
+    def __init__(self, noise_multiplier: float, classes: int) -> None:
+        self.sigma, self.classes = noise_multiplier, classes
+
+    def __call__(
+        self, grad: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        g = _rows(grad)
+        found = _class_means(g, labels.flatten().long(), self.classes)
+        if found is None:
+            return grad
+        means = found[0][found[1]]
+        center = means.mean(0)
+        _, s, vh = torch.linalg.svd((means - center).double(), full_matrices=False)
+        basis = vh[s > s[0] * 1e-6].to(g.dtype)  # r x d, orthonormal rows
+        if float(s[0]) == 0 or len(basis) == 0:  # the classes' gradients do not differ
+            return grad
+        coords = (g - center) @ basis.T
+        scale = self.sigma * coords.norm(dim=1, keepdim=True) / math.sqrt(basis.shape[0])
+        z = torch.randn(coords.shape, generator=generator, dtype=g.dtype)
+        return (g + (z * scale) @ basis).reshape(grad.shape)
 
 
 class LabelRR:

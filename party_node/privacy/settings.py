@@ -74,6 +74,18 @@ class GradientRRDefence(_Base):
         return defences.GradientRR(self.epsilon, self.classes, self.debias)
 
 
+class ClassNoiseDefence(_Base):
+    """Gaussian noise in the span of the batch's class-mean gradients, each row's of
+    noise_multiplier times its own deviation from the batch centre within that span."""
+
+    kind: Literal["class_noise"]
+    noise_multiplier: float = Field(gt=0, le=100)
+    classes: int = Field(ge=2, le=100_000)
+
+    def gradient_defence(self) -> Any:
+        return defences.ClassNoise(self.noise_multiplier, self.classes)
+
+
 class LabelRRDefence(_Base):
     """Label DP: the host trains on randomised-response labels (ε per round, fresh each round)."""
 
@@ -86,11 +98,16 @@ class LabelRRDefence(_Base):
 
 
 LabelDefence = Annotated[
-    NoDefence | NoiseDefence | MarvellDefence | GradientRRDefence | LabelRRDefence,
+    NoDefence
+    | NoiseDefence
+    | MarvellDefence
+    | GradientRRDefence
+    | ClassNoiseDefence
+    | LabelRRDefence,
     Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(LabelDefence)
-KINDS = ("none", "noise", "marvell", "gradient_rr", "label_rr")
+KINDS = ("none", "noise", "marvell", "gradient_rr", "class_noise", "label_rr")
 
 
 def parse_defence(value: Any) -> _Base:

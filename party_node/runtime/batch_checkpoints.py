@@ -40,9 +40,16 @@ class Resume:
     rng: dict[str, Any]
 
 
+#: Most of the training time the time trigger may spend writing checkpoints: after a write of
+#: w seconds the next time-triggered one waits at least w / MAX_TIME_SHARE, so a large state
+#: stretches `checkpoint_every_seconds` rather than slowing training by more than 5%.
+MAX_TIME_SHARE = 0.05
+
+
 class CheckpointPolicy:
     """The host's rule: checkpoint after batch b when N batches or T seconds have passed since
-    the last checkpoint (0 turns a trigger off)."""
+    the last checkpoint (0 turns a trigger off). The time trigger also waits until the last
+    write is at most MAX_TIME_SHARE of the time since; the batch trigger is exact."""
 
     def __init__(
         self,
@@ -55,17 +62,26 @@ class CheckpointPolicy:
         self._clock = clock
         self._last_batch = 0
         self._last_time = clock()
+        self._write_s = 0.0
 
-    def reset(self, batches_done: int = 0) -> None:
-        """A checkpoint now, holding `batches_done` batches of the round."""
+    def reset(self, batches_done: int = 0, write_s: float | None = None) -> None:
+        """A checkpoint now, holding `batches_done` batches of the round; `write_s`: what
+        writing it took (None: not written here, the last known write time stays)."""
         self._last_batch, self._last_time = batches_done, self._clock()
+        if write_s is not None:
+            self._write_s = write_s
+
+    @property
+    def interval_s(self) -> float:
+        """The time trigger's interval: `every_seconds`, stretched for slow writes."""
+        return max(self.every_seconds, self._write_s / MAX_TIME_SHARE)
 
     def due(self, b: int) -> bool:
         """At the start of batch b: checkpoint once it is done?"""
         n, t = self.every_batches, self.every_seconds
         return bool(
             (n > 0 and b + 1 - self._last_batch >= n)
-            or (t > 0 and self._clock() - self._last_time >= t)
+            or (t > 0 and self._clock() - self._last_time >= self.interval_s)
         )
 
 

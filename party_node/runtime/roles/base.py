@@ -10,6 +10,7 @@ only between batches (`after_batch`, once a batch's last step is done), so nothi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -146,10 +147,11 @@ class Role:
         if self.checkpoint_due != (round_no, b):
             return
         self.checkpoint_due = None
+        start = time.monotonic()
         if self.save_checkpoint is not None:
             self.save_checkpoint(round_no, b + 1)
         if self.policy is not None:
-            self.policy.reset(b + 1)
+            self.policy.reset(b + 1, time.monotonic() - start)
 
     def test_batches(self) -> Iterator[tuple[int, Any]]:
         """The user's test batches (call inside `evaluating`)."""
