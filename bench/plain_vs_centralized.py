@@ -1,10 +1,14 @@
 """Plain federated vs centralized epoch on the MNIST demo model (batch 128), side by side
 in one run: `make demo`'s deployment (coordinator + two `heteronn node` processes over
-gRPC) for 3 rounds, and the composed model trained in one process for 3 epochs; the
-fastest epoch of each is compared (the machine is shared: the minimum is the least noisy).
+gRPC) for 3 rounds, and the composed model trained in one process for 3 epochs, once with
+torch's default thread count (all cores) and once with one thread; the fastest epoch of each
+side is compared (the machine is shared: the minimum is the least noisy; and the centralized
+baseline is the faster of its two settings — on a loaded machine OpenMP's threads can be
+descheduled at every barrier, which made a 2-thread epoch take 100x its idle time).
 
 Last stdout line: {"bench": "plain_vs_centralized", "federated_epoch_s": f,
-"centralized_epoch_s": c, "ratio": f/c}"""
+"centralized_epoch_s": c, "ratio": f/c, "centralized_by_threads": {threads: seconds},
+"leak_metric_s": the host's label-leak metric inside the fastest federated round}"""
 
 from __future__ import annotations
 
@@ -27,7 +31,16 @@ from party_node.hetero_nn import aligned_order
 EPOCHS = 3
 
 
-def centralized_epoch_s(root: str) -> float:
+def centralized_epoch_s(root: str, threads: int) -> float:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _centralized_epoch_s(root)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _centralized_epoch_s(root: str) -> float:
     common = set(data.local_ids(data.HOST_IDS)) & set(data.local_ids(data.COLLABORATOR_IDS))
     train = sorted(data.split(common)[0])
     left, right, infer = HalfConvNet(), HalfConvNet(), InferModule()
@@ -52,7 +65,8 @@ def centralized_epoch_s(root: str) -> float:
     return min(times)
 
 
-def federated_epoch_s(root: str) -> float:
+def federated_epoch_s(root: str) -> tuple[float, float]:
+    """The fastest round's seconds, and the leak metric's seconds in that round."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [
             sys.executable,
@@ -67,7 +81,10 @@ def federated_epoch_s(root: str) -> float:
         ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         report = json.loads((Path(out) / "demo-host" / "mnist-halves" / "report.json").read_text())
-        return min(report["round_seconds"])
+        seconds = report["round_seconds"]
+        fastest = seconds.index(min(seconds))
+        leak = [e["seconds"] for e in report.get("label_leak", []) if e["round"] == fastest + 1]
+        return seconds[fastest], sum(leak)
 
 
 def main() -> None:
@@ -76,9 +93,10 @@ def main() -> None:
         data.mnist(root, True)  # load (and, online, download) once before timing
     except data.MnistMissing as exc:
         raise SystemExit(f"plain_vs_centralized: {exc}") from None
-    fed = federated_epoch_s(root)
-    cen = centralized_epoch_s(root)
-    print(f"federated epoch {fed:.2f} s, centralized epoch {cen:.2f} s", file=sys.stderr)
+    fed, leak = federated_epoch_s(root)
+    by_threads = {n: centralized_epoch_s(root, n) for n in sorted({1, torch.get_num_threads()})}
+    cen = min(by_threads.values())
+    print(f"federated epoch {fed:.3f} s, centralized epoch {cen:.3f} s", file=sys.stderr)
     print(
         json.dumps(
             {
@@ -86,6 +104,8 @@ def main() -> None:
                 "federated_epoch_s": round(fed, 3),
                 "centralized_epoch_s": round(cen, 3),
                 "ratio": round(fed / cen, 3),
+                "centralized_by_threads": {n: round(t, 3) for n, t in by_threads.items()},
+                "leak_metric_s": round(leak, 3),
             }
         )
     )

@@ -6,6 +6,7 @@ cannot be delivered fails the sender promptly, naming the peer."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -48,6 +49,22 @@ def test_inbox_refuses_a_replayed_or_far_ahead_message():
     inbox.put("c2", msg(1), 1)  # every sender has its own numbering
 
 
+class CountingServicer(PartyNodeServicer):
+    """Counts the calls of each data RPC."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.calls: Counter[str] = Counter()
+
+    def FeatureExchange(self, request_iterator, context):
+        self.calls["FeatureExchange"] += 1
+        return super().FeatureExchange(request_iterator, context)
+
+    def FeatureExchangeOne(self, request, context):
+        self.calls["FeatureExchangeOne"] += 1
+        return super().FeatureExchangeOne(request, context)
+
+
 class Pair:
     """A host node's server (handler, inbox) and a collaborator's GrpcPeers dialling it,
     through a latency proxy."""
@@ -56,7 +73,8 @@ class Pair:
         parts = (Participant("h", "host", "h"), Participant("c1", "collaborator", "c1"))
         self.host = NodeState("h", "t", "host", AbortSignal())
         self.host.set_participants(parts)
-        servicer = PartyNodeServicer(PeerMessageHandler(self.host))
+        servicer = CountingServicer(PeerMessageHandler(self.host))
+        self.calls = servicer.calls
 
         def register(server):
             party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(servicer, server)
@@ -79,7 +97,8 @@ class Pair:
 def test_many_in_flight_arrive_in_order_over_a_slow_link():
     pair = Pair(delay_s=0.01, window=16)
     try:
-        sizes = [20_000 if b % 3 == 0 else 1 for b in range(24)]  # large ones, then small
+        # Large ones (over a chunk: a stream), then small (one unary request each).
+        sizes = [70_000 if b % 3 == 0 else 1 for b in range(24)]
         most_in_flight = 0
         for b, rows in enumerate(sizes):
             features = torch.full((rows, 4), float(b))
@@ -92,6 +111,7 @@ def test_many_in_flight_arrive_in_order_over_a_slow_link():
     assert [m.batch for m in got] == list(range(len(sizes)))
     assert all(float(m.tensors["features"][0, 0]) == m.batch for m in got)
     assert most_in_flight > 1, "each send waited for its answer"
+    assert pair.calls == {"FeatureExchange": 8, "FeatureExchangeOne": 16}
 
 
 def test_an_undeliverable_message_fails_the_sender_naming_the_peer():

@@ -214,8 +214,32 @@ def test_data_calls(nodes, target, rpc, payload, total, chunk, drop_last) -> Non
         _outcome(getattr(stub, rpc), iter(chunks), timeout=5)
     finally:
         channel.close()
-    while node.state.inbox.queued_bytes(payload.header.sender):  # keep the queues empty
-        node.state.inbox.get(payload.header.sender, 1, "fuzz")
+    _drain(node, payload.header.sender)
+
+
+@FUZZ
+@given(target=st.sampled_from(["h", "c1"]), rpc=st.sampled_from(["FeatureExchangeOne",
+                                                                 "GradientReturnOne"]),
+       payload=payloads, header=st.one_of(st.none(), headers), cut=st.integers(0, 3))
+def test_one_chunk_calls(nodes, target, rpc, payload, header, cut) -> None:
+    """A Payload (often malformed) in one unary request, its header copy honest or not,
+    sometimes cut short."""
+    node = nodes[target]
+    data = payload.SerializeToString()
+    request = getattr(party_node_pb2, f"{rpc}Request")(
+        header=payload.header if header is None else header, data=data[: len(data) - cut]
+    )
+    channel, stub = node.stub()
+    try:
+        _outcome(getattr(stub, rpc), request, timeout=5)
+    finally:
+        channel.close()
+    _drain(node, request.header.sender)
+
+
+def _drain(node: rig.Rig, sender: str) -> None:
+    while node.state.inbox.queued_bytes(sender):  # keep the queues empty
+        node.state.inbox.get(sender, 1, "fuzz")
 
 
 @FUZZ
@@ -233,13 +257,14 @@ def test_psi_calls(nodes, target, header, steps) -> None:
 
 
 @FUZZ
-@given(method=st.sampled_from(["FeatureExchange", "GradientReturn", "Psi", "GetStatus"]),
+@given(method=st.sampled_from(["FeatureExchange", "GradientReturn", "FeatureExchangeOne",
+                               "GradientReturnOne", "Psi", "GetStatus"]),
        raws=st.lists(st.binary(max_size=500), min_size=1, max_size=3))
 def test_raw_bytes_to_a_node(nodes, method, raws) -> None:
     channel, _ = nodes["h"].stub()
     try:
         path = f"/heteronn.v1.PartyNodeService/{method}"
-        if method == "GetStatus":
+        if method == "GetStatus" or method.endswith("One"):
             call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
             _outcome(call, raws[0], timeout=5)
         elif method == "Psi":

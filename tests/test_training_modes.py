@@ -143,7 +143,7 @@ def test_parties_must_agree_on_the_mode(tmp_path):
 
 def test_mode_settings_parse():
     assert parse_training_mode(None) == TrainingMode(kind="exact", depth=1)
-    assert parse_training_mode("exact").send_window == 0
+    assert parse_training_mode("exact").send_window == 2
     assert parse_training_mode("pipelined").depth == 8
     assert parse_training_mode("pipelined:3") == TrainingMode(kind="pipelined", depth=3)
     mode = parse_training_mode({"kind": "pipelined", "depth": 5})

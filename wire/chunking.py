@@ -22,9 +22,16 @@ def payload_to_chunks(
     """`chunk_type` (FeatureExchangeRequest or GradientReturnRequest) messages carrying
     `payload`: header and total size in the first, then the body in order."""
     data = payload.SerializeToString()
+    return serialized_to_chunks(payload.header, data, chunk_type, chunk_bytes)
+
+
+def serialized_to_chunks(
+    header: common_pb2.Header, data: bytes, chunk_type: type[C], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[C]:
+    """As payload_to_chunks, for a Payload already serialized to `data`."""
     ctor: Any = chunk_type
-    header = {"header": payload.header, "total_bytes": len(data)}
+    first = {"header": header, "total_bytes": len(data)}
     for start in range(0, max(len(data), 1), chunk_bytes):
         end = start + chunk_bytes
-        yield ctor(data=data[start:end], last=end >= len(data), **header)
-        header = {}
+        yield ctor(data=data[start:end], last=end >= len(data), **first)
+        first = {}

@@ -63,10 +63,14 @@ class TrainingMode(BaseModel):
 
     @property
     def send_window(self) -> int:
-        """Messages per peer the transport may have in flight (0: every send waits until the
-        peer has it, as exact mode always did). Twice the depth, so the host's gradients,
-        acknowledged a round trip after they leave, never hold the pipeline back."""
-        return 0 if self.kind == "exact" else 2 * self.depth
+        """Messages per peer the transport may have in flight: a send returns once its call
+        has started, not when the peer's acknowledgement is back (ordered delivery by
+        `Header.seq`; a failed delivery fails a later send, receive or flush). Exact mode
+        too: what it waits for is the gradient, never an acknowledgement, so the host goes on
+        with its own backward and its next batch while its gradient travels. Twice the depth,
+        so the host's gradients, acknowledged a round trip after they leave, never hold the
+        pipeline back."""
+        return 2 * self.depth
 
 
 def parse_training_mode(value: Any) -> TrainingMode:

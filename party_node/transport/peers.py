@@ -22,7 +22,7 @@ from party_node.runtime.links import Message, Participant
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
 from wire import limits
-from wire.chunking import payload_to_chunks
+from wire.chunking import CHUNK_BYTES, serialized_to_chunks
 from wire.grpc_factory import open_channel
 from wire.limits import shown
 from wire.metrics import Metrics
@@ -109,25 +109,40 @@ class GrpcPeers:
         if self.state.abort.is_set():
             raise TaskFailed(self.state.abort.reason)
         stub, box = self.stubs[peer], self._outboxes[peer]
-        if self.role == "host":
-            method, chunk_type = stub.GradientReturn, party_node_pb2.GradientReturnRequest
-        else:
-            method, chunk_type = stub.FeatureExchange, party_node_pb2.FeatureExchangeRequest
         with box.lock:
             self._settle(peer, box, wait=False)
             box.seq += 1
             payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
-            chunks = payload_to_chunks(payload, chunk_type)
+            method, request = self._call_for(stub, payload)
             if self.window == 0:
                 try:
                     # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
-                    method(chunks, timeout=self.send_timeout)
+                    method(request, timeout=self.send_timeout)
                 except grpc.RpcError as exc:
                     self._failed(peer, message.kind, exc)
                 return
             while len(box.in_flight) >= self.window:
                 self._settle_one(peer, box.in_flight.popleft())
-            box.in_flight.append((method.future(chunks, timeout=self.send_timeout), message.kind))
+            box.in_flight.append((method.future(request, timeout=self.send_timeout), message.kind))
+
+    def _call_for(self, stub: Any, payload: common_pb2.Payload) -> tuple[Any, Any]:
+        """The RPC carrying `payload` to a peer of the other role, and its request: a Payload
+        that fits one chunk goes in one unary request (a gRPC stream per message costs a
+        client thread and a round of stream reads per call: docs/performance.md), a larger one
+        as a stream of chunks."""
+        host = self.role == "host"
+        data = payload.SerializeToString()
+        if len(data) <= CHUNK_BYTES:
+            if host:
+                one = party_node_pb2.GradientReturnOneRequest
+                return stub.GradientReturnOne, one(header=payload.header, data=data)
+            one = party_node_pb2.FeatureExchangeOneRequest
+            return stub.FeatureExchangeOne, one(header=payload.header, data=data)
+        if host:
+            method, chunk_type = stub.GradientReturn, party_node_pb2.GradientReturnRequest
+        else:
+            method, chunk_type = stub.FeatureExchange, party_node_pb2.FeatureExchangeRequest
+        return method, serialized_to_chunks(payload.header, data, chunk_type)
 
     def flush(self) -> None:
         """Wait until every message sent so far has been delivered (or raise why not)."""

@@ -55,20 +55,36 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         first = next(chunks, None)
         if first is None:
             abort_with(context, BadMessage(f"{rpc}: the call carried no chunk"))
-        opening = Opening(
-            rpc=rpc,
-            header=first.header,  # type: ignore[attr-defined]
-            total_bytes=first.total_bytes,  # type: ignore[attr-defined]
-            identities=frozenset(tls_identities(context, self.trust)),
-            time_remaining=context.time_remaining(),
-            caller_gone=lambda: not context.is_active(),
-        )
+        opening = self._opening(rpc, first.header, first.total_bytes, context)  # type: ignore[attr-defined]
         peer = _call(context, lambda: self.handler.open(opening))
         try:
             body = _call(context, lambda: _read_body(first, chunks, opening.total_bytes))
             _call(context, lambda: self.handler.accept(opening, peer, body))
         finally:
             self.handler.close(opening)
+
+    def _deliver_one(self, rpc: str, request: object, context: grpc.ServicerContext) -> None:
+        """A Payload of one chunk in a single request (FeatureExchangeOne, GradientReturnOne):
+        the streamed call's checks, with the size announced by the data itself."""
+        body = request.data  # type: ignore[attr-defined]
+        opening = self._opening(rpc, request.header, len(body), context)  # type: ignore[attr-defined]
+        peer = _call(context, lambda: self.handler.open(opening))
+        try:
+            _call(context, lambda: self.handler.accept(opening, peer, body))
+        finally:
+            self.handler.close(opening)
+
+    def _opening(
+        self, rpc: str, header: common_pb2.Header, total: int, context: grpc.ServicerContext
+    ) -> Opening:
+        return Opening(
+            rpc=rpc,
+            header=header,
+            total_bytes=total,
+            identities=frozenset(tls_identities(context, self.trust)),
+            time_remaining=context.time_remaining(),
+            caller_gone=lambda: not context.is_active(),
+        )
 
     def FeatureExchange(self, request_iterator, context):
         self._deliver("FeatureExchange", iter(request_iterator), context)
@@ -77,6 +93,14 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
     def GradientReturn(self, request_iterator, context):
         self._deliver("GradientReturn", iter(request_iterator), context)
         return party_node_pb2.GradientReturnResponse()
+
+    def FeatureExchangeOne(self, request, context):
+        self._deliver_one("FeatureExchange", request, context)
+        return party_node_pb2.FeatureExchangeOneResponse()
+
+    def GradientReturnOne(self, request, context):
+        self._deliver_one("GradientReturn", request, context)
+        return party_node_pb2.GradientReturnOneResponse()
 
     def Psi(self, request_iterator, context):
         messages = iter(request_iterator)
