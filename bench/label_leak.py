@@ -39,14 +39,12 @@ from examples.mnist_halves import data
 from examples.mnist_halves.composed import Composed
 from party_node.privacy import attacks, parse_defence
 
-#: The default defences, chosen from this bench (docs/privacy.md): noise confined to the
-#: class-mean span for more than two classes, gradient randomised response for two;
-#: `classes` is the task's number of labels.
+#: The default defence, chosen from this bench (docs/privacy.md): noise confined to the span
+#: of the class-mean gradients, one σ for every task; `classes` is the task's number of labels.
 DEFAULT_NOISE_MULTIPLIER = 3.0
-DEFAULT_EPSILON = 0.9
 DEFAULTS = {
-    "digits": {"kind": "class_noise", "noise_multiplier": DEFAULT_NOISE_MULTIPLIER, "classes": 10},
-    "ge5": {"kind": "gradient_rr", "epsilon": DEFAULT_EPSILON, "classes": 2, "debias": 1.0},
+    t: {"kind": "class_noise", "noise_multiplier": DEFAULT_NOISE_MULTIPLIER, "classes": k}
+    for t, k in (("digits", 10), ("ge5", 2))
 }
 SWEEP = {
     "digits": [
@@ -58,7 +56,8 @@ SWEEP = {
     "ge5": [
         {"kind": "marvell", "power": 1.0},
         {"kind": "marvell", "power": 4.0},
-        {"kind": "class_noise", "noise_multiplier": 3.0, "classes": 2},
+        {"kind": "gradient_rr", "epsilon": 0.9, "classes": 2, "debias": 1.0},
+        {"kind": "class_noise", "noise_multiplier": 10.0, "classes": 2},
         {"kind": "label_rr", "epsilon": 0.5, "classes": 2},
     ],
 }

@@ -120,6 +120,8 @@ def test_direction_and_norm_attacks_on_a_binary_task_unless_defended() -> None:
     assert attacks.direction_auc(sent, g) > 0.95
     marvell = parse_defence({"kind": "marvell", "power": 4}).gradient_defence()
     assert attacks.direction_auc(split_training(2, marvell)[0], g) < 0.65
+    default = parse_defence(DEFAULTS["ge5"]).gradient_defence()  # docs/privacy.md
+    assert attacks.direction_auc(split_training(2, default)[0], g) < 0.65
     # Rare positives get the larger gradients: the norm attack works when classes are skewed
     skewed, _, _ = split_training(2, positives=0.1)
     grads, labels = torch.cat([gr for gr, _ in skewed]), torch.cat([y for _, y in skewed])
