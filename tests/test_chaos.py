@@ -21,7 +21,7 @@ def _args(rounds: int) -> list[str]:
         "--batch-size", str(BATCH),
         "--schedule-timeout", "10",
         "--checkpoint-every", "2",
-        "--faults", "slow=0.05",
+        "--faults", "slow=0.1",
     ]
 
 
@@ -45,8 +45,10 @@ def check(run: ChaosRun, workdir, nodes: list[str], task: str, rounds: int) -> N
 
 @pytest.mark.timeout(900)
 def test_chaos_kills_then_recover(tmp_path):
-    nodes, rounds = ["h", "c1"], 4
-    run = run_chaos(tmp_path, nodes, "chaos", _args(rounds), seed=13, kills=3, window=5.0)
+    # Every kill must land inside the task on a quiet machine too: 8 rounds of batches slowed
+    # to 0.1 s are ~5 s of training, and each attempt is killed within 2 s of its join.
+    nodes, rounds = ["h", "c1"], 8
+    run = run_chaos(tmp_path, nodes, "chaos", _args(rounds), seed=13, kills=3, window=2.0)
     assert len(run.kills) == 3, run.kills
     check(run, tmp_path, nodes, "chaos", rounds)
 

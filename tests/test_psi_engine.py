@@ -236,3 +236,40 @@ def test_engine_link_refuses_a_certificate_it_was_not_given(tmp_path: Path) -> N
 
 def _iter(messages: list) -> Iterator:
     yield from messages
+
+
+def _failing_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resumed: bool) -> EngineRun:
+    """An engine run whose worker (a stand-in script) fails the way spu did when it could not
+    continue a crashed attempt's buckets."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import sys\nprint('{\"error\": \"duplicated read_cnt in result: 0\"}')\nsys.exit(1)\n"
+    )
+    monkeypatch.setattr("party_node.psi.engine._WORKER", worker)
+    folder = tmp_path / "run"
+    if resumed:
+        (folder / "checkpoint").mkdir(parents=True)
+        (folder / "checkpoint" / "bucket_3").write_text("kept by the crashed attempt")
+    source = EngineInput.write(tmp_path / "in", ["a", "b"])
+    run = EngineRun(folder, source, "c1", recover=True)
+    run.start(
+        RunSpec("rr22", 1, "l", "c1", "h", f"127.0.0.1:{free_port()}",
+                LinkEnd(f"127.0.0.1:{free_port()}", b""), connect_timeout=3.0, timeout=10.0)
+    )
+    return run
+
+
+def test_a_resumed_run_that_fails_drops_its_checkpoint(tmp_path, monkeypatch) -> None:
+    run = _failing_run(tmp_path, monkeypatch, resumed=True)
+    with pytest.raises(PsiError) as failed:
+        run.wait(20.0)
+    assert "duplicated read_cnt" in str(failed.value)
+    assert "restart every party with recover=True to run the PSI afresh" in str(failed.value)
+    # Without this, every later recover continued the same buckets and failed the same way.
+    assert not (tmp_path / "run" / "checkpoint").exists() and not run.finished
+    # A fresh run that fails has no checkpoint to drop and says nothing of one.
+    fresh = _failing_run(tmp_path / "fresh", monkeypatch, resumed=False)
+    with pytest.raises(PsiError) as failed:
+        fresh.wait(20.0)
+    assert "afresh" not in str(failed.value)

@@ -169,6 +169,7 @@ class EngineRun:
         self._spu_log = folder / "spu.log"
         self._linked = folder / "linked"
         self._done = folder / "done.json"
+        self.resumed = False
 
     @property
     def certificate(self) -> bytes:
@@ -196,6 +197,8 @@ class EngineRun:
         peer_cert = self.folder / "peer.crt"
         peer_cert.write_bytes(spec.peer_end.certificate)
         self.checkpoint.mkdir(exist_ok=True)
+        #: A run that continues from an earlier attempt's buckets (see `_discard_if_resumed`).
+        self.resumed = any(self.checkpoint.iterdir())
         for stale in (self.output, self._linked, self._spu_log, self._done):
             stale.unlink(missing_ok=True)
         parties = [[spec.me, spec.listen], [spec.peer, spec.peer_end.address]]
@@ -265,9 +268,24 @@ class EngineRun:
             reason = result.get("error") or (
                 f"exit status {process.returncode}: {self._log_tail()}"
             )
-            raise PsiError(f"the PSI engine (spu) failed: {reason}")
+            raise PsiError(f"the PSI engine (spu) failed: {reason}{self._discard_if_resumed()}")
         self._done.write_text(json.dumps(result))
         return result
+
+    def _discard_if_resumed(self) -> str:
+        """spu sometimes cannot finish a run continued from a crashed attempt's buckets (seen
+        when both ends were killed at different points: 'duplicated read_cnt in result').
+        Keeping that checkpoint would fail every later recover the same way, so a resumed
+        run that fails drops it: the next attempt runs this PSI afresh."""
+        if not self.resumed:
+            return ""
+        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        for stale in (self._done, self.output):
+            stale.unlink(missing_ok=True)
+        return (
+            "; this run continued an interrupted PSI and its checkpoint is now discarded: "
+            "restart every party with recover=True to run the PSI afresh"
+        )
 
     def _result(self) -> dict:
         """The worker's JSON line: the last stdout line that parses as a JSON object."""
