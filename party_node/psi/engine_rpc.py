@@ -28,7 +28,7 @@ from party_node.psi.engine import (
     free_port,
 )
 from party_node.psi.engine_files import EngineInput
-from party_node.psi.frames import MAX_IDS, PsiError
+from party_node.psi.frames import MAX_IDS, PsiError, time_left
 from party_node.psi.protocol import prepare_ids
 from party_node.psi.result_keys import deliver_keys, keys_of
 from party_node.psi.rpc import (
@@ -129,13 +129,8 @@ def run_host_engine_psi(
         raise TypeError("ids must be a sequence of str, not a single string")
     if not stubs:
         return set(prepare_ids(ids))
-    deadline = time.monotonic() + timeout
 
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
-        return left
+    remaining = time_left(timeout)
 
     header = header_factory()
     source = EngineInput.write(options.folder, ids, options.recover)

@@ -5,7 +5,7 @@ collaborators). The host's side is `engine_rpc.py`."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 
 import grpc
@@ -75,23 +75,6 @@ class EngineCollaboratorSession(SessionState):
     @property
     def size(self) -> int:
         return len(self._ids)
-
-    def handle(
-        self, request_iterator: Iterable[PsiMessage], context: grpc.ServicerContext | None = None
-    ) -> Iterator[PsiMessage]:
-        """Serve one Psi call; protocol errors end it with FAILED_PRECONDITION and the reason."""
-        try:
-            yield from self._serve(iter(request_iterator), context)
-        except PsiError as exc:
-            self._fail(str(exc))
-            if context is None:
-                raise
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except BaseException as exc:
-            if self._state not in ("exchanged", "done"):
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
-            raise
 
     def _serve(
         self, messages: Iterator[PsiMessage], context: grpc.ServicerContext | None

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import sys
+import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from party_node.psi.group import POINT_BYTES
@@ -25,6 +26,20 @@ CHUNK_INDICES = 1 << 18
 
 class PsiError(ValueError):
     """The peer broke the PSI protocol, or the exchange cannot go on; the message says how."""
+
+
+def time_left(timeout: float) -> Callable[[], float]:
+    """A countdown over one whole PSI run: each call returns the seconds left, or raises
+    PsiError naming the timeout once it has passed (every step's deadline comes from it)."""
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
+        return left
+
+    return remaining
 
 
 @dataclass(frozen=True)

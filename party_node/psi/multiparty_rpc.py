@@ -17,7 +17,7 @@ from concurrent import futures
 import grpc
 
 from heteronn.v1 import party_node_pb2, party_node_pb2_grpc
-from party_node.psi.frames import MAX_IDS, PsiError, PsiFrame, StepReader, frames_of
+from party_node.psi.frames import MAX_IDS, PsiError, PsiFrame, StepReader, frames_of, time_left
 from party_node.psi.multiparty import MultipartyHost
 from party_node.psi.result_keys import HeaderCheck, HeaderFactory, deliver_keys
 from party_node.psi.rpc import Cancellation, _rpc_error, _run_all
@@ -125,13 +125,8 @@ def run_host_multiparty_psi(
     names = list(stubs)
     host = MultipartyHost(ids, names)
     keeper, tagger = host.roles.keeper, host.roles.tagger
-    deadline = time.monotonic() + timeout
 
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
-        return left
+    remaining = time_left(timeout)
 
     calls: dict[str, grpc.Future] = {}
     lock = threading.Lock()

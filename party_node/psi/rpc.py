@@ -17,6 +17,7 @@ from typing import Protocol
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
+from party_node.psi.frames import time_left
 from party_node.psi.pool import CHUNK_POINTS, PsiPool
 from party_node.psi.protocol import (
     BLINDED,
@@ -172,13 +173,8 @@ def run_host_psi(
     `timeout` bounds the whole run; `cancel` stops it early (PsiCancelled)."""
     if not stubs:
         return set(prepare_ids(ids))
-    deadline = time.monotonic() + timeout
-
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PsiError(f"PSI did not finish within its timeout of {timeout:g} s")
-        return left
+    deadline = time.monotonic() + timeout  # the retry below stops short of it
+    remaining = time_left(timeout)
 
     blinding = HostBlinding(ids, pool)  # checks and de-duplicates the ids
     hosts = {
@@ -257,6 +253,34 @@ class SessionState:
         self._finished = threading.Event()
         self._result: set[str] | None = None
 
+    #: Status of a call that broke this session's protocol.
+    protocol_error_code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def handle(
+        self, request_iterator: Iterable[PsiMessage], context: grpc.ServicerContext | None = None
+    ) -> Iterator[PsiMessage]:
+        """Serve one Psi call. With `context`, protocol errors end the call with
+        `protocol_error_code` and the message; without it, PsiError propagates."""
+        try:
+            yield from self._serve(iter(request_iterator), context)
+        except PsiError as exc:
+            self._fail(str(exc))
+            if context is None:
+                raise
+            context.abort(self.protocol_error_code, str(exc))
+        except BaseException as exc:
+            # The call was cancelled, timed out or the connection broke mid-exchange. Once
+            # this party's last message is out ("exchanged"), a closed call is harmless.
+            if self._state not in ("exchanged", "done"):
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
+            raise
+
+    def _serve(
+        self, messages: Iterator[PsiMessage], context: grpc.ServicerContext | None
+    ) -> Iterator[PsiMessage]:
+        raise NotImplementedError
+
     def _stopped(self) -> None:
         """Stop this session's own work (blinding, a worker); called once, on failure."""
 
@@ -325,27 +349,12 @@ class CollaboratorPsiSession(SessionState):
         self._header = header_factory
         self._check = check_header
 
-    def handle(
-        self, request_iterator: Iterable[PsiMessage], context: grpc.ServicerContext | None = None
-    ) -> Iterator[PsiMessage]:
-        """Serve one Psi call. With `context`, protocol errors end the call with
-        INVALID_ARGUMENT and the message; without it, PsiError propagates."""
-        try:
-            yield from self._serve(iter(request_iterator))
-        except PsiError as exc:
-            self._fail(str(exc))
-            if context is None:
-                raise
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except BaseException as exc:
-            # The call was cancelled, timed out or the connection broke mid-exchange. Once
-            # the last chunk is out ("exchanged"), a closed call is harmless.
-            if self._state != "exchanged":
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
-            raise
+    #: Status of a call that broke the ECDH protocol (a malformed frame is a bad argument).
+    protocol_error_code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def _serve(self, messages: Iterator[PsiMessage]) -> Iterator[PsiMessage]:
+    def _serve(
+        self, messages: Iterator[PsiMessage], context: grpc.ServicerContext | None
+    ) -> Iterator[PsiMessage]:
         frames = _frames_in(messages, self.peer, self._check)
         first = next(frames, None)
         if first is None:
