@@ -5,6 +5,7 @@ exact gradients and not from defended ones. Settings fail with messages naming t
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from bench.label_leak import DEFAULTS
 from party_node.errors import ConfigError
 from party_node.privacy import LeakMeter, attacks, class_labels, parse_defence
 from party_node.privacy.defences import keep_probability, randomised_response
+from party_node.privacy.meter import RoundSample
 from party_node.privacy.scoring import auc, matched_accuracy
 from party_node.runtime.label_privacy import HostPrivacy
 from tests import synthetic as syn
@@ -163,6 +165,32 @@ def test_meter_is_bounded_and_scores_each_round() -> None:
     wide = LeakMeter(torch.Generator().manual_seed(0), max_width=16)
     wide.add(torch.randn(32, 300), torch.randint(3, (32,)))
     assert wide.sample[0][0].shape == (32, 16)
+
+
+def test_host_scores_the_leak_beside_training_not_inside_the_round(monkeypatch) -> None:
+    """end_round hands the round's sample to the scoring thread and returns: the k-means is
+    not part of the host's round (docs/performance.md); the scores arrive for that round."""
+    privacy = HostPrivacy(None)
+    for grad, y in split_training(4)[0]:
+        privacy.outgoing("c1", grad, y)
+    release, scored_on = threading.Event(), []
+    score = RoundSample.score
+
+    def held_back(sample: RoundSample, generator: torch.Generator):
+        scored_on.append(threading.get_ident())
+        release.wait(20)  # bounded: a scoring inside end_round would block it this long
+        return score(sample, generator)
+
+    monkeypatch.setattr(RoundSample, "score", held_back)
+    privacy.end_round(1)
+    assert privacy.scored() == []  # round 1 is still being scored, and end_round returned
+    release.set()
+    [(round_no, scores)] = privacy.scored(wait=True)
+    assert round_no == 1 and set(scores) == {"c1"}
+    assert scores["c1"].cluster_accuracy > scores["c1"].cluster_chance + 0.3  # chance ~0.25
+    assert scored_on and scored_on[0] != threading.get_ident()
+    privacy.end_round(2)  # nothing sent since: nothing to score
+    assert privacy.scored(wait=True) == []
 
 
 def test_class_labels() -> None:

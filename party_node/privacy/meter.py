@@ -112,24 +112,42 @@ class LeakMeter:
             )
         return rows @ self.projection
 
-    def score(self) -> LeakScore | None:
-        """Score the round's sample and start a new round; None when nothing was kept."""
-        started = time.perf_counter()
+    def take(self) -> RoundSample | None:
+        """The round's sample, to score (here or on another thread); a new round starts.
+        None when nothing was kept."""
         sample, spent = self.sample, self.seconds
         self.reset()
-        if not sample:
-            return None
+        return RoundSample(sample, spent) if sample else None
+
+    def score(self) -> LeakScore | None:
+        """Score the round's sample and start a new round; None when nothing was kept."""
+        taken = self.take()
+        return None if taken is None else taken.score(self.generator)
+
+
+@dataclass
+class RoundSample:
+    """One round's kept (gradient rows, labels) of one collaborator, and the seconds spent
+    keeping them."""
+
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    seconds: float
+
+    def score(self, generator: torch.Generator) -> LeakScore:
+        """The attacks' scores (their random draws from `generator`)."""
+        started = time.perf_counter()
+        sample = self.batches
         grads = torch.cat([g for g, _ in sample])
         labels = torch.cat([y for _, y in sample])
         classes = int(labels.max()) + 1
         result = LeakScore(rows=int(labels.numel()), classes=classes)
         if classes <= 2:
-            result.direction_auc = attacks.direction_auc(sample, self.generator)
+            result.direction_auc = attacks.direction_auc(sample, generator)
             result.norm_auc = attacks.norm_auc(grads, labels)
         else:
-            clusters = attacks.cosine_kmeans(grads, classes, self.generator, restarts=4)
+            clusters = attacks.cosine_kmeans(grads, classes, generator, restarts=4)
             result.cluster_accuracy = matched_accuracy(clusters, labels)
-            shuffled = labels[torch.randperm(labels.numel(), generator=self.generator)]
+            shuffled = labels[torch.randperm(labels.numel(), generator=generator)]
             result.cluster_chance = matched_accuracy(clusters, shuffled)
-        result.seconds = spent + time.perf_counter() - started
+        result.seconds = self.seconds + time.perf_counter() - started
         return result

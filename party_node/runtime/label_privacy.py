@@ -1,10 +1,13 @@
 """The host's label privacy during training: the agreed defence applied to labels and to each
-gradient as it leaves for a collaborator, and the live leak metric scored at the end of each
-round (TensorBoard, report.json, Prometheus through the TaskObserver)."""
+gradient as it leaves for a collaborator, and the live leak metric of each round (TensorBoard,
+report.json, Prometheus through the TaskObserver), scored on its own thread while training
+goes on: the k-means of a round's sample cost 30-50 ms of the host's round, which centralized
+training does not pay (docs/performance.md)."""
 
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -12,6 +15,7 @@ import torch.nn.functional as F
 
 from party_node.errors import ConfigError
 from party_node.privacy import LeakMeter, LeakScore, class_labels, parse_defence
+from party_node.privacy.meter import RoundSample
 from party_node.privacy.settings import MarvellDefence
 
 
@@ -29,6 +33,9 @@ class HostPrivacy:
         if leak_metric:  # scipy's first import (~0.5 s) is not a round's scoring cost
             import scipy.optimize  # noqa: F401
         self.meters: dict[str, LeakMeter] = {}
+        #: Rounds handed to the scoring thread and not yet collected by `scored`, in order.
+        self._pending: list[tuple[int, Future[dict[str, LeakScore]]]] = []
+        self._scorer: ThreadPoolExecutor | None = None
 
     def labels_for_training(self, labels: torch.Tensor) -> torch.Tensor:
         """The labels train_a_batch sees (randomised under label DP), in the user's format."""
@@ -73,10 +80,31 @@ class HostPrivacy:
             meter.add(grad, labels)
         return grad
 
-    def end_round(self) -> dict[str, LeakScore]:
-        """Each collaborator's leak score for the round just finished."""
-        scores = {peer: meter.score() for peer, meter in self.meters.items()}
-        return {peer: score for peer, score in scores.items() if score is not None}
+    def end_round(self, round_no: int) -> None:
+        """Hand the round just finished to the scoring thread (after the previous round's
+        scoring, if that is still running: one round at a time) and return; `scored` gives
+        the scores. The scoring draws from its own generator, seeded here: the defences'
+        stream advances by the same draw whenever the scoring runs."""
+        taken = {peer: meter.take() for peer, meter in self.meters.items()}
+        samples = {peer: sample for peer, sample in taken.items() if sample is not None}
+        if not samples:
+            return
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        if self._pending:  # one round at a time; its scores (or error) stay for `scored`
+            self._pending[-1][1].exception()
+        if self._scorer is None:
+            self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leak-metric")
+        pending = self._scorer.submit(_score, samples, torch.Generator().manual_seed(seed))
+        self._pending.append((round_no, pending))
+
+    def scored(self, wait: bool = False) -> list[tuple[int, dict[str, LeakScore]]]:
+        """The rounds whose scores are ready, oldest first (`wait`: all handed over so far),
+        each with every collaborator's score; raises the scoring's error, if any."""
+        ready = []
+        while self._pending and (wait or self._pending[0][1].done()):
+            round_no, pending = self._pending.pop(0)
+            ready.append((round_no, pending.result()))
+        return ready
 
     # ---- checkpoints (party_node.runtime.roles.base: the state contract) -------------------
     def state(self) -> dict[str, torch.Tensor]:
@@ -90,3 +118,7 @@ class HostPrivacy:
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
         self.label_generator.set_state(state["label_generator"])
+
+
+def _score(samples: dict[str, RoundSample], generator: torch.Generator) -> dict[str, LeakScore]:
+    return {peer: sample.score(generator) for peer, sample in samples.items()}

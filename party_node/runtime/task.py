@@ -292,6 +292,8 @@ class TaskRuntime:
     def _finish(self) -> dict[str, Any]:
         assert self.role is not None
         self.role.save_final(self.out_dir)
+        if self.role.label_leak:  # the last rounds' leak scores arrive after their TRAIN phase
+            self.summary["label_leak"] = self.role.label_leak
         bundle = export_bundle(
             self.role, self.out_dir, self.settings.task_id, self.summary.get("rounds", 0)
         )

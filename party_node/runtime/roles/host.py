@@ -142,6 +142,7 @@ class HostRole(Role):
 
     def train_round(self, round_no: int) -> dict[str, Any]:
         s = self.s
+        self.publish_leak()
         s.feature_model.train()
         s.infer_model.train()
         batches = self.train_batches(
@@ -175,20 +176,24 @@ class HostRole(Role):
             )
         for peer in self.collaborators:
             self.expect_end(peer, self.features_kind, round_no, count, self.me)
-        self.report_leak(round_no)
+        self.privacy.end_round(round_no)  # scored beside the next phases (publish_leak)
         finished = bool(s.is_task_finished())
         test_now = round_no == 1 or finished or (s.log_rounds > 0 and round_no % s.log_rounds == 0)
         return {"finished": finished, "test_requested": test_now}
 
-    def report_leak(self, round_no: int) -> None:
-        """The round's live leak metric: TensorBoard, report.json (via the runtime), Prometheus."""
-        for peer, score in self.privacy.end_round().items():
-            entry = {"round": round_no, "peer": peer, **score.scores()}
-            entry["seconds"] = round(score.seconds, 4)
-            self.label_leak.append(entry)
-            for name, value in score.scores().items():
-                self.s.tb_writer.add_scalar(f"label_leak/{peer}/{name}", value, round_no)
-            self.observer.label_leak(peer, score.scores(), score.seconds)
+    def publish_leak(self, wait: bool = False) -> None:
+        """The live leak metric of the rounds scored so far (`wait`: of every round handed
+        over): TensorBoard, report.json (via the runtime), Prometheus. Called on this thread
+        at the start of each phase and at the end of the task, not by the scoring thread:
+        run_test reads the writer's scalars."""
+        for round_no, scores in self.privacy.scored(wait):
+            for peer, score in scores.items():
+                entry = {"round": round_no, "peer": peer, **score.scores()}
+                entry["seconds"] = round(score.seconds, 4)
+                self.label_leak.append(entry)
+                for name, value in score.scores().items():
+                    self.s.tb_writer.add_scalar(f"label_leak/{peer}/{name}", value, round_no)
+                self.observer.label_leak(peer, score.scores(), score.seconds)
 
     # ---- per-batch steps the secure host replaces ---------------------------------------------
     def own_projection(self, features: torch.Tensor) -> torch.Tensor:
@@ -214,6 +219,7 @@ class HostRole(Role):
     # ---- evaluation ----------------------------------------------------------------------------
     def test(self, round_no: int) -> dict[str, float]:
         s = self.s
+        self.publish_leak()
         with evaluating(s.feature_model, s.infer_model):
             own = [self.unpack(item, "iterate_test_feature") for _, item in self.test_batches()]
             projections = [FeatureProjection({s.feature_key: f}) for f, _ in own]
@@ -307,5 +313,6 @@ class HostRole(Role):
             self.privacy.load_state(state["label_privacy"])
 
     def save_final(self, out_dir: Path) -> None:
+        self.publish_leak(wait=True)
         super().save_final(out_dir)
         atomic_torch_save(self.s.infer_model.state_dict(), out_dir / "infer_model.pt")
