@@ -66,7 +66,9 @@ class EarlyGradients:
         # The label defence and the leak sample, off the autograd thread.
         grad = self.role.privacy.outgoing(peer, grad, labels)
         message = Message("train.gradient", self.round_no, self.batch, tensors={"gradient": grad})
-        self.role.peers.send(peer, message)
+        # This thread has nothing else to do: waiting for the acknowledgement here keeps the
+        # host's training thread going and saves grpc's thread per posted call.
+        self.role.peers.send(peer, message, wait=True)
 
     def finish(self) -> None:
         """Zeros for a collaborator whose features the loss did not use; wait for delivery."""
