@@ -7,7 +7,7 @@ Last stdout line:
 {"bench": "secure_vs_plain", "secure_epoch_s": s, "plain_epoch_s": p, "ratio": s/p,
  "bytes_per_batch": b, ...}
 
-    python -m bench.secure_vs_plain [--rounds 2] [--data-root DIR]
+    python -m bench.secure_vs_plain [--rounds 3] [--data-root DIR]
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def secure_bytes_per_batch() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "./data"))
     ap.add_argument("--party", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="plain", help=argparse.SUPPRESS)

@@ -82,6 +82,8 @@ class Parties:
     coll_keys: dict[str, OwnKeys]
     hosts: dict[str, SecureHostLayer]
     colls: dict[str, SecureCollaboratorLayer]
+    #: Weight-gradient messages a collaborator takes only inside its next forward pass.
+    pending: dict[str, dict] = field(default_factory=dict)
 
 
 def make_parties(
@@ -90,6 +92,7 @@ def make_parties(
     momentum: float,
     initial_w: dict[str, np.ndarray] | None,
     params: SecureParams | None = None,
+    share_sd: float = 8.0,
 ) -> Parties:
     """Keys exchanged and shares set up over the recorded wire: with `initial_w`, W = that
     (shares U0 random, V0 = W - U0, for equivalence tests); without, the protocol's own
@@ -108,7 +111,7 @@ def make_parties(
         to_coll = wire.send("host", key, KIND_PUBLIC_KEYS, host_keys.public_blobs())
         u0 = v0 = None
         if initial_w is not None:
-            u0 = np.random.default_rng(len(key)).normal(0, 8, size=(din, dout))
+            u0 = np.random.default_rng(len(key)).normal(0, share_sd, size=(din, dout))
             v0 = initial_w[key] - u0
         host = SecureHostLayer(
             key,
@@ -142,19 +145,30 @@ def make_parties(
 
 
 def secure_forward(p: Parties, key: str, x: torch.Tensor, train: bool = True) -> torch.Tensor:
+    """The collaborator's forward as the runtime runs it: the product on Enc_H(U) first, then
+    the previous batch's weight step if it is still pending, then X·V and the finish."""
     host, coll, w = p.hosts[key], p.colls[key], p.wire
     kind = KIND_FWD if train else KIND_TEST_FWD
-    m = w.send(key, "host", kind, coll.forward(x, train=train))
+    coll.start_forward(x, train=train)
+    if key in p.pending:
+        coll.apply_weight_gradient(p.pending.pop(key))
+    m = w.send(key, "host", kind, coll.finish_forward())
     return host.forward(m, train=train)
 
 
-def secure_backward(p: Parties, key: str, delta: torch.Tensor) -> torch.Tensor:
+def secure_backward(
+    p: Parties, key: str, delta: torch.Tensor, defer_weight: bool = False
+) -> torch.Tensor:
+    """With `defer_weight`, the weight step waits for the next secure_forward (as in a task)."""
     host, coll, w = p.hosts[key], p.colls[key], p.wire
     enc_x = w.send(key, "host", KIND_ENC_X, coll.encrypt_features())
     grad = w.send("host", key, KIND_BWD_GRAD, host.backward(delta, enc_x))
     weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient())
     dx = coll.finish_backward(grad)
-    coll.apply_weight_gradient(weight)
+    if defer_weight:
+        p.pending[key] = weight
+    else:
+        coll.apply_weight_gradient(weight)
     return dx
 
 

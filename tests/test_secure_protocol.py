@@ -28,8 +28,16 @@ STEPS = 20
 class Run:
     """Secure and plain training side by side on the same data; records the secrets."""
 
-    def __init__(self, dims: dict[str, tuple[int, int]], lr: float, momentum: float, rows: int):
+    def __init__(
+        self,
+        dims: dict[str, tuple[int, int]],
+        lr: float,
+        momentum: float,
+        rows: int,
+        defer_weight: bool = False,
+    ):
         torch.manual_seed(0)
+        self.defer_weight = defer_weight
         self.dims, self.rows = dims, rows
         self.w0 = {k: np.random.default_rng(7).normal(0, 0.3, size=d) for k, d in dims.items()}
         self.parties = make_parties(dims, lr, momentum, self.w0)
@@ -78,12 +86,14 @@ class Run:
             self.record["v"].append((k, coll.share.v.copy()))
             self.record["w"].append((k, host.share.u + coll.share.v))
             self.record["g"].append((k, x.numpy().T @ zs[k].grad.numpy()))
-            dx = secure_backward(self.parties, k, zs[k].grad)
+            dx = secure_backward(self.parties, k, zs[k].grad, self.defer_weight)
             errs["z"] = max(errs["z"], float((zs[k].detach() - zp[k].detach()).abs().max()))
             errs["dx"] = max(errs["dx"], float((dx - xp[k].grad).abs().max()))
         self.opt_head.step()
         self.opt_plain.step()
         for k in xs:
+            if k in self.parties.pending:  # V steps inside the next forward; z checks it
+                continue
             w = self.parties.hosts[k].share.u + self.parties.colls[k].share.v
             errs["w"] = max(errs["w"], float(np.abs(w - self.plain[k].weight.data.numpy().T).max()))
         return errs
@@ -109,6 +119,37 @@ def test_three_parties_square_and_nonsquare_plain_sgd_match() -> None:
         assert e["z"] <= Z_TOL and e["w"] <= W_TOL and e["dx"] <= DX_TOL, (i, e)
 
 
+def test_next_product_starts_before_the_weight_step_and_still_matches_plain() -> None:
+    """As in a task: each batch's X·Enc_H(U) is computed before the previous batch's weight
+    gradient steps V (U's next share came early, with ∂L/∂X); X·V is added after the step."""
+    run = Run({"bank": (6, 3)}, lr=0.05, momentum=0.9, rows=48, defer_weight=True)
+    for i in range(8):
+        e = run.step()
+        assert e["z"] <= Z_TOL and e["dx"] <= DX_TOL, (i, e)
+    p, coll = run.parties, run.parties.colls["bank"]
+    coll.start_forward(torch.randn(48, 6, dtype=torch.float64))
+    with pytest.raises(SecureProtocolError, match="weight gradient of the previous batch"):
+        coll.finish_forward()
+    weight = p.pending.pop("bank")
+    coll.apply_weight_gradient(weight)
+    with pytest.raises(SecureProtocolError, match="no weight gradient is due"):
+        coll.apply_weight_gradient(weight)
+    w = p.hosts["bank"].share.u + coll.share.v
+    assert np.abs(w - run.plain["bank"].weight.data.numpy().T).max() <= W_TOL
+
+
+def test_partial_products_beyond_the_encoders_range_still_give_z() -> None:
+    """X·V alone can exceed what one plaintext at the product's scale holds (|X| near its
+    bound, large share offsets) although z = X·W is small: it is added in parts, mod q."""
+    w0 = np.random.default_rng(3).normal(0, 0.2, size=(20, 2))
+    p = make_parties({"c": (20, 2)}, 0.01, 0.9, {"c": w0}, share_sd=1000.0)
+    v = p.colls["c"].share.v
+    x = torch.from_numpy(60.0 * np.sign(v[:, 0])).repeat(128, 1)  # |X·V| ≈ 60·Σ|V| ~ 10^6
+    assert np.abs(x.numpy() @ v).max() > 8 * p.colls["c"].params.output_limit
+    z = secure_forward(p, "c", x, train=False)
+    assert torch.allclose(z, x @ torch.from_numpy(w0), atol=Z_TOL)
+
+
 def test_tiled_batch_and_width_match_plain() -> None:
     """More rows than a block (2 row tiles) and more columns than a ciphertext holds."""
     run = Run({"wide": (30, 5)}, lr=0.05, momentum=0.9, rows=150)
@@ -124,7 +165,7 @@ def test_batched_test_forward_needs_no_backward(two_party_run: Run) -> None:
     w = p.hosts[k].share.u + p.colls[k].share.v
     assert torch.allclose(z, x @ torch.from_numpy(w), atol=Z_TOL)
     with pytest.raises(SecureProtocolError):
-        p.hosts[k].backward(torch.zeros(300, 3, dtype=torch.float64))
+        p.hosts[k].backward(torch.zeros(300, 3, dtype=torch.float64), {})
 
 
 def test_public_contexts_carry_no_secret_key(two_party_run: Run) -> None:

@@ -95,13 +95,14 @@ def test_non_finite_and_out_of_range_are_protocol_errors(parties) -> None:
         coll.forward(torch.zeros(2, 4))
     host.forward(coll.forward(torch.ones(4, 3)))
     with pytest.raises(SecureProtocolError, match="project_layer_delta_bound"):
-        host.backward(torch.full((4, 2), 0.5))
+        host.backward(torch.full((4, 2), 0.5), {})
     with pytest.raises(SecureProtocolError, match="shape"):
-        host.backward(torch.zeros(3, 2))
+        host.backward(torch.zeros(3, 2), {})
 
 
-def test_tampered_or_misordered_messages_are_refused(parties) -> None:
-    host, coll = parties.hosts["bank"], parties.colls["bank"]
+def test_tampered_or_misordered_messages_are_refused() -> None:
+    own = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
+    host, coll = own.hosts["bank"], own.colls["bank"]
     msg = coll.forward(torch.ones(4, 3))
     bad = dict(msg)
     bad["z/0"] = msg["z/0"][:1000]
@@ -113,23 +114,24 @@ def test_tampered_or_misordered_messages_are_refused(parties) -> None:
     with pytest.raises(SecureProtocolError, match="unexpected"):
         host.forward(extra)
     # a fresh (level-2) ciphertext where a finished result belongs: wrong level
-    swapped = dict(msg, **{"z/0": msg["v/0/0"]})
+    swapped = dict(msg, **{"z/0": coll.encrypt_features()["v/0/0"]})
     with pytest.raises(SecureProtocolError, match="unexpected level"):
         host.forward(swapped)
     fresh = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
     with pytest.raises(SecureProtocolError, match="out of order"):
         fresh.colls["bank"].finish_backward({})
     with pytest.raises(SecureProtocolError, match="without a pending"):
-        fresh.hosts["bank"].backward(torch.zeros(4, 2))
+        fresh.hosts["bank"].backward(torch.zeros(4, 2), {})
     with pytest.raises(SecureProtocolError, match="weight_gradient before backward"):
-        fresh.hosts["bank"].weight_gradient({})
+        fresh.hosts["bank"].weight_gradient()
 
 
-def test_result_at_a_scale_of_the_senders_choosing_is_refused(parties) -> None:
+def test_result_at_a_scale_of_the_senders_choosing_is_refused() -> None:
     """The owner decodes with the scale it expects, never one the sender wrote."""
     from tests.secure_attacks import crafted_ciphertext
 
-    host, coll = parties.hosts["bank"], parties.colls["bank"]
+    own = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
+    host, coll = own.hosts["bank"], own.colls["bank"]
     msg = coll.forward(torch.ones(4, 3))
     like = host.own.engine.load_ciphertext(msg["z/0"], "z", 1, host.share_result_scale)
     msg["z/0"] = crafted_ciphertext(host.own.engine, like, 2**40, 2.0**20)

@@ -106,7 +106,7 @@ def test_host_never_receives_x_v_or_w_under_its_key(rec: Recorded) -> None:
     of the ciphertext's size, uncorrelated with X or V."""
     hk = rec.p.host_keys
     for kind, prefix, truth in (
-        (KIND_FWD, "v/", [v.T for v in rec.v]),
+        (KIND_ENC_X, "v/", [v.T for v in rec.v]),
         (KIND_ENC_X, "x/", rec.x),
     ):
         blobs = rec.blobs("host", kind, prefix)
@@ -156,7 +156,7 @@ def test_collaborator_decrypts_its_gradient_and_only_masked_weight_gradients(rec
 
 def test_collaborator_never_receives_u_or_delta_under_its_key(rec: Recorded) -> None:
     ck = rec.p.coll_keys["c"]
-    blobs = rec.blobs("c", KIND_SHARE, "u/") + rec.blobs("c", KIND_BWD_WEIGHT, "u/")
+    blobs = rec.blobs("c", KIND_SHARE, "u/") + rec.blobs("c", KIND_BWD_GRAD, "u/")
     copies = rec.p.colls["c"].geo.fwd.n1
     assert len(blobs) == (STEPS + 1) * copies
     for data, u in zip(blobs, np.repeat(rec.u, copies, axis=0), strict=False):

@@ -1,11 +1,13 @@
 """The collaborator's half of the secure projection layer (pure: message dicts in and out).
 
-Per training batch: `forward(X)` computes Enc_H(X·W) itself (the host's Enc_H(U) with our V
-added in, times our plaintext X), floods and re-randomises it, and sends Enc_C(Vᵀ) along;
-`encrypt_features()` sends Enc_C(X) for the weight gradient; `finish_backward(bwd_grad)`
-decrypts ∂L/∂X; `apply_weight_gradient(bwd_weight)` decrypts λ(Xᵀδ + M), steps V and keeps
-the host's next Enc_H(U). The collaborator never sees δ, U or W, and returns nothing it
-decrypted.
+Per training batch: `start_forward(X)` starts X·Enc_H(U) on the host's encrypted share,
+flooded, re-randomised and rescaled, on a worker thread (the expensive part: it needs only this
+batch's X, so it runs while the previous batch's weight gradient is decrypted and applied);
+`finish_forward()` adds X·V with our current share: Enc_H(X·W). `encrypt_features()` sends
+Enc_C(X) for the weight gradient and Enc_C(Vᵀ) for the host's backward;
+`finish_backward(bwd_grad)` decrypts ∂L/∂X and keeps the host's next Enc_H(U);
+`apply_weight_gradient(bwd_weight)` decrypts λ(Xᵀδ + M) and steps V. `forward(X)` is start and
+finish at once. The collaborator never sees δ, U or W, and returns nothing it decrypted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from tenseal import sealapi
 
-from party_node.secure import checks, products
+from party_node.secure import checks, products, seal_io
 from party_node.secure.background import Background, NoisePool, noise_ciphertext
 from party_node.secure.context import OwnKeys, PeerKeys
 from party_node.secure.errors import SecureProtocolError
@@ -58,23 +60,26 @@ class SecureCollaboratorLayer(ShareLayer):
         self.host = host_keys
         self.lr, self.momentum = lr, momentum
         self.background = Background()
-        #: A second worker for batch work that overlaps our own (Enc_C(X) while we compute X·W).
+        #: A second worker: X·Enc_H(U) while the main thread steps V (and the host's next
+        #: Enc_H(U) is loaded there too).
         self.parallel = Background()
         self._enc_x: Future[Message] | None = None
         p = self.params
         self._z_noise = NoisePool(self.background, self.host, p.product_scale, p.z_noise)
         self.share: CollaboratorShare | None = None
-        #: Our share made ahead: V's baby copies encoded for X·W (needed first), and Enc_C(Vᵀ)
-        #: for the host (needed only when the forward message leaves).
-        self._v_plain: Future[dict[tuple[int, int], Any]] | None = None
+        #: Enc_C(Vᵀ) for the host, made ahead as soon as V is stepped.
         self._v_message: Future[Message] | None = None
         if initial_share is not None:
             self._set_share(
                 CollaboratorShare(self.check_shape(initial_share, "initial share"), lr, momentum)
             )
         self._u_cts: Future[dict[tuple[int, int], Any]] | None = None
+        #: The forward pass begun by start_forward: (X, finished X·Enc_H(U) per chunk, training?).
+        self._started: tuple[np.ndarray, Future[list[Any]], bool] | None = None
+        #: The training batch whose ∂L/∂X is due (its X), and the rows of the batch whose
+        #: weight gradient is due (it may arrive after the next batch's start_forward).
         self._x: np.ndarray | None = None
-        self._grad_pending = self._weight_pending = False
+        self._weight_rows: int | None = None
         self._dtype = torch.float32
 
     @staticmethod
@@ -136,18 +141,9 @@ class SecureCollaboratorLayer(ShareLayer):
     # ---- work made ahead --------------------------------------------------------------------
     def _set_share(self, share: CollaboratorShare) -> None:
         self.share = share
-        v = share.v.copy()
-        self._v_plain = self.background.submit(self._encode_v, v)
-        self._v_message = self.background.submit(self._encrypt_v, v)
-
-    def _encode_v(self, v: np.ndarray) -> dict[tuple[int, int], Any]:
-        scale, fwd = self.params.share_scale, self.geo.fwd
-        parms = self.host.engine.seal_context.first_parms_id()
-        return {
-            (tile, h): self.host.engine.encode(baby, scale, parms)
-            for tile, vec in enumerate(fwd.pack_b(v))
-            for h, baby in enumerate(fwd.babies(vec))
-        }
+        # On the worker that computed X·Enc_H(U) (done by now): the host needs Enc_C(Vᵀ)
+        # right after z, before the noise and Enc_C(X) queued on the background worker.
+        self._v_message = self.parallel.submit(self._encrypt_v, share.v.copy())
 
     def _encrypt_v(self, v: np.ndarray) -> Message:
         scale, bwd, message = self.params.share_scale, self.geo.bwd, {}
@@ -158,10 +154,18 @@ class SecureCollaboratorLayer(ShareLayer):
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, train: bool = True) -> Message:
-        """Enc_H(X·(U + V)) per chunk of rows, computed here; plus Enc_C(Vᵀ) when training."""
+        """Enc_H(X·(U + V)) per chunk of rows (start_forward and finish_forward at once)."""
+        self.start_forward(x, train)
+        return self.finish_forward()
+
+    def start_forward(self, x: torch.Tensor, train: bool = True) -> None:
+        """X·Enc_H(U) per chunk of rows, on the host's share we hold; Enc_C(X) starts on the
+        other core for a training batch."""
         self._require_share()
         if self._u_cts is None:
             raise SecureProtocolError("forward before the host's share arrived")
+        if self._started is not None or (train and self._x is not None):
+            raise SecureProtocolError("a forward pass began before the last one finished")
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise SecureProtocolError(
                 f"'{self.feature_key}' feature tensor has shape {list(x.shape)}, "
@@ -175,33 +179,47 @@ class SecureCollaboratorLayer(ShareLayer):
             f"'{self.feature_key}' feature tensor",
             "raise project_layer_feature_bound at every party",
         )
-        if train:  # Enc_C(X) for the weight gradient, on the other core meanwhile
-            self._enc_x = self.parallel.submit(self._encrypt_x, xs)
-        assert self._v_plain is not None and self._v_message is not None
-        v_plain = self._v_plain.result()
-        ev, baby = self.host.engine.evaluator, {}
-        for key, ct in self._u_cts.result().items():
-            total = sealapi.Ciphertext()
-            ev.add_plain(ct, v_plain[key], total)
-            baby[key] = total
-        out = self.rows_entry(xs.shape[0])
+        results = self.parallel.submit(self._share_products, self._u_cts, xs)
+        if train:  # Enc_C(X) for the weight gradient
+            self._enc_x = self.background.submit(self._encrypt_x, xs)
+        self._started = (xs, results, train)
+
+    def _share_products(self, u_cts: Future[dict], xs: np.ndarray) -> list[Any]:
         p = self.params
         results = products.diag_products(
-            self.host, self.geo.fwd, baby, xs, p.operand_scale, p.dither(p.operand_scale)
+            self.host, self.geo.fwd, u_cts.result(), xs, p.operand_scale, p.dither(p.operand_scale)
         )
-        for i, ct in enumerate(results):
-            out[f"z/{i}"] = products.finish(self.host, ct, self._z_noise.take())
+        return [products.flood_and_rescale(self.host, ct, self._z_noise.take()) for ct in results]
+
+    def finish_forward(self) -> Message:
+        """+ X·V with our current share (so the previous batch's weight step must be in), at
+        the finished product's level and scale: Enc_H(X·W)."""
+        if self._started is None:
+            raise SecureProtocolError("finish_forward without start_forward")
+        if self._weight_rows is not None:
+            raise SecureProtocolError(
+                f"the forward pass needs the weight gradient of the previous batch first "
+                f"({KIND_BWD_WEIGHT} not applied)"
+            )
+        (xs, results, train), self._started = self._started, None
+        own_part = xs @ self._require_share().v
+        out = self.rows_entry(xs.shape[0])
+        for i, ct in enumerate(results.result()):
+            products.add_plain_in_parts(
+                self.host, ct, self.geo.fwd.pack_output(own_part, i), self.params.output_limit
+            )
+            out[f"z/{i}"] = seal_io.save_bytes(ct)
         if train:
-            out.update(self._v_message.result())
-            self._x, self._grad_pending, self._weight_pending = xs, True, True
+            self._x, self._weight_rows = xs, xs.shape[0]
         return out
 
     def encrypt_features(self) -> Message:
         """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ (started by the
-        training forward)."""
+        training forward), and Enc_C(Vᵀ) (its baby copies) for the host's λδ·Wᵀ."""
         self._require_x(KIND_ENC_X)
-        assert self._enc_x is not None
+        assert self._enc_x is not None and self._v_message is not None
         msg, self._enc_x = self._enc_x.result(), None
+        msg.update(self._v_message.result())
         return msg
 
     def _encrypt_x(self, x: np.ndarray) -> Message:
@@ -215,34 +233,33 @@ class SecureCollaboratorLayer(ShareLayer):
 
     # ---- backward ---------------------------------------------------------------------------
     def finish_backward(self, msg: Message) -> torch.Tensor:
-        """Decrypt λδ·Wᵀ: ∂L/∂X, the only gradient the collaborator learns."""
+        """Decrypt λδ·Wᵀ: ∂L/∂X, the only gradient the collaborator learns; keep the host's
+        Enc_H(U) of the next step (its path does not depend on the data, so it comes early)."""
         x = self._require_x(KIND_BWD_GRAD)
-        if not self._grad_pending:
-            raise SecureProtocolError(f"{KIND_BWD_GRAD} arrived twice for one batch")
         rows = x.shape[0]
         names = self.names("dx", self.geo.bwd.chunks(rows))
-        checks.expect_names(msg, ["rows", *names], KIND_BWD_GRAD)
+        checks.expect_names(msg, ["rows", *names, *self.share_names().values()], KIND_BWD_GRAD)
         if checks.rows_of(msg, KIND_BWD_GRAD) != rows:
             raise SecureProtocolError(f"{KIND_BWD_GRAD}: row count differs from the forward pass")
         vecs = self.decrypt(msg, names, KIND_BWD_GRAD, self.share_result_scale)
         scaled = np.concatenate([self.geo.bwd.unpack(v, rows, i) for i, v in enumerate(vecs)])
         checks.in_range(scaled, self.params.output_limit, "gradient w.r.t. features")
-        self._grad_pending = False
-        self._release()
+        self.set_host_share(msg, KIND_BWD_GRAD)
+        self._x = None
         return torch.from_numpy(scaled / self.params.lam).to(self._dtype)
 
     def apply_weight_gradient(self, msg: Message) -> None:
-        """Decrypt λ(Xᵀδ + M) (summing the groups), step V; keep the next Enc_H(U)."""
-        x = self._require_x(KIND_BWD_WEIGHT)
-        if not self._weight_pending:
-            raise SecureProtocolError(f"{KIND_BWD_WEIGHT} arrived twice for one batch")
+        """Decrypt λ(Xᵀδ + M) (summing the groups), step V."""
+        if self._weight_rows is None:
+            raise SecureProtocolError(
+                f"{KIND_BWD_WEIGHT} arrived out of order (no weight gradient is due)"
+            )
         plan = self.geo.gram
         names = {
             (tp, jp): f"y/{tp}/{jp}" for tp in range(plan.t_parts) for jp in range(plan.j_parts)
         }
-        u_names = self.share_names().values()
-        checks.expect_names(msg, ["rows", *names.values(), *u_names], KIND_BWD_WEIGHT)
-        if checks.rows_of(msg, KIND_BWD_WEIGHT) != x.shape[0]:
+        checks.expect_names(msg, ["rows", *names.values()], KIND_BWD_WEIGHT)
+        if checks.rows_of(msg, KIND_BWD_WEIGHT) != self._weight_rows:
             raise SecureProtocolError(f"{KIND_BWD_WEIGHT}: row count differs from the forward pass")
         sums = {}
         for key, name in names.items():
@@ -254,9 +271,7 @@ class SecureCollaboratorLayer(ShareLayer):
         share = self._require_share()
         share.step(y / self.params.lam)
         self._set_share(share)
-        self.set_host_share(msg, KIND_BWD_WEIGHT)
-        self._weight_pending = False
-        self._release()
+        self._weight_rows = None
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -284,7 +299,3 @@ class SecureCollaboratorLayer(ShareLayer):
         if self._x is None:
             raise SecureProtocolError(f"{step} arrived out of order (no training batch pending)")
         return self._x
-
-    def _release(self) -> None:
-        if not (self._grad_pending or self._weight_pending):
-            self._x = None

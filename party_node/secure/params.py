@@ -31,13 +31,14 @@ Message = dict[str, "torch.Tensor | bytes"]
 KIND_PUBLIC_KEYS = "secure.public_keys"
 #: Fresh tasks only: H -> C Enc_H(a); C -> H Enc_H(a ⊙ b - V0) (W0 = a ⊙ b, nobody knows it).
 KIND_INIT_SHARE = "secure.init_share"
-#: H -> C Enc_H(U) after the key exchange (later ones ride on secure.bwd_weight).
+#: H -> C Enc_H(U) after the key exchange (later ones ride on secure.bwd_grad).
 KIND_SHARE = "secure.share"
-#: Per training batch, in order.
-KIND_FWD = "secure.fwd"  # C -> H  Enc_H(X·W) (computed by C), Enc_C(Vᵀ)
-KIND_ENC_X = "secure.enc_x"  # C -> H  Enc_C(X), for the weight gradient
-KIND_BWD_GRAD = "secure.bwd_grad"  # H -> C  Enc_C(λδ·Wᵀ) (computed by H)
-KIND_BWD_WEIGHT = "secure.bwd_weight"  # H -> C  Enc_C(λ(Xᵀδ + M)), Enc_H(U) of the next step
+#: Per training batch, in order (the collaborator may take a batch's bwd_weight only after
+#: it began the next batch's product on the Enc_H(U) that came with bwd_grad).
+KIND_FWD = "secure.fwd"  # C -> H  Enc_H(X·W) (computed by C)
+KIND_ENC_X = "secure.enc_x"  # C -> H  Enc_C(X) for the weight gradient, Enc_C(Vᵀ)
+KIND_BWD_GRAD = "secure.bwd_grad"  # H -> C  Enc_C(λδ·Wᵀ) (computed by H), next Enc_H(U)
+KIND_BWD_WEIGHT = "secure.bwd_weight"  # H -> C  Enc_C(λ(Xᵀδ + M))
 #: Test: every test row in one message, forward only.
 KIND_TEST_FWD = "secure.test_fwd"
 

@@ -135,6 +135,19 @@ class DiagPlan:
         n = min(self.chunk_rows, rows - chunk * self.chunk_rows)
         return both[:n]
 
+    def pack_output(self, o_mat: np.ndarray, chunk: int) -> np.ndarray:
+        """Output rows of one chunk in the layout of a folded result (every group): the
+        inverse of `unpack`, so a plaintext part of A·B can be added to the product."""
+        base = chunk * self.chunk_rows
+        part = np.zeros((self.chunk_rows, self.a))
+        rows = o_mat[base : base + self.chunk_rows]
+        part[: rows.shape[0]] = rows
+        block = (part[: self.r2] + 1j * part[self.r2 :]).ravel()
+        vec = np.zeros(self.slots, dtype=np.complex128)
+        for g in range(self.groups):
+            vec[g * self.group : g * self.group + block.size] = block
+        return vec
+
     def output_slots(self) -> np.ndarray:
         """Boolean mask of the slots that carry outputs after folding (every group)."""
         used = np.zeros(self.slots, dtype=bool)

@@ -13,12 +13,14 @@ beyond what the flood hides, and never receives anything it produced itself.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from tenseal import sealapi
 
 from party_node.secure import seal_io
+from party_node.secure.background import Background
 from party_node.secure.context import PeerKeys
 from party_node.secure.plans import DiagPlan, GramPlan
 from party_node.secure.shares import secure_normal, secure_uniform
@@ -30,9 +32,20 @@ def add_plain(peer: PeerKeys, ct: Any, values: np.ndarray, scale: float) -> Any:
     return ct
 
 
+def add_plain_in_parts(peer: PeerKeys, ct: Any, values: np.ndarray, limit: float) -> Any:
+    """ct += values, encoded in k equal parts of at most `limit` each: the encoder refuses a
+    plaintext beyond the modulus, but the sum is taken mod q, so only the final value (here
+    a product's small total) must fit."""
+    parts = max(1, math.ceil(float(np.abs(values).max(initial=0.0)) / limit))
+    pt = peer.engine.encode(values / parts, ct.scale, ct.parms_id())
+    for _ in range(parts):
+        peer.engine.evaluator.add_plain_inplace(ct, pt)
+    return ct
+
+
 def _accumulate(peer: PeerKeys, acc: Any, term: Any) -> Any:
-    if acc is None:
-        return term
+    if acc is None or term is None:
+        return term if acc is None else acc
     peer.engine.evaluator.add_inplace(acc, term)
     return acc
 
@@ -52,10 +65,12 @@ def diag_products(
     a_mat: np.ndarray,
     scale: float,
     dither: float,
+    helper: Background | None = None,
 ) -> list[Any]:
     """A·B for every chunk of A's rows, folded. `baby[(tile, h)]` is B's tile rotated by a·h
-    (the owner's encryption of it, both shares added in); A's diagonals are dithered."""
-    ev, slots = peer.engine.evaluator, plan.slots
+    (the owner's encryption of it, both shares added in); A's diagonals are dithered. With a
+    `helper` thread, every other giant step runs there (SEAL releases the GIL)."""
+    ev = peer.engine.evaluator
     used = plan.output_slots()
     results = []
     for chunk in range(plan.chunks(a_mat.shape[0])):
@@ -63,27 +78,44 @@ def diag_products(
             [dithered(d, used, dither) for d in plan.diagonals(a_mat, chunk, tile)]
             for tile in range(plan.tiles)
         ]
+        steps = range(plan.n2)
+        elsewhere = [
+            helper.submit(_giant_step, peer, plan, baby, diagonals, scale, gs)
+            for gs in (steps[1::2] if helper is not None else [])
+        ]
         acc = None
-        for gs in range(plan.n2):
-            shift = plan.a * plan.n1 * gs
-            inner = None
-            for tile in range(plan.tiles):
-                for h in range(plan.n1):
-                    r = plan.n1 * gs + h
-                    if r >= plan.d:
-                        continue
-                    diag = np.roll(diagonals[tile][r], shift % slots)
-                    pt = peer.engine.encode(diag, scale, baby[(tile, h)].parms_id())
-                    term = sealapi.Ciphertext()
-                    ev.multiply_plain(baby[(tile, h)], pt, term)
-                    inner = _accumulate(peer, inner, term)
-            if inner is None:
-                continue
-            acc = _accumulate(peer, acc, peer.rotate(inner, shift) if gs else inner)
+        for gs in steps[::2] if helper is not None else steps:
+            acc = _accumulate(peer, acc, _giant_step(peer, plan, baby, diagonals, scale, gs))
+        for part in elsewhere:
+            acc = _accumulate(peer, acc, part.result())
         for step in plan.fold_steps():
             ev.add_inplace(acc, peer.rotate(acc, step))
         results.append(acc)
     return results
+
+
+def _giant_step(
+    peer: PeerKeys,
+    plan: DiagPlan,
+    baby: dict[tuple[int, int], Any],
+    diagonals: list[list[np.ndarray]],
+    scale: float,
+    gs: int,
+) -> Any:
+    """Σ over the baby steps of giant step gs of diagonal ⊙ baby copy, rotated into place."""
+    shift = plan.a * plan.n1 * gs
+    inner = None
+    for tile in range(plan.tiles):
+        for h in range(plan.n1):
+            r = plan.n1 * gs + h
+            if r >= plan.d:
+                continue
+            diag = np.roll(diagonals[tile][r], shift % plan.slots)
+            pt = peer.engine.encode(diag, scale, baby[(tile, h)].parms_id())
+            term = sealapi.Ciphertext()
+            peer.engine.evaluator.multiply_plain(baby[(tile, h)], pt, term)
+            inner = _accumulate(peer, inner, term)
+    return peer.rotate(inner, shift) if gs and inner is not None else inner
 
 
 def gram_product(
@@ -129,6 +161,11 @@ def gaussian_slots(n: int, std: float) -> np.ndarray:
 def finish(peer: PeerKeys, ct: Any, noise: Any) -> bytes:
     """Add the finishing noise (flood + re-randomisation, see background.NoisePool), rescale
     to one prime, serialize."""
+    return seal_io.save_bytes(flood_and_rescale(peer, ct, noise))
+
+
+def flood_and_rescale(peer: PeerKeys, ct: Any, noise: Any) -> Any:
+    """`finish` without the serialization (a plaintext part may still be added after)."""
     peer.engine.evaluator.add_inplace(ct, noise)
     peer.engine.evaluator.rescale_to_next_inplace(ct)
-    return seal_io.save_bytes(ct)
+    return ct

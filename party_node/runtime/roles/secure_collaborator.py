@@ -35,6 +35,8 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
         self.init_secure()
         self.layer: SecureCollaboratorLayer | None = None
         self.pending_layer_state: dict[str, Any] | None = None
+        #: (round, batch) whose weight gradient has not stepped V yet.
+        self.weight_due: tuple[int, int] | None = None
 
     def agreement(self) -> dict[str, str]:
         """The secure settings, plus our projection's shape if we declared it."""
@@ -108,8 +110,8 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
     def receive_gradient(
         self, round_no: int, b: int, features: torch.Tensor, what: str
     ) -> torch.Tensor:
-        """Batch b: Enc_H(X·W) (computed here) and Enc_C(X) out; ∂L/∂X back. The weight step
-        follows in apply_gradient, after our feature backward."""
+        """Batch b: X·Enc_H(U) first, then the previous batch's weight step (its message
+        arrived meanwhile), then Enc_H(X·W) and Enc_C(X), Enc_C(Vᵀ) out; ∂L/∂X back."""
         host = self.host
         if features.dim() != 2:
             raise ConfigError(f"{what} must yield (rows, columns) features in secure mode")
@@ -117,25 +119,43 @@ class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
         where = f"the forward pass of batch {b}"
         started = time.perf_counter()
         with protocol_errors(host, where):
-            fwd = layer.forward(features.detach())
+            layer.start_forward(features.detach())
+        self.settle_weight()
+        with protocol_errors(host, where):
+            fwd = layer.finish_forward()
         self.observer.he("forward", time.perf_counter() - started)
         self.reply(host, kinds.KIND_FWD, round_no, b, fwd)
         with protocol_errors(host, where):
             enc = layer.encrypt_features()
         self.reply(host, kinds.KIND_ENC_X, round_no, b, enc)
         msg = self.receive(host, kinds.KIND_BWD_GRAD, round_no, b)
-        self._batch = (round_no, b)
         with protocol_errors(host, f"the backward pass of batch {b}"):
-            return layer.finish_backward(msg)
+            grad = layer.finish_backward(msg)
+        self.weight_due = (round_no, b)
+        return grad
 
-    def apply_gradient(self, features: torch.Tensor, grad: torch.Tensor | None, b: int) -> None:
-        """Our feature backward, then the host's masked weight gradient steps V."""
-        super().apply_gradient(features, grad, b)
-        round_no, _ = self._batch
+    def settle_weight(self) -> None:
+        """Step V with the host's masked weight gradient of the batch it is due for."""
+        if self.weight_due is None:
+            return
+        round_no, b = self.weight_due
         msg = self.receive(self.host, kinds.KIND_BWD_WEIGHT, round_no, b)
         assert self.layer is not None
         with protocol_errors(self.host, f"the backward pass of batch {b}"):
             self.layer.apply_weight_gradient(msg)
+        self.weight_due = None
+
+    def after_batch(self, round_no: int, b: int) -> None:
+        """A checkpoint holds V after this batch's step."""
+        if self.checkpoint_due == (round_no, b):
+            self.settle_weight()
+        super().after_batch(round_no, b)
+
+    def train_round(self, round_no: int) -> dict[str, Any]:
+        """The round's batches; the last batch's weight step before anything reads V."""
+        result = super().train_round(round_no)
+        self.settle_weight()
+        return result
 
     # ---- evaluation -----------------------------------------------------------------------
     def test(self, round_no: int) -> dict[str, float]:

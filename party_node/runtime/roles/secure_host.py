@@ -138,6 +138,10 @@ class SecureHostRole(SecureExchange, HostRole):
             with protocol_errors(peer, f"the forward pass of batch {b}"):
                 leaves[peer.node_id] = self.layers[peer.node_id].forward(msg)
             leaves[peer.node_id].requires_grad_(True)
+        for peer in self.collaborators:  # loaded while train_a_batch runs
+            enc_x = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
+            with protocol_errors(peer, f"the forward pass of batch {b}"):
+                self.layers[peer.node_id].take_enc_x(enc_x)
         return leaves
 
     def zero_grad(self) -> None:
@@ -159,17 +163,16 @@ class SecureHostRole(SecureExchange, HostRole):
         self.projection_optimizer.step()
 
     def backward_collaborators(self, round_no: int, b: int, leaves: dict) -> None:
-        """Enc_C(λδ·Wᵀ) to every collaborator first (they backpropagate while we finish the
-        weight gradients, which start on the other core as soon as δ is known), then
-        Enc_C(λ(Xᵀδ + M)) with the next Enc_H(U)."""
+        """Enc_C(λδ·Wᵀ) with the next Enc_H(U) to every collaborator first (they
+        backpropagate and start their next product while we finish the weight gradients on the
+        other core), then Enc_C(λ(Xᵀδ + M))."""
         where = f"the backward pass of batch {b}"
         for peer in self.collaborators:
             leaf = leaves[peer.node_id]
             delta = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             delta = self.privacy.outgoing(peer.node_id, delta.detach(), self.batch_labels)
-            enc_x = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
             with protocol_errors(peer, where):
-                msg = self.layers[peer.node_id].backward(delta.detach(), enc_x)
+                msg = self.layers[peer.node_id].backward(delta.detach())
             self.reply(peer, kinds.KIND_BWD_GRAD, round_no, b, msg)
         for peer in self.collaborators:
             with protocol_errors(peer, where):
