@@ -114,6 +114,22 @@ def test_many_in_flight_arrive_in_order_over_a_slow_link():
     assert pair.calls == {"FeatureExchange": 8, "FeatureExchangeOne": 16}
 
 
+def test_a_send_that_waits_returns_once_the_peer_has_it_after_the_posted_ones():
+    """The host's gradient thread and an exact-mode collaborator send with wait=True: with a
+    window set, the send still returns only once the peer holds the message (a blocking call,
+    no thread per call), and after the messages posted before it."""
+    pair = Pair(delay_s=0.05, window=4)
+    try:
+        pair.peers.send("h", msg(0))  # posted: still on its way when send returns
+        assert pair.host.inbox.queued_bytes("c1") == 0
+        pair.peers.send("h", msg(1), wait=True)
+        assert pair.host.inbox.queued_bytes("c1") > 0  # no flush: it is there
+        got = [pair.host.inbox.get("c1", 10, "collaborator 'c1'").batch for _ in range(2)]
+    finally:
+        pair.close()
+    assert got == [0, 1]
+
+
 def test_an_undeliverable_message_fails_the_sender_naming_the_peer():
     state = NodeState("c1", "t", "collaborator", AbortSignal())
     peers = GrpcPeers(state, "collaborator", None, send_timeout=5)

@@ -71,14 +71,23 @@ class HostPrivacy:
     def outgoing(self, peer: str, grad: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """What leaves for `peer` instead of `grad` (labels: the batch's true labels, checked
         by labels_for_training); sampled for the leak metric."""
+        grad = self.defend(grad, labels)
+        self.sample(peer, grad, labels)
+        return grad
+
+    def defend(self, grad: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """What leaves instead of `grad`; `sample` it once it has left (a sender in a hurry)."""
         if self.gradient_defence is not None:
             y = self.classes_of(labels)
             defended = self.gradient_defence(grad, labels if y is None else y, self.generator)
             grad = defended.to(grad.dtype)
+        return grad
+
+    def sample(self, peer: str, sent: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep (a sample of) what left for `peer` for the round's leak metric."""
         if self.leak_metric:
             meter = self.meters.setdefault(peer, LeakMeter(self.generator))
-            meter.add(grad, labels)
-        return grad
+            meter.add(sent, labels)
 
     def end_round(self, round_no: int) -> None:
         """Hand the round just finished to the scoring thread (after the previous round's

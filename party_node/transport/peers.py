@@ -102,10 +102,13 @@ class GrpcPeers:
     def set_window(self, messages: int) -> None:
         self.window = messages
 
-    def send(self, peer: str, message: Message) -> None:
-        """Deliver `message` to `peer`, after everything sent to it before. With a window,
-        return once the call has started (at most `window` unanswered per peer); a failed
-        delivery is raised by a later send, receive or flush."""
+    def send(self, peer: str, message: Message, wait: bool = False) -> None:
+        """Deliver `message` to `peer`, after everything sent to it before. With a window
+        (and not `wait`), return once the call has started (at most `window` unanswered per
+        peer); a failed delivery is raised by a later send, receive or flush. Otherwise return
+        once the peer has it: a blocking call runs on this thread, where a posted one starts a
+        thread per call to complete it (grpc's channel spin thread, whenever no other call is
+        in flight: every message of exact mode; docs/performance.md)."""
         if self.state.abort.is_set():
             raise TaskFailed(self.state.abort.reason)
         stub, box = self.stubs[peer], self._outboxes[peer]
@@ -114,7 +117,7 @@ class GrpcPeers:
             box.seq += 1
             payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
             method, request = self._call_for(stub, payload)
-            if self.window == 0:
+            if self.window == 0 or wait:
                 try:
                     # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
                     method(request, timeout=self.send_timeout)

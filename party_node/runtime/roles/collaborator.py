@@ -82,10 +82,12 @@ class CollaboratorRole(Role):
         return self.mode.depth
 
     def send_batch(self, round_no: int, b: int, features: torch.Tensor, what: str) -> None:
-        """Send batch b's features to the host."""
+        """Send batch b's features to the host. Exact mode waits for the acknowledgement: the
+        gradient it waits for next comes later anyway, and a blocking call costs no thread."""
         self.peers.send(
             self.host.node_id,
             Message(self.features_kind, round_no, b, tensors={"features": features.detach()}),
+            wait=self.batch_depth == 1,
         )
 
     def receive_gradient(

@@ -63,10 +63,14 @@ class EarlyGradients:
         )
 
     def _deliver(self, peer: str, grad: torch.Tensor, labels: torch.Tensor) -> None:
-        # The label defence and the leak sample, off the autograd thread.
-        grad = self.role.privacy.outgoing(peer, grad, labels)
+        # The label defence and the leak sample, off the autograd thread; the sample after
+        # the send (it is not on the collaborator's path).
+        grad = self.role.privacy.defend(grad, labels)
         message = Message("train.gradient", self.round_no, self.batch, tensors={"gradient": grad})
-        self.role.peers.send(peer, message)
+        # This thread has nothing else to do: waiting for the acknowledgement here keeps the
+        # host's training thread going and saves grpc's thread per posted call.
+        self.role.peers.send(peer, message, wait=True)
+        self.role.privacy.sample(peer, grad, labels)
 
     def finish(self) -> None:
         """Zeros for a collaborator whose features the loss did not use; wait for delivery."""
