@@ -4,7 +4,9 @@ SEAL releases the GIL, so this runs on the machine's other core while the party 
 peer: the noise that finishes every result (a public-key encryption of zero with the Gaussian
 flood added), and whatever a party knows before the next batch (its next share, encoded and
 encrypted). Results are taken in submission order; `NoisePool.take` computes inline when the
-pool ran dry, so nothing ever waits on an empty queue.
+pool ran dry, so nothing ever waits on an empty queue. TenSEAL's SEAL calls hold the GIL, so
+work submitted here slows whatever the party's main thread does at the same time: the layers
+submit it (`NoisePool.refill`, their next share) just before they wait for their peer.
 """
 
 from __future__ import annotations
@@ -71,9 +73,8 @@ class NoisePool:
             self._ready.append(self.background.submit(self._make))
 
     def take(self) -> Any:
-        noise = self._ready.popleft().result() if self._ready else self._make()
-        self.refill()
-        return noise
+        """One noise ciphertext (made inline if none is ready; `refill` makes more)."""
+        return self._ready.popleft().result() if self._ready else self._make()
 
 
 def flood_std_per_group(noise: float, groups: int) -> float:

@@ -146,8 +146,7 @@ class SecureCollaboratorLayer(ShareLayer):
 
     def _share_message(self) -> Message:
         """Enc_C(Vᵀ) copies for the current V: the ciphertexts made ahead plus the step's
-        plaintext part, or fresh encryptions when nothing was made ahead; then the next
-        known part goes to the worker."""
+        plaintext part, or fresh encryptions when nothing was made ahead."""
         share, scale = self._require_share(), self.params.share_scale
         ahead, self._v_ahead = self._v_ahead, None
         if ahead is None:
@@ -161,7 +160,6 @@ class SecureCollaboratorLayer(ShareLayer):
             for (t, h), baby in self._v_babies(share.v - base).items():
                 ct = products.add_plain(self.own, cts[(t, h)], baby, scale)
                 message[f"v/{t}/{h}"] = seal_io.save_bytes(ct)
-        self._v_ahead = self.background.submit(self._encrypt_ahead, share.ahead())
         return message
 
     def _encrypt_ahead(self, base: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
@@ -223,12 +221,18 @@ class SecureCollaboratorLayer(ShareLayer):
         if train:
             out.update(self._share_message())
             self._x, self._weight_rows = xs, xs.shape[0]
+        else:  # test and serving: no wait of ours to fill, make the noise now
+            self._z_noise.refill()
         return out
 
     def encrypt_features(self) -> Message:
         """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ (sent after z: the
-        host needs it only after λδ·Wᵀ)."""
-        return self._encrypt_x(self._require_x(KIND_ENC_X))
+        host needs it only after λδ·Wᵀ). Then, while we wait for the host, the worker makes
+        the next batch's noise and Enc_C of the next share's known part."""
+        msg = self._encrypt_x(self._require_x(KIND_ENC_X))
+        self._z_noise.refill()
+        self._v_ahead = self.background.submit(self._encrypt_ahead, self._require_share().ahead())
+        return msg
 
     def _encrypt_x(self, x: np.ndarray) -> Message:
         plan, out = self.geo.gram, self.rows_entry(x.shape[0])

@@ -233,7 +233,9 @@ class SecureHostLayer(ShareLayer):
         out = self._weight_message(self._load_x(enc_x, self._rows), self._require_prepared())
         self._require_share().commit(self._require_prepared().step)
         self._delta = self._rows = None
-        self._prepare()
+        self._prepare()  # and the noise: made while we wait for the next batch
+        self._dx_noise.refill()
+        self._g_noise.refill()
         return out
 
     def _load_x(self, msg: Message, rows: int) -> dict[int, list[Any]]:
