@@ -91,10 +91,10 @@ def main() -> None:
         enc_x, sizes["enc_x"] = wire_bytes(timed(times, "c_encrypt_x", coll.encrypt_features))
         delta = torch.randn_like(z) * 1e-3
         grad, sizes["bwd_grad"] = wire_bytes(
-            timed(times, "h_backward_dwt", host.backward, delta, enc_x)
+            timed(times, "h_backward_dwt", host.backward, delta)
         )
         weight, sizes["bwd_weight"] = wire_bytes(
-            timed(times, "h_weight_gradient", host.weight_gradient)
+            timed(times, "h_weight_gradient", host.weight_gradient, enc_x)
         )
         timed(times, "c_decrypt_dx", coll.finish_backward, grad)
         timed(times, "c_step_share", coll.apply_weight_gradient, weight)

@@ -145,9 +145,9 @@ def secure_bytes_per_batch() -> int:
     z = host.forward(fwd)
     enc_x, n = wire_bytes(coll.encrypt_features())
     total += n
-    grad, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3, enc_x))
+    grad, n = wire_bytes(host.backward(torch.randn_like(z) * 1e-3))
     total += n
-    weight, n = wire_bytes(host.weight_gradient())
+    weight, n = wire_bytes(host.weight_gradient(enc_x))
     coll.finish_backward(grad)
     coll.apply_weight_gradient(weight)
     return total + n

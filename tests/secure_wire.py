@@ -162,8 +162,8 @@ def secure_backward(
     """With `defer_weight`, the weight step waits for the next secure_forward (as in a task)."""
     host, coll, w = p.hosts[key], p.colls[key], p.wire
     enc_x = w.send(key, "host", KIND_ENC_X, coll.encrypt_features())
-    grad = w.send("host", key, KIND_BWD_GRAD, host.backward(delta, enc_x))
-    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient())
+    grad = w.send("host", key, KIND_BWD_GRAD, host.backward(delta))
+    weight = w.send("host", key, KIND_BWD_WEIGHT, host.weight_gradient(enc_x))
     dx = coll.finish_backward(grad)
     if defer_weight:
         p.pending[key] = weight

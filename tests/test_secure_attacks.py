@@ -72,8 +72,8 @@ def test_collaborator_cannot_read_the_host_key_from_a_crafted_forward() -> None:
     z = host.forward(fwd)  # the host cannot tell
     assert float(z.abs().max()) < host.params.output_limit
     enc_x = coll.encrypt_features()
-    grad = host.backward(_head_delta(z, 1), enc_x)
-    weight = host.weight_gradient()
+    grad = host.backward(_head_delta(z, 1))
+    weight = host.weight_gradient(enc_x)
     readback = [
         coll.own.decrypt(coll.own.engine.load_ciphertext(m[n], n, 1, s))
         for m, names, s in (
@@ -95,8 +95,8 @@ def test_host_cannot_read_the_collaborator_key_from_crafted_backward_messages() 
     x = torch.randn(ROWS, DIMS[0], dtype=torch.float64)
     z = host.forward(coll.forward(x))
     enc_x = coll.encrypt_features()
-    grad = host.backward(_head_delta(z, 2), enc_x)
-    weight = host.weight_gradient()
+    grad = host.backward(_head_delta(z, 2))
+    weight = host.weight_gradient(enc_x)
     keys = []
     for msg, prefix, scale, t in (
         (grad, "dx/", coll.share_result_scale, 2**34),

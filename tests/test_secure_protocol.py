@@ -165,7 +165,7 @@ def test_batched_test_forward_needs_no_backward(two_party_run: Run) -> None:
     w = p.hosts[k].share.u + p.colls[k].share.v
     assert torch.allclose(z, x @ torch.from_numpy(w), atol=Z_TOL)
     with pytest.raises(SecureProtocolError):
-        p.hosts[k].backward(torch.zeros(300, 3, dtype=torch.float64), {})
+        p.hosts[k].backward(torch.zeros(300, 3, dtype=torch.float64))
 
 
 def test_public_contexts_carry_no_secret_key(two_party_run: Run) -> None:

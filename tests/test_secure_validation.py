@@ -95,9 +95,9 @@ def test_non_finite_and_out_of_range_are_protocol_errors(parties) -> None:
         coll.forward(torch.zeros(2, 4))
     host.forward(coll.forward(torch.ones(4, 3)))
     with pytest.raises(SecureProtocolError, match="project_layer_delta_bound"):
-        host.backward(torch.full((4, 2), 0.5), {})
+        host.backward(torch.full((4, 2), 0.5))
     with pytest.raises(SecureProtocolError, match="shape"):
-        host.backward(torch.zeros(3, 2), {})
+        host.backward(torch.zeros(3, 2))
 
 
 def test_tampered_or_misordered_messages_are_refused() -> None:
@@ -114,16 +114,16 @@ def test_tampered_or_misordered_messages_are_refused() -> None:
     with pytest.raises(SecureProtocolError, match="unexpected"):
         host.forward(extra)
     # a fresh (level-2) ciphertext where a finished result belongs: wrong level
-    swapped = dict(msg, **{"z/0": coll.encrypt_features()["v/0/0"]})
+    swapped = dict(msg, **{"z/0": msg["v/0/0"]})
     with pytest.raises(SecureProtocolError, match="unexpected level"):
         host.forward(swapped)
     fresh = make_parties({"bank": (3, 2)}, 0.05, 0.9, {"bank": np.zeros((3, 2))})
     with pytest.raises(SecureProtocolError, match="out of order"):
         fresh.colls["bank"].finish_backward({})
     with pytest.raises(SecureProtocolError, match="without a pending"):
-        fresh.hosts["bank"].backward(torch.zeros(4, 2), {})
+        fresh.hosts["bank"].backward(torch.zeros(4, 2))
     with pytest.raises(SecureProtocolError, match="weight_gradient before backward"):
-        fresh.hosts["bank"].weight_gradient()
+        fresh.hosts["bank"].weight_gradient({})
 
 
 def test_result_at_a_scale_of_the_senders_choosing_is_refused() -> None:

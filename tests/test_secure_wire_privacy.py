@@ -106,7 +106,7 @@ def test_host_never_receives_x_v_or_w_under_its_key(rec: Recorded) -> None:
     of the ciphertext's size, uncorrelated with X or V."""
     hk = rec.p.host_keys
     for kind, prefix, truth in (
-        (KIND_ENC_X, "v/", [v.T for v in rec.v]),
+        (KIND_FWD, "v/", [v.T for v in rec.v]),
         (KIND_ENC_X, "x/", rec.x),
     ):
         blobs = rec.blobs("host", kind, prefix)

@@ -1,13 +1,19 @@
 """The collaborator's half of the secure projection layer (pure: message dicts in and out).
 
-Per training batch: `start_forward(X)` starts X·Enc_H(U) on the host's encrypted share,
-flooded, re-randomised and rescaled, on a worker thread (the expensive part: it needs only this
-batch's X, so it runs while the previous batch's weight gradient is decrypted and applied);
-`finish_forward()` adds X·V with our current share: Enc_H(X·W). `encrypt_features()` sends
-Enc_C(X) for the weight gradient and Enc_C(Vᵀ) for the host's backward;
-`finish_backward(bwd_grad)` decrypts ∂L/∂X and keeps the host's next Enc_H(U);
-`apply_weight_gradient(bwd_weight)` decrypts λ(Xᵀδ + M) and steps V. `forward(X)` is start and
-finish at once. The collaborator never sees δ, U or W, and returns nothing it decrypted.
+Per training batch: `start_forward(X)` computes X·Enc_H(U) on the host's encrypted share,
+flooded, re-randomised and rescaled (the expensive part: it needs only this batch's X, so it
+runs before the previous batch's weight gradient is taken); `finish_forward()` adds X·V with
+our current share: Enc_H(X·W), and Enc_C(Vᵀ) for the host's backward. `encrypt_features()`
+sends Enc_C(X) for the weight gradient; `finish_backward(bwd_grad)` decrypts ∂L/∂X and keeps
+the host's next Enc_H(U); `apply_weight_gradient(bwd_weight)` decrypts λ(Xᵀδ + M) and steps V.
+`forward(X)` is start and finish at once. The collaborator never sees δ, U or W, and returns
+nothing it decrypted.
+
+Work is made ahead on a worker thread only while this party waits for its peer (the finishing
+noise, and Enc_C of the part of the next V known before the next gradient: V - η·μ·buf, so
+that Enc_C(Vᵀ) is ready one plaintext addition after the step). Everything else runs on the
+caller's thread: TenSEAL's SEAL calls hold the GIL, so a second thread would only take turns
+with this one (docs/secure-protocol.md, "Speed and bytes").
 """
 
 from __future__ import annotations
@@ -60,22 +66,18 @@ class SecureCollaboratorLayer(ShareLayer):
         self.host = host_keys
         self.lr, self.momentum = lr, momentum
         self.background = Background()
-        #: A second worker: X·Enc_H(U) while the main thread steps V (and the host's next
-        #: Enc_H(U) is loaded there too).
-        self.parallel = Background()
-        self._enc_x: Future[Message] | None = None
         p = self.params
         self._z_noise = NoisePool(self.background, self.host, p.product_scale, p.z_noise)
         self.share: CollaboratorShare | None = None
-        #: Enc_C(Vᵀ) for the host, made ahead as soon as V is stepped.
-        self._v_message: Future[Message] | None = None
+        #: Enc_C of the next V's known part (its baby copies) and that part, made ahead.
+        self._v_ahead: Future[tuple[np.ndarray, dict[tuple[int, int], Any]]] | None = None
         if initial_share is not None:
-            self._set_share(
-                CollaboratorShare(self.check_shape(initial_share, "initial share"), lr, momentum)
+            self.share = CollaboratorShare(
+                self.check_shape(initial_share, "initial share"), lr, momentum
             )
-        self._u_cts: Future[dict[tuple[int, int], Any]] | None = None
+        self._u_cts: dict[tuple[int, int], Any] | None = None
         #: The forward pass begun by start_forward: (X, finished X·Enc_H(U) per chunk, training?).
-        self._started: tuple[np.ndarray, Future[list[Any]], bool] | None = None
+        self._started: tuple[np.ndarray, list[Any], bool] | None = None
         #: The training batch whose ∂L/∂X is due (its X), and the rows of the batch whose
         #: weight gradient is due (it may arrive after the next batch's start_forward).
         self._x: np.ndarray | None = None
@@ -112,7 +114,7 @@ class SecureCollaboratorLayer(ShareLayer):
             products.add_plain(self.host, prod, -vv, prod.scale)
             noise = noise_ciphertext(self.host, prod.parms_id(), prod.scale, self.params.z_noise)
             out[name] = products.finish(self.host, prod, noise)
-        self._set_share(CollaboratorShare(v0, self.lr, self.momentum))
+        self.share = CollaboratorShare(v0, self.lr, self.momentum)
         return out
 
     def share_names(self) -> dict[tuple[int, int], str]:
@@ -120,37 +122,51 @@ class SecureCollaboratorLayer(ShareLayer):
         return {(t, h): f"u/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
 
     def set_host_share(self, msg: Message, step: str = KIND_SHARE) -> None:
-        """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes; they
-        are loaded on the second worker, off our critical path."""
+        """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes."""
         names = self.share_names()
         if step == KIND_SHARE:
             checks.expect_names(msg, names.values(), step)
         missing = [n for n in names.values() if n not in msg]
         if missing:
             raise SecureProtocolError(f"{step}: missing {missing}")
-        blobs = {key: checks.blob(msg, name, step) for key, name in names.items()}
-        self._u_cts = self.parallel.submit(self._load_share, blobs, step)
-
-    def _load_share(self, blobs: dict[tuple[int, int], bytes], step: str) -> dict:
         engine, scale = self.host.engine, self.params.share_scale
-        return {
-            key: engine.load_ciphertext(b, f"u/{key[0]}/{key[1]}", 2, scale)
-            for key, b in blobs.items()
+        self._u_cts = {
+            key: engine.load_ciphertext(checks.blob(msg, name, step), name, 2, scale)
+            for key, name in names.items()
         }
 
-    # ---- work made ahead --------------------------------------------------------------------
-    def _set_share(self, share: CollaboratorShare) -> None:
-        self.share = share
-        # On the worker that computed X·Enc_H(U) (done by now): the host needs Enc_C(Vᵀ)
-        # right after z, before the noise and Enc_C(X) queued on the background worker.
-        self._v_message = self.parallel.submit(self._encrypt_v, share.v.copy())
+    def _v_babies(self, v: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+        """Vᵀ's baby-step copies in the host's backward packing."""
+        bwd = self.geo.bwd
+        return {
+            (tile, h): baby
+            for tile, vec in enumerate(bwd.pack_b(v.T))
+            for h, baby in enumerate(bwd.babies(vec))
+        }
 
-    def _encrypt_v(self, v: np.ndarray) -> Message:
-        scale, bwd, message = self.params.share_scale, self.geo.bwd, {}
-        for tile, vec in enumerate(bwd.pack_b(v.T)):
-            for h, baby in enumerate(bwd.babies(vec)):
-                message[f"v/{tile}/{h}"] = self.own.encrypt_bytes(baby, scale)
+    def _share_message(self) -> Message:
+        """Enc_C(Vᵀ) copies for the current V: the ciphertexts made ahead plus the step's
+        plaintext part, or fresh encryptions when nothing was made ahead; then the next
+        known part goes to the worker."""
+        share, scale = self._require_share(), self.params.share_scale
+        ahead, self._v_ahead = self._v_ahead, None
+        if ahead is None:
+            message = {
+                f"v/{t}/{h}": self.own.encrypt_bytes(baby, scale)
+                for (t, h), baby in self._v_babies(share.v).items()
+            }
+        else:
+            base, cts = ahead.result()
+            message = {}
+            for (t, h), baby in self._v_babies(share.v - base).items():
+                ct = products.add_plain(self.own, cts[(t, h)], baby, scale)
+                message[f"v/{t}/{h}"] = seal_io.save_bytes(ct)
+        self._v_ahead = self.background.submit(self._encrypt_ahead, share.ahead())
         return message
+
+    def _encrypt_ahead(self, base: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
+        scale = self.params.share_scale
+        return base, {key: self.own.encrypt(b, scale) for key, b in self._v_babies(base).items()}
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, train: bool = True) -> Message:
@@ -159,8 +175,7 @@ class SecureCollaboratorLayer(ShareLayer):
         return self.finish_forward()
 
     def start_forward(self, x: torch.Tensor, train: bool = True) -> None:
-        """X·Enc_H(U) per chunk of rows, on the host's share we hold; Enc_C(X) starts on the
-        other core for a training batch."""
+        """X·Enc_H(U) per chunk of rows on the host's share we hold, finished but for X·V."""
         self._require_share()
         if self._u_cts is None:
             raise SecureProtocolError("forward before the host's share arrived")
@@ -179,21 +194,17 @@ class SecureCollaboratorLayer(ShareLayer):
             f"'{self.feature_key}' feature tensor",
             "raise project_layer_feature_bound at every party",
         )
-        results = self.parallel.submit(self._share_products, self._u_cts, xs)
-        if train:  # Enc_C(X) for the weight gradient
-            self._enc_x = self.background.submit(self._encrypt_x, xs)
-        self._started = (xs, results, train)
-
-    def _share_products(self, u_cts: Future[dict], xs: np.ndarray) -> list[Any]:
         p = self.params
         results = products.diag_products(
-            self.host, self.geo.fwd, u_cts.result(), xs, p.operand_scale, p.dither(p.operand_scale)
+            self.host, self.geo.fwd, self._u_cts, xs, p.operand_scale, p.dither(p.operand_scale)
         )
-        return [products.flood_and_rescale(self.host, ct, self._z_noise.take()) for ct in results]
+        noise = self._z_noise
+        finished = [products.flood_and_rescale(self.host, ct, noise.take()) for ct in results]
+        self._started = (xs, finished, train)
 
     def finish_forward(self) -> Message:
         """+ X·V with our current share (so the previous batch's weight step must be in), at
-        the finished product's level and scale: Enc_H(X·W)."""
+        the finished product's level and scale: Enc_H(X·W); plus Enc_C(Vᵀ) when training."""
         if self._started is None:
             raise SecureProtocolError("finish_forward without start_forward")
         if self._weight_rows is not None:
@@ -204,23 +215,20 @@ class SecureCollaboratorLayer(ShareLayer):
         (xs, results, train), self._started = self._started, None
         own_part = xs @ self._require_share().v
         out = self.rows_entry(xs.shape[0])
-        for i, ct in enumerate(results.result()):
+        for i, ct in enumerate(results):
             products.add_plain_in_parts(
                 self.host, ct, self.geo.fwd.pack_output(own_part, i), self.params.output_limit
             )
             out[f"z/{i}"] = seal_io.save_bytes(ct)
         if train:
+            out.update(self._share_message())
             self._x, self._weight_rows = xs, xs.shape[0]
         return out
 
     def encrypt_features(self) -> Message:
-        """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ (started by the
-        training forward), and Enc_C(Vᵀ) (its baby copies) for the host's λδ·Wᵀ."""
-        self._require_x(KIND_ENC_X)
-        assert self._enc_x is not None and self._v_message is not None
-        msg, self._enc_x = self._enc_x.result(), None
-        msg.update(self._v_message.result())
-        return msg
+        """Enc_C(X) broadcast over the output columns, for the host's Xᵀδ (sent after z: the
+        host needs it only after λδ·Wᵀ)."""
+        return self._encrypt_x(self._require_x(KIND_ENC_X))
 
     def _encrypt_x(self, x: np.ndarray) -> Message:
         plan, out = self.geo.gram, self.rows_entry(x.shape[0])
@@ -268,9 +276,7 @@ class SecureCollaboratorLayer(ShareLayer):
             sums[key] = plan.group_sum(vec)
         y = plan.place(np.zeros((self.in_dim, self.out_dim)), sums)
         checks.in_range(y, self.params.gram_limit, "masked weight gradient")
-        share = self._require_share()
-        share.step(y / self.params.lam)
-        self._set_share(share)
+        self._require_share().step(y / self.params.lam)
         self._weight_rows = None
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -283,11 +289,10 @@ class SecureCollaboratorLayer(ShareLayer):
         self.check_state_shapes(state, ("v", "buf"))
         share = CollaboratorShare(state["v"].to(torch.float64).numpy(), self.lr, self.momentum)
         share.buf = state["buf"].to(torch.float64).numpy().copy()
-        self._set_share(share)
+        self.share = share
 
     def close(self) -> None:
         self.background.close()
-        self.parallel.close()
 
     # ---- helpers ----------------------------------------------------------------------------
     def _require_share(self) -> CollaboratorShare:

@@ -159,6 +159,13 @@ class OwnKeys:
         pt = self.engine.encode(slots, scale)
         return seal_io.save_bytes(self._encryptor.encrypt_symmetric(pt))
 
+    def encrypt(self, slots: np.ndarray, scale: float) -> Any:
+        """Encrypt a slot vector to a ciphertext object (full size when saved), for values a
+        plaintext is added to before it is sent."""
+        ct = sealapi.Ciphertext()
+        self._encryptor.encrypt_symmetric(self.engine.encode(slots, scale), ct)
+        return ct
+
     def decrypt(self, ct: Any) -> np.ndarray:
         """Decrypt to the complex values of all slots."""
         pt = sealapi.Plaintext()

@@ -1,14 +1,15 @@
 """The host's half of the secure projection layer for one collaborator (pure: dicts in/out).
 
 Per training batch: `forward(fwd)` decrypts z = X·W (the collaborator computed it under our
-key); `take_enc_x(enc_x)` loads the collaborator's Enc_C(Vᵀ) and Enc_C(X) on a worker while
-the host's model gives δ; `backward(δ)` computes Enc_C(λδ·Wᵀ) on Enc_C(Vᵀ) for it, with our
-next Enc_H(U) (its path does not depend on the data, so the collaborator can start its next
-product early), and starts the weight gradient; `weight_gradient()` returns
-Enc_C(λ(Xᵀδ + M)) and steps U. Test: `forward(test_fwd, train=False)`. The host decrypts only
-z; it never sees X, V or W, and returns nothing it decrypted. Everything that does not depend
-on the batch (the next step of U's path, its encryption, the masks, the finishing noise) is
-made ahead on a worker thread.
+key) and keeps its Enc_C(Vᵀ); the host's model gives δ; `backward(δ)` computes Enc_C(λδ·Wᵀ)
+for the collaborator, with our next Enc_H(U) (its path does not depend on the data, so the
+collaborator can start its next product early); `weight_gradient(enc_x)` computes
+Enc_C(λ(Xᵀδ + M)) on the collaborator's Enc_C(X) and steps U. Test: `forward(test_fwd,
+train=False)`. The host decrypts only z; it never sees X, V or W, and returns nothing it
+decrypted. Everything that does not depend on the batch (the next step of U's path, its
+encryption, the masks, the finishing noise) is made ahead on a worker thread while the host
+waits for the collaborator; the rest runs on the caller's thread (TenSEAL's SEAL calls hold
+the GIL, so a second thread would only take turns with it).
 """
 
 from __future__ import annotations
@@ -74,11 +75,6 @@ class SecureHostLayer(ShareLayer):
         self.lr, self.momentum = lr, momentum
         self.dtype = dtype
         self.background = Background()
-        #: A second worker: loads the collaborator's ciphertexts, takes half of λδ·Wᵀ's giant
-        #: steps, then the weight gradient (it runs while λδ·Wᵀ is finished and sent; started
-        #: earlier it would slow that down).
-        self.parallel = Background()
-        self._weight: Future[Message] | None = None
         p = self.params
         self._dx_noise = NoisePool(self.background, self.peer, p.product_scale, p.dx_noise)
         # The weight gradient's flood rides on its mask plaintext (_encode_masks).
@@ -88,8 +84,8 @@ class SecureHostLayer(ShareLayer):
         self._a: np.ndarray | None = None
         #: Rows of the training forward whose backward is due (None: none is).
         self._rows: int | None = None
-        #: Enc_C(Vᵀ + Uᵀ) baby copies and Enc_C(X) parts of that batch, loaded on a worker.
-        self._loaded: Future[tuple[dict, dict[int, list[Any]]]] | None = None
+        #: That batch's Enc_C(Vᵀ) copies as they came (loaded when δ is known).
+        self._v_blobs: Message | None = None
         self._delta: np.ndarray | None = None
         if initial_share is not None:
             self.start(self.check_shape(initial_share, "initial share"))
@@ -175,33 +171,30 @@ class SecureHostLayer(ShareLayer):
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, msg: Message, train: bool = True) -> torch.Tensor:
-        """Decrypt z = X·W; for training, a backward pass is then due."""
+        """Decrypt z = X·W; for training also keep Enc_C(Vᵀ) for the backward pass."""
         step = KIND_FWD if train else KIND_TEST_FWD
         rows = self.check_rows(msg, step)
         z_names = self.names("z", self.geo.fwd.chunks(rows))
-        checks.expect_names(msg, ["rows", *z_names], step)
+        v_names = list(self._v_names().values()) if train else []
+        checks.expect_names(msg, ["rows", *z_names, *v_names], step)
         vecs = self.decrypt(msg, z_names, step, self.share_result_scale)
         z = np.concatenate([self.geo.fwd.unpack(v, rows, i) for i, v in enumerate(vecs)])
         checks.in_range(z, self.params.output_limit, f"projection of '{self.feature_key}'")
-        self._delta = self._loaded = None
+        self._delta = None
         self._rows = rows if train else None
+        self._v_blobs = {name: msg[name] for name in v_names} if train else None
         return torch.from_numpy(z).to(self.dtype)
 
-    # ---- backward ---------------------------------------------------------------------------
-    def take_enc_x(self, enc_x: Message) -> None:
-        """The collaborator's Enc_C(Vᵀ) and Enc_C(X) for the pending backward: names and rows
-        checked now, the ciphertexts loaded (and Uᵀ added) on the worker meanwhile."""
-        if self._rows is None or self._loaded is not None:
-            raise SecureProtocolError(f"{KIND_ENC_X} without a pending training forward")
-        names = self._enc_x_names(enc_x, self._rows)
-        self._loaded = self.parallel.submit(self._load_enc_x, enc_x, *names, self._prepared)
+    def _v_names(self) -> dict[tuple[int, int], str]:
+        bwd = self.geo.bwd
+        return {(t, h): f"v/{t}/{h}" for t in range(bwd.tiles) for h in range(bwd.n1)}
 
-    def backward(self, delta: torch.Tensor, enc_x: Message | None = None) -> Message:
+    # ---- backward ---------------------------------------------------------------------------
+    def backward(self, delta: torch.Tensor) -> Message:
         """δ = ∂L/∂z -> Enc_C(λδ·(U + V)ᵀ) for the collaborator (it decrypts ∂L/∂X), plus
-        Enc_H(U) of the next step. δ never leaves. The weight gradient on the collaborator's
-        Enc_C(X) then starts on the other core (`weight_gradient()` collects it)."""
+        Enc_H(U) of the next step. δ never leaves."""
         rows = self._rows
-        if rows is None or self._delta is not None:
+        if rows is None or self._v_blobs is None or self._delta is not None:
             raise SecureProtocolError("backward without a pending training forward")
         if tuple(delta.shape) != (rows, self.out_dim):
             raise SecureProtocolError(
@@ -214,66 +207,46 @@ class SecureHostLayer(ShareLayer):
             "δ = ∂L/∂z",
             "raise project_layer_delta_bound at every party",
         )
-        if enc_x is not None:
-            self.take_enc_x(enc_x)
-        if self._loaded is None:
-            raise SecureProtocolError(f"backward before {KIND_ENC_X} arrived")
-        (w_cts, x_cts), self._loaded = self._loaded.result(), None
         self._delta = d * self.params.lam
-        prepared = self._require_prepared()
-        out = self.rows_entry(rows)
-        p = self.params
+        prepared, p, engine = self._require_prepared(), self.params, self.peer.engine
+        names = self._v_names()
+        cts = self.load(engine, self._v_blobs, list(names.values()), KIND_FWD, 2, p.share_scale)
+        w_cts = {}  # Enc_C(Vᵀ) + Uᵀ = Enc_C(Wᵀ), per baby copy
+        for key, ct in zip(names, cts, strict=True):
+            engine.evaluator.add_plain_inplace(ct, prepared.u_plain[key])
+            w_cts[key] = ct
+        self._v_blobs = None
         results = products.diag_products(
-            self.peer,
-            self.geo.bwd,
-            w_cts,
-            self._delta,
-            p.operand_scale,
-            p.dither(p.operand_scale),
-            helper=self.parallel,  # the collaborator waits for this; its cores are ours
+            self.peer, self.geo.bwd, w_cts, self._delta, p.operand_scale, p.dither(p.operand_scale)
         )
-        self._weight = self.parallel.submit(self._weight_message, x_cts, prepared)
+        out = self.rows_entry(rows)
         for i, ct in enumerate(results):
             out[f"dx/{i}"] = products.finish(self.peer, ct, self._dx_noise.take())
         out.update(prepared.next_share)
         return out
 
-    def weight_gradient(self) -> Message:
-        """Enc_C(λ(Xᵀδ + M)) per packing part, masked per group; steps U (see
+    def weight_gradient(self, enc_x: Message) -> Message:
+        """Enc_C(X) -> Enc_C(λ(Xᵀδ + M)) per packing part, masked per group; steps U (see
         shares.HostShare)."""
-        if self._delta is None or self._weight is None:
+        if self._delta is None or self._rows is None:
             raise SecureProtocolError("weight_gradient before backward")
-        out, self._weight = self._weight.result(), None
+        out = self._weight_message(self._load_x(enc_x, self._rows), self._require_prepared())
         self._require_share().commit(self._require_prepared().step)
         self._delta = self._rows = None
         self._prepare()
         return out
 
-    def _enc_x_names(self, msg: Message, rows: int) -> tuple[dict, dict[int, list[str]]]:
-        plan, bwd = self.geo.gram, self.geo.bwd
-        x_names = {tp: self.names(f"x/{tp}", plan.x_cts(rows)) for tp in range(plan.t_parts)}
-        v_names = {(t, h): f"v/{t}/{h}" for t in range(bwd.tiles) for h in range(bwd.n1)}
-        every = [n for part in x_names.values() for n in part]
-        checks.expect_names(msg, ["rows", *every, *v_names.values()], KIND_ENC_X)
+    def _load_x(self, msg: Message, rows: int) -> dict[int, list[Any]]:
+        plan, p = self.geo.gram, self.params
+        names = {tp: self.names(f"x/{tp}", plan.x_cts(rows)) for tp in range(plan.t_parts)}
+        all_names = [n for part in names.values() for n in part]
+        checks.expect_names(msg, ["rows", *all_names], KIND_ENC_X)
         if checks.rows_of(msg, KIND_ENC_X) != rows:
             raise SecureProtocolError(f"{KIND_ENC_X}: row count differs from the forward pass")
-        return v_names, x_names
-
-    def _load_enc_x(
-        self, msg: Message, v_names: dict, x_names: dict[int, list[str]], prepared: Any
-    ) -> tuple[dict, dict[int, list[Any]]]:
-        """Enc_C(Vᵀ) + Uᵀ = Enc_C(Wᵀ) per baby copy, and Enc_C(X) per part, each checked."""
-        p, engine = self.params, self.peer.engine
-        v_cts = self.load(engine, msg, list(v_names.values()), KIND_ENC_X, 2, p.share_scale)
-        u_plain = prepared.result().u_plain
-        w_cts = {}
-        for key, ct in zip(v_names, v_cts, strict=True):
-            engine.evaluator.add_plain_inplace(ct, u_plain[key])
-            w_cts[key] = ct
-        x_cts = {
-            tp: self.load(engine, msg, n, KIND_ENC_X, 2, p.x_scale) for tp, n in x_names.items()
+        return {
+            tp: self.load(self.peer.engine, msg, n, KIND_ENC_X, 2, p.x_scale)
+            for tp, n in names.items()
         }
-        return w_cts, x_cts
 
     def _weight_message(self, x_cts: dict[int, list[Any]], prepared: _Prepared) -> Message:
         plan, rows, p = self.geo.gram, self._rows, self.params
@@ -334,7 +307,6 @@ class SecureHostLayer(ShareLayer):
 
     def close(self) -> None:
         self.background.close()
-        self.parallel.close()
 
     def _require_share(self) -> HostShare:
         if self.share is None:

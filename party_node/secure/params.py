@@ -35,8 +35,8 @@ KIND_INIT_SHARE = "secure.init_share"
 KIND_SHARE = "secure.share"
 #: Per training batch, in order (the collaborator may take a batch's bwd_weight only after
 #: it began the next batch's product on the Enc_H(U) that came with bwd_grad).
-KIND_FWD = "secure.fwd"  # C -> H  Enc_H(X·W) (computed by C)
-KIND_ENC_X = "secure.enc_x"  # C -> H  Enc_C(X) for the weight gradient, Enc_C(Vᵀ)
+KIND_FWD = "secure.fwd"  # C -> H  Enc_H(X·W) (computed by C), Enc_C(Vᵀ)
+KIND_ENC_X = "secure.enc_x"  # C -> H  Enc_C(X), for the weight gradient
 KIND_BWD_GRAD = "secure.bwd_grad"  # H -> C  Enc_C(λδ·Wᵀ) (computed by H), next Enc_H(U)
 KIND_BWD_WEIGHT = "secure.bwd_weight"  # H -> C  Enc_C(λ(Xᵀδ + M))
 #: Test: every test row in one message, forward only.

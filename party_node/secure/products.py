@@ -20,7 +20,6 @@ import numpy as np
 from tenseal import sealapi
 
 from party_node.secure import seal_io
-from party_node.secure.background import Background
 from party_node.secure.context import PeerKeys
 from party_node.secure.plans import DiagPlan, GramPlan
 from party_node.secure.shares import secure_normal, secure_uniform
@@ -65,11 +64,9 @@ def diag_products(
     a_mat: np.ndarray,
     scale: float,
     dither: float,
-    helper: Background | None = None,
 ) -> list[Any]:
     """A·B for every chunk of A's rows, folded. `baby[(tile, h)]` is B's tile rotated by a·h
-    (the owner's encryption of it, both shares added in); A's diagonals are dithered. With a
-    `helper` thread, every other giant step runs there (SEAL releases the GIL)."""
+    (the owner's encryption of it, both shares added in); A's diagonals are dithered."""
     ev = peer.engine.evaluator
     used = plan.output_slots()
     results = []
@@ -78,16 +75,9 @@ def diag_products(
             [dithered(d, used, dither) for d in plan.diagonals(a_mat, chunk, tile)]
             for tile in range(plan.tiles)
         ]
-        steps = range(plan.n2)
-        elsewhere = [
-            helper.submit(_giant_step, peer, plan, baby, diagonals, scale, gs)
-            for gs in (steps[1::2] if helper is not None else [])
-        ]
         acc = None
-        for gs in steps[::2] if helper is not None else steps:
+        for gs in range(plan.n2):
             acc = _accumulate(peer, acc, _giant_step(peer, plan, baby, diagonals, scale, gs))
-        for part in elsewhere:
-            acc = _accumulate(peer, acc, part.result())
         for step in plan.fold_steps():
             ev.add_inplace(acc, peer.rotate(acc, step))
         results.append(acc)

@@ -96,6 +96,11 @@ class CollaboratorShare:
         self.buf = self.momentum * self.buf + masked_grad
         self.v -= self.lr * self.buf
 
+    def ahead(self) -> np.ndarray:
+        """The part of the next V known before the next masked gradient: V - η·μ·buf (the
+        step then subtracts η·Y)."""
+        return self.v - self.lr * self.momentum * self.buf
+
 
 class HostShare:
     """U, its momentum buffer and its re-sharing path; produces the gradient mask M."""

@@ -138,10 +138,6 @@ class SecureHostRole(SecureExchange, HostRole):
             with protocol_errors(peer, f"the forward pass of batch {b}"):
                 leaves[peer.node_id] = self.layers[peer.node_id].forward(msg)
             leaves[peer.node_id].requires_grad_(True)
-        for peer in self.collaborators:  # loaded while train_a_batch runs
-            enc_x = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
-            with protocol_errors(peer, f"the forward pass of batch {b}"):
-                self.layers[peer.node_id].take_enc_x(enc_x)
         return leaves
 
     def zero_grad(self) -> None:
@@ -164,8 +160,8 @@ class SecureHostRole(SecureExchange, HostRole):
 
     def backward_collaborators(self, round_no: int, b: int, leaves: dict) -> None:
         """Enc_C(λδ·Wᵀ) with the next Enc_H(U) to every collaborator first (they
-        backpropagate and start their next product while we finish the weight gradients on the
-        other core), then Enc_C(λ(Xᵀδ + M))."""
+        backpropagate and start their next product while we compute the weight gradients),
+        then Enc_C(λ(Xᵀδ + M))."""
         where = f"the backward pass of batch {b}"
         for peer in self.collaborators:
             leaf = leaves[peer.node_id]
@@ -175,8 +171,9 @@ class SecureHostRole(SecureExchange, HostRole):
                 msg = self.layers[peer.node_id].backward(delta.detach())
             self.reply(peer, kinds.KIND_BWD_GRAD, round_no, b, msg)
         for peer in self.collaborators:
+            enc_x = self.receive(peer, kinds.KIND_ENC_X, round_no, b)
             with protocol_errors(peer, where):
-                out = self.layers[peer.node_id].weight_gradient()
+                out = self.layers[peer.node_id].weight_gradient(enc_x)
             self.reply(peer, kinds.KIND_BWD_WEIGHT, round_no, b, out)
 
     # ---- evaluation -----------------------------------------------------------------------
