@@ -14,8 +14,10 @@ Last stdout line: {"bench": "plain_vs_centralized", "ratio": median of the repet
 ratios, "federated_epoch_s" / "centralized_epoch_s": medians, "centralized_by_threads":
 {threads: median seconds}, "leak_metric_s": median seconds the host's label-leak metric took
 for the fastest federated round (scored beside training, not inside the round),
-"load_average": [1, 5, 15 min] at the start, "repetitions": [{each one's figures and the
-load average when it started}]}"""
+"fastest_ratio": the fastest federated epoch of all repetitions over the fastest centralized
+one (under load, the two least disturbed measurements: the median ratio swings with whichever
+side another process slowed), "load_average": [1, 5, 15 min] at the start, "repetitions":
+[{each one's figures and the load average when it started}]}"""
 
 from __future__ import annotations
 
@@ -129,6 +131,10 @@ def summary(reps: list[dict[str, Any]], load: list[float]) -> dict[str, Any]:
             n: round(median(r["centralized_by_threads"][n] for r in reps), 3) for n in threads
         },
         "leak_metric_s": mid("leak_metric_s"),
+        "fastest_ratio": round(
+            min(r["federated_epoch_s"] for r in reps) / min(r["centralized_epoch_s"] for r in reps),
+            3,
+        ),
         "load_average": load,
         "repetitions": reps,
     }
