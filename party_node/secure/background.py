@@ -1,12 +1,11 @@
-"""Data-independent HE work done ahead, on one worker thread per layer side.
-
-SEAL releases the GIL, so this runs on the machine's other core while the party waits for its
-peer: the noise that finishes every result (a public-key encryption of zero with the Gaussian
-flood added), and whatever a party knows before the next batch (its next share, encoded and
-encrypted). Results are taken in submission order; `NoisePool.take` computes inline when the
-pool ran dry, so nothing ever waits on an empty queue. TenSEAL's SEAL calls hold the GIL, so
-work submitted here slows whatever the party's main thread does at the same time: the layers
-submit it (`NoisePool.refill`, their next share) just before they wait for their peer.
+"""Data-independent HE work done ahead, on one worker thread per layer side, while the party
+waits for its peer: the noise that finishes every result (a public-key encryption of zero with
+the Gaussian flood added), and whatever a party knows before the next batch (its next share,
+encoded and encrypted). TenSEAL's SEAL calls hold the GIL, so work running here takes turns
+with the party's main thread rather than using the other core: the layers submit it
+(`NoisePool.refill`, their next share) just before they wait for their peer. Results are taken
+in submission order; `NoisePool.take` computes inline when the pool ran dry, so nothing ever
+waits on an empty queue.
 """
 
 from __future__ import annotations
