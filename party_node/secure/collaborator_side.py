@@ -117,13 +117,9 @@ class SecureCollaboratorLayer(ShareLayer):
         self.share = CollaboratorShare(v0, self.lr, self.momentum)
         return out
 
-    def share_names(self) -> dict[tuple[int, int], str]:
-        plan = self.geo.fwd
-        return {(t, h): f"u/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
-
     def set_host_share(self, msg: Message, step: str = KIND_SHARE) -> None:
         """Keep the host's Enc_H(U) (its baby-step copies) for the next forward passes."""
-        names = self.share_names()
+        names = self.u_names()
         if step == KIND_SHARE:
             checks.expect_names(msg, names.values(), step)
         missing = [n for n in names.values() if n not in msg]
@@ -149,18 +145,17 @@ class SecureCollaboratorLayer(ShareLayer):
         plaintext part, or fresh encryptions when nothing was made ahead."""
         share, scale = self._require_share(), self.params.share_scale
         ahead, self._v_ahead = self._v_ahead, None
+        names = self.v_names()
         if ahead is None:
-            message = {
-                f"v/{t}/{h}": self.own.encrypt_bytes(baby, scale)
-                for (t, h), baby in self._v_babies(share.v).items()
+            return {
+                names[key]: self.own.encrypt_bytes(baby, scale)
+                for key, baby in self._v_babies(share.v).items()
             }
-        else:
-            base, cts = ahead.result()
-            message = {}
-            for (t, h), baby in self._v_babies(share.v - base).items():
-                ct = products.add_plain(self.own, cts[(t, h)], baby, scale)
-                message[f"v/{t}/{h}"] = seal_io.save_bytes(ct)
-        return message
+        base, cts = ahead.result()
+        return {
+            names[key]: seal_io.save_bytes(products.add_plain(self.own, cts[key], baby, scale))
+            for key, baby in self._v_babies(share.v - base).items()
+        }
 
     def _encrypt_ahead(self, base: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
         scale = self.params.share_scale
@@ -250,7 +245,7 @@ class SecureCollaboratorLayer(ShareLayer):
         x = self._require_x(KIND_BWD_GRAD)
         rows = x.shape[0]
         names = self.names("dx", self.geo.bwd.chunks(rows))
-        checks.expect_names(msg, ["rows", *names, *self.share_names().values()], KIND_BWD_GRAD)
+        checks.expect_names(msg, ["rows", *names, *self.u_names().values()], KIND_BWD_GRAD)
         if checks.rows_of(msg, KIND_BWD_GRAD) != rows:
             raise SecureProtocolError(f"{KIND_BWD_GRAD}: row count differs from the forward pass")
         vecs = self.decrypt(msg, names, KIND_BWD_GRAD, self.share_result_scale)

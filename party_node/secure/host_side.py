@@ -128,10 +128,10 @@ class SecureHostLayer(ShareLayer):
         return self._encrypt_share(self._require_share().u)
 
     def _encrypt_share(self, u: np.ndarray) -> Message:
-        plan, out = self.geo.fwd, {}
+        plan, names, out = self.geo.fwd, self.u_names(), {}
         for tile, vec in enumerate(plan.pack_b(u)):
             for h, baby in enumerate(plan.babies(vec)):
-                out[f"u/{tile}/{h}"] = self.own.encrypt_bytes(baby, self.params.share_scale)
+                out[names[(tile, h)]] = self.own.encrypt_bytes(baby, self.params.share_scale)
         return out
 
     # ---- work made ahead --------------------------------------------------------------------
@@ -175,7 +175,7 @@ class SecureHostLayer(ShareLayer):
         step = KIND_FWD if train else KIND_TEST_FWD
         rows = self.check_rows(msg, step)
         z_names = self.names("z", self.geo.fwd.chunks(rows))
-        v_names = list(self._v_names().values()) if train else []
+        v_names = list(self.v_names().values()) if train else []
         checks.expect_names(msg, ["rows", *z_names, *v_names], step)
         vecs = self.decrypt(msg, z_names, step, self.share_result_scale)
         z = np.concatenate([self.geo.fwd.unpack(v, rows, i) for i, v in enumerate(vecs)])
@@ -184,10 +184,6 @@ class SecureHostLayer(ShareLayer):
         self._rows = rows if train else None
         self._v_blobs = {name: msg[name] for name in v_names} if train else None
         return torch.from_numpy(z).to(self.dtype)
-
-    def _v_names(self) -> dict[tuple[int, int], str]:
-        bwd = self.geo.bwd
-        return {(t, h): f"v/{t}/{h}" for t in range(bwd.tiles) for h in range(bwd.n1)}
 
     # ---- backward ---------------------------------------------------------------------------
     def backward(self, delta: torch.Tensor) -> Message:
@@ -209,7 +205,7 @@ class SecureHostLayer(ShareLayer):
         )
         self._delta = d * self.params.lam
         prepared, p, engine = self._require_prepared(), self.params, self.peer.engine
-        names = self._v_names()
+        names = self.v_names()
         cts = self.load(engine, self._v_blobs, list(names.values()), KIND_FWD, 2, p.share_scale)
         w_cts = {}  # Enc_C(Vᵀ) + Uᵀ = Enc_C(Wᵀ), per baby copy
         for key, ct in zip(names, cts, strict=True):

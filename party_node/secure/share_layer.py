@@ -86,6 +86,16 @@ class ShareLayer:
             out.append(vec)
         return out
 
+    def u_names(self) -> dict[tuple[int, int], str]:
+        """Entry names of Enc_H(U)'s baby-step copies (forward packing), by (tile, copy)."""
+        plan = self.geo.fwd
+        return {(t, h): f"u/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
+
+    def v_names(self) -> dict[tuple[int, int], str]:
+        """Entry names of Enc_C(Vᵀ)'s baby-step copies (backward packing), by (tile, copy)."""
+        plan = self.geo.bwd
+        return {(t, h): f"v/{t}/{h}" for t in range(plan.tiles) for h in range(plan.n1)}
+
     @staticmethod
     def rows_entry(rows: int) -> Message:
         return {"rows": torch.tensor(rows, dtype=torch.int64)}
