@@ -238,14 +238,19 @@ def _iter(messages: list) -> Iterator:
     yield from messages
 
 
-def _failing_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resumed: bool) -> EngineRun:
-    """An engine run whose worker (a stand-in script) fails the way spu did when it could not
-    continue a crashed attempt's buckets."""
+_RESUME_FAILURE = (
+    "import sys\nprint('{\"error\": \"duplicated read_cnt in result: 0\"}')\nsys.exit(1)\n"
+)
+
+
+def _failing_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resumed: bool, script: str = _RESUME_FAILURE
+) -> EngineRun:
+    """An engine run whose worker is a stand-in script: by default one that fails the way spu
+    did when it could not continue a crashed attempt's buckets."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     worker = tmp_path / "worker.py"
-    worker.write_text(
-        "import sys\nprint('{\"error\": \"duplicated read_cnt in result: 0\"}')\nsys.exit(1)\n"
-    )
+    worker.write_text(script)
     monkeypatch.setattr("party_node.psi.engine._WORKER", worker)
     folder = tmp_path / "run"
     if resumed:
@@ -273,3 +278,19 @@ def test_a_resumed_run_that_fails_drops_its_checkpoint(tmp_path, monkeypatch) ->
     with pytest.raises(PsiError) as failed:
         fresh.wait(20.0)
     assert "afresh" not in str(failed.value)
+
+
+def test_a_finished_run_survives_a_crash_in_the_links_teardown(tmp_path, monkeypatch) -> None:
+    """spu once exited 255 ('SendThread error bad_weak_ptr') after its peer's end closed
+    first; the worker had printed its result, so the run is finished, not failed."""
+    finished = (
+        "import os\nprint('{\"intersection\": 1, \"seconds\": 0.1}', flush=True)\n"
+        "os._exit(255)\n"
+    )
+    run = _failing_run(tmp_path, monkeypatch, resumed=False, script=finished)
+    assert run.wait(20.0)["intersection"] == 1
+    # the same exit status before any result is still a failure that says so
+    crashed = "import os\nos._exit(255)\n"
+    early = _failing_run(tmp_path / "early", monkeypatch, resumed=False, script=crashed)
+    with pytest.raises(PsiError, match="exit status 255"):
+        early.wait(20.0)

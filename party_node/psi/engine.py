@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shutil
 import socket
@@ -30,6 +31,8 @@ from cryptography.x509.oid import NameOID
 
 from party_node.psi.engine_files import EngineInput, read_rows
 from party_node.psi.frames import PsiError
+
+_log = logging.getLogger("heteronn.psi")
 
 #: Which of spu's protocols a run uses; both parties must name the same one.
 PROTOCOLS = ("rr22", "ecdh")
@@ -264,11 +267,19 @@ class EngineRun:
         finally:
             self._identity.discard()
         result = self._result()
-        if process.returncode != 0 or "error" in result:
+        # The worker prints its result only once spu has written the intersection; an exit
+        # status after that is the link's teardown (spu: 'SendThread error bad_weak_ptr' when
+        # the peer's end closed first) and does not undo a finished run.
+        if "intersection" not in result or "error" in result:
             reason = result.get("error") or (
                 f"exit status {process.returncode}: {self._log_tail()}"
             )
             raise PsiError(f"the PSI engine (spu) failed: {reason}{self._discard_if_resumed()}")
+        if process.returncode != 0:
+            _log.warning(
+                "the PSI engine exited with status %s after its run finished; result kept",
+                process.returncode,
+            )
         self._done.write_text(json.dumps(result))
         return result
 

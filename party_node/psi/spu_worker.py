@@ -109,10 +109,14 @@ def run(config: dict) -> dict:
         checkpoint_conf=libpsi.CheckpointConfig(enable=bool(checkpoint), path=checkpoint),
     )
     report = libpsi.psi_execute(execute, lctx)
-    return {
+    result = {
         "intersection": int(report.intersection_count),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    # Out before anything is torn down: the engine keeps a printed result even if the link's
+    # teardown then fails (spu: 'SendThread error bad_weak_ptr', exit status 255).
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def main() -> int:
@@ -122,12 +126,11 @@ def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as handle:
         config = json.load(handle)
     try:
-        result = run(config)
+        run(config)  # prints its result as soon as spu is done
     except Exception as exc:  # spu raises RuntimeError with its C++ message
         text = " ".join(str(exc).split())
         print(json.dumps({"error": f"{type(exc).__name__}: {text[:2000]}"}), flush=True)
         return 1
-    print(json.dumps(result), flush=True)
     return 0
 
 
