@@ -74,6 +74,7 @@ def run_node(scheduler: Any, settings: NodeSettings) -> dict[str, Any]:
         max_call_s=settings.max_call_s,
         psi_engine=psi_engine_options(settings, advertise),
         psi_multiparty=settings.psi_engine == "multiparty",
+        handler=handler,
     )
     run = RunSettings(
         node_id=settings.node_id,

@@ -107,7 +107,9 @@ def test_marked_peers_flag_only_the_chosen_batch():
     sent: list[Message] = []
 
     class Peers:
-        def send(self, peer: str, message: Message, wait: bool = False) -> None:
+        def send(
+            self, peer: str, message: Message, wait: bool = False, reply: str = ""
+        ) -> None:
             sent.append(message)
 
     marked = MarkedPeers(Peers(), lambda: (2, 5))  # type: ignore[arg-type]

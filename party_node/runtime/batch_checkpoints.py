@@ -93,10 +93,10 @@ class MarkedPeers:
         self._peers = peers
         self._due = due
 
-    def send(self, peer: str, message: Message, wait: bool = False) -> None:
+    def send(self, peer: str, message: Message, wait: bool = False, reply: str = "") -> None:
         if not message.end_of_stream and self._due() == (message.round, message.batch):
             message.checkpoint = True
-        self._peers.send(peer, message, wait)
+        self._peers.send(peer, message, wait, reply)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._peers, name)

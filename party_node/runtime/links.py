@@ -97,10 +97,12 @@ class PeerLink(Protocol):
     """The other parties, as the runtime sees them."""
 
     def connect(self, participants: Sequence[Participant]) -> None: ...
-    def send(self, peer: str, message: Message, wait: bool = False) -> None:
+    def send(self, peer: str, message: Message, wait: bool = False, reply: str = "") -> None:
         """Deliver after everything sent to `peer` before (see `set_window`). `wait`: return
         once the peer has it, whatever the window (a sender with nothing else to do meanwhile
-        saves the per-call machinery of a posted send)."""
+        saves the per-call machinery of a posted send). `reply`: the kind of the peer's
+        answer to this message, which the send may bring back with it (exact mode: one call
+        per batch); `receive` returns it either way."""
 
     def set_window(self, messages: int) -> None:
         """Let up to `messages` sends per peer be on their way at once; 0 (the default):

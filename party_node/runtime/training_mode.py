@@ -66,9 +66,10 @@ class TrainingMode(BaseModel):
         """Messages per peer the transport may have in flight: a send returns once its call
         has started, not when the peer's acknowledgement is back (ordered delivery by
         `Header.seq`; a failed delivery fails a later send, receive or flush). Exact mode
-        too, for what the training thread sends outside a batch's exchange; the batch's
-        features and gradients go with `wait=True` from threads that have nothing else to
-        do meanwhile (roles: collaborator.send_batch, host.EarlyGradients). Twice the depth,
+        too, for what the training thread sends outside a batch's exchange; there a batch's
+        gradient goes back on the call that brought its features, which the collaborator
+        makes with `wait=True` (roles: collaborator.send_batch, host.EarlyGradients). Twice
+        the depth,
         so the host's gradients, acknowledged a round trip after they leave, never hold the
         pipeline back."""
         return 2 * self.depth

@@ -27,6 +27,7 @@ from party_node.errors import (
 )
 from party_node.runtime.links import Participant
 from party_node.transport.node_state import NodeState
+from party_node.transport.replies import REPLY_KINDS
 from party_node.transport.serde import message_from_payload
 from wire import limits
 from wire.limits import shown
@@ -60,6 +61,9 @@ class Limits:
     ready_wait_s: float = 10.0
     #: How long the host's Psi call waits for this collaborator's load_local_ids().
     psi_wait_s: float = 60.0
+    #: How long a collaborator's call that asked for the batch's gradient waits for it here
+    #: (exact mode); a later gradient travels by its own GradientReturn call.
+    reply_wait_s: float = 2.0
 
     def payload_limit(self, kind: str) -> int:
         return self.max_payload_bytes_by_kind.get(kind, self.max_payload_bytes)
@@ -78,6 +82,8 @@ class Opening:
     time_remaining: float | None = None
     #: True once the caller has gone (cancelled, deadline passed, connection lost).
     caller_gone: Callable[[], bool] = lambda: False
+    #: The kind of answer the caller waits for on this call (FeatureExchangeOne only).
+    reply_kind: str = ""
 
 
 class PeerMessageHandler:
@@ -119,6 +125,12 @@ class PeerMessageHandler:
         if not st.wait_ready(min(self.limits.ready_wait_s, opening.time_remaining or 0)):
             raise NotReady(f"node '{st.node_id}' has not joined task '{st.task_id}' yet; retry")
         peer = check_sender(st, h.sender, opening.identities, SENDER[rpc], rpc)
+        if opening.reply_kind and REPLY_KINDS.get(h.kind) != opening.reply_kind:
+            answers = ", ".join(f"{v!r} to {k!r}" for k, v in REPLY_KINDS.items())
+            raise BadMessage(
+                f"{rpc} from '{h.sender}' waits for {shown(opening.reply_kind)} in answer to "
+                f"{shown(h.kind)}; a call may wait only for {answers}"
+            )
         if opening.total_bytes <= 0:
             raise BadMessage(
                 f"{rpc} from '{h.sender}' announced total_bytes={opening.total_bytes}; the first "
@@ -184,38 +196,96 @@ class PeerMessageHandler:
         return st.psi_session
 
     # ---- the body -----------------------------------------------------------------------------
-    def accept(self, opening: Opening, peer: Participant, body: bytes) -> None:
-        """Parse and check the body the header announced; queue the message for the runtime."""
+    def accept(self, opening: Opening, peer: Participant, body: bytes) -> bytes | None:
+        """Parse and check the body the header announced; queue the message for the runtime.
+        With `opening.reply_kind`, wait (bounded) for the runtime's answer and return it
+        serialized, or None if it did not come in time (it then travels by its own call)."""
+        started = time.monotonic()
         h = opening.header
         if len(body) != opening.total_bytes:
             raise BadMessage(
                 f"{peer.role} '{h.sender}' announced {opening.total_bytes} bytes for {h.kind} "
                 f"but sent {len(body)}"
             )
-        payload = common_pb2.Payload()
-        try:
-            payload.ParseFromString(body)
-        except Exception:  # protobuf's DecodeError, and its C implementation's RuntimeError
-            raise BadMessage(
-                f"{peer.role} '{h.sender}' sent {h.kind} that is not a valid Payload"
-            ) from None
+        payload = self._parse(peer, h.sender, h.kind, body)
         if payload.header != h:
             raise BadMessage(
                 f"{peer.role} '{h.sender}' sent a Payload whose header differs from its first "
                 "chunk's header"
             )
+        message = self._decode(peer, payload)
+        slot = None
+        if opening.reply_kind:
+            slot = self.state.replies.expect(h.sender, opening.reply_kind, h.round, h.batch)
+            if slot is None:
+                raise TooLarge(
+                    f"{peer.role} '{h.sender}' already has a call waiting for an answer here; "
+                    "one at a time"
+                )
+        # Wait for room (backpressure) but answer before the caller's deadline, so it hears
+        # RESOURCE_EXHAUSTED with the reason rather than DEADLINE_EXCEEDED.
+        remaining = opening.time_remaining or 0.0
+        margin = min(1.0, remaining / 2)
         try:
-            message = message_from_payload(payload)
+            self.state.inbox.put(
+                h.sender, message, h.seq, len(body), remaining - margin, opening.caller_gone
+            )
+        except BaseException:
+            if slot is not None:
+                self.state.replies.wait(slot, 0.0, lambda: True)  # withdraw it
+            raise
+        if slot is None:
+            return None
+        left = remaining - margin - (time.monotonic() - started)
+        return self.state.replies.wait(
+            slot,
+            min(self.limits.reply_wait_s, max(0.0, left)),
+            lambda: opening.caller_gone() or self.state.abort.is_set(),
+        )
+
+    def admit_reply(self, sender: str, kind: str, round_no: int, batch: int, body: bytes) -> None:
+        """The answer `sender` gave on this node's own call (FeatureExchangeOne's `reply`):
+        the checks of a GradientReturn from it, then into the inbox like one."""
+        st = self.state
+        peer = st.participants[sender]
+        most = self.limits.payload_limit(kind)
+        if len(body) > most:
+            raise TooLarge(
+                f"{peer.role} '{sender}' answered with {len(body)} bytes of {kind}; this node "
+                f"accepts at most {most} per message"
+            )
+        payload = self._parse(peer, sender, kind, body)
+        h = payload.header
+        got = (h.task_id, h.sender, h.kind, h.round, h.batch)
+        if got != (st.task_id, sender, kind, round_no, batch):
+            raise BadMessage(
+                f"{peer.role} '{sender}' answered batch {batch} of round {round_no} with "
+                f"{shown(h.kind)} of round {h.round} batch {h.batch} from {shown(h.sender)} of "
+                f"task {shown(h.task_id)}; expected {kind} of that batch"
+            )
+        st.inbox.put(sender, self._decode(peer, payload), h.seq, len(body))
+
+    @staticmethod
+    def _parse(peer: Participant, sender: str, kind: str, body: bytes) -> common_pb2.Payload:
+        payload = common_pb2.Payload()
+        try:
+            payload.ParseFromString(body)
+        except Exception:  # protobuf's DecodeError, and its C implementation's RuntimeError
+            raise BadMessage(
+                f"{peer.role} '{sender}' sent {shown(kind)} that is not a valid Payload"
+            ) from None
+        return payload
+
+    @staticmethod
+    def _decode(peer: Participant, payload: common_pb2.Payload) -> Any:
+        h = payload.header
+        try:
+            return message_from_payload(payload)
         except TensorDecodeError as exc:
             raise BadMessage(
                 f"{peer.role} '{h.sender}' sent a bad tensor in {h.kind} (round {h.round} "
                 f"batch {h.batch}): {exc}"
             ) from None
-        # Wait for room (backpressure) but answer before the caller's deadline, so it hears
-        # RESOURCE_EXHAUSTED with the reason rather than DEADLINE_EXCEEDED.
-        remaining = opening.time_remaining or 0.0
-        wait = remaining - min(1.0, remaining / 2)
-        self.state.inbox.put(h.sender, message, h.seq, len(body), wait, opening.caller_gone)
 
 
 def check_sender(

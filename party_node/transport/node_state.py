@@ -10,6 +10,7 @@ from typing import Any
 
 from party_node.runtime.links import AbortSignal, Participant
 from party_node.transport.inbox import Inbox
+from party_node.transport.replies import Replies
 from wire import limits
 
 
@@ -23,6 +24,8 @@ class NodeState:
     #: Bytes of one sender's messages the runtime has not taken yet (see Inbox).
     max_queued_bytes_per_sender: int = limits.MAX_QUEUED_BYTES_PER_SENDER
     inbox: Inbox = field(init=False)
+    #: Peers' calls waiting for this node's answer to their message (exact-mode training).
+    replies: Replies = field(default_factory=Replies)
     participants: dict[str, Participant] = field(default_factory=dict)
     #: The runtime's phase ("PSI", "TRAIN", ...; empty before it has joined) and round.
     phase: str = ""

@@ -12,13 +12,14 @@ from typing import Any
 import grpc
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
-from party_node.errors import TaskFailed
+from party_node.errors import NodeError, TaskFailed
 from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
 from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
 from party_node.psi.engine_session import EngineCollaboratorSession
 from party_node.psi.multiparty_rpc import run_host_multiparty_psi
 from party_node.psi.multiparty_session import MultipartyCollaboratorSession
 from party_node.runtime.links import Message, Participant
+from party_node.transport.handler import PeerMessageHandler
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
 from wire import limits
@@ -50,10 +51,14 @@ class GrpcPeers:
         max_call_s: float = limits.MAX_CALL_S,
         psi_engine: EngineOptions | None = None,
         psi_multiparty: bool = False,
+        handler: PeerMessageHandler | None = None,
     ):
         """`psi_engine`: run PSI through the engine (spu) with these options; None runs
         the in-process ECDH protocol. `psi_multiparty`: with two or more collaborators, the
-        multi-party protocol instead (the host learns only the final intersection)."""
+        multi-party protocol instead (the host learns only the final intersection).
+        `handler`: this node's own, which checks the answers peers give on this node's calls
+        (without it, no send waits for an answer: every answer comes by its own call)."""
+        self.handler = handler
         self.interceptors = list(interceptors)
         self.psi_engine = psi_engine
         self.psi_multiparty = psi_multiparty
@@ -102,13 +107,18 @@ class GrpcPeers:
     def set_window(self, messages: int) -> None:
         self.window = messages
 
-    def send(self, peer: str, message: Message, wait: bool = False) -> None:
+    def send(self, peer: str, message: Message, wait: bool = False, reply: str = "") -> None:
         """Deliver `message` to `peer`, after everything sent to it before. With a window
         (and not `wait`), return once the call has started (at most `window` unanswered per
         peer); a failed delivery is raised by a later send, receive or flush. Otherwise return
         once the peer has it: a blocking call runs on this thread, where a posted one starts a
         thread per call to complete it (grpc's channel spin thread, whenever no other call is
-        in flight: every message of exact mode; docs/performance.md)."""
+        in flight: every message of exact mode; docs/performance.md).
+
+        `reply`: the kind of `peer`'s answer to this message, which the call then waits for
+        (bounded by the peer) and puts in this node's inbox, checked as if it had come by its
+        own call; `receive` returns it next. If `peer` is waiting for this very message on
+        its own call, it goes back on that call (transport.replies)."""
         if self.state.abort.is_set():
             raise TaskFailed(self.state.abort.reason)
         stub, box = self.stubs[peer], self._outboxes[peer]
@@ -116,25 +126,45 @@ class GrpcPeers:
             self._settle(peer, box, wait=False)
             box.seq += 1
             payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
-            method, request = self._call_for(stub, payload)
-            if self.window == 0 or wait:
+            data = payload.SerializeToString()
+            one = len(data) <= CHUNK_BYTES
+            if one and self.state.replies.offer(
+                peer, message.kind, message.round, message.batch, data
+            ):
+                return
+            method, request = self._call_for(stub, payload, data)
+            if self.window == 0 or wait or reply:
+                asks = bool(reply) and one and self.handler is not None and self.role != "host"
+                if asks:
+                    request.reply_kind = reply
                 try:
                     # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
-                    method(request, timeout=self.send_timeout)
+                    response = method(request, timeout=self.send_timeout)
                 except grpc.RpcError as exc:
                     self._failed(peer, message.kind, exc)
+                if asks and response.reply:
+                    self._admit_reply(peer, reply, message, response.reply)
                 return
             while len(box.in_flight) >= self.window:
                 self._settle_one(peer, box.in_flight.popleft())
             box.in_flight.append((method.future(request, timeout=self.send_timeout), message.kind))
 
-    def _call_for(self, stub: Any, payload: common_pb2.Payload) -> tuple[Any, Any]:
-        """The RPC carrying `payload` to a peer of the other role, and its request: a Payload
-        that fits one chunk goes in one unary request (a gRPC stream per message costs a
-        client thread and a round of stream reads per call: docs/performance.md), a larger one
-        as a stream of chunks."""
+    def _admit_reply(self, peer: str, kind: str, message: Message, data: bytes) -> None:
+        assert self.handler is not None
+        try:
+            self.handler.admit_reply(peer, kind, message.round, message.batch, data)
+        except NodeError as exc:
+            raise TaskFailed(
+                f"the answer of {self.describe(peer)} to {message.kind} of batch "
+                f"{message.batch} was refused: {exc}"
+            ) from None
+
+    def _call_for(self, stub: Any, payload: common_pb2.Payload, data: bytes) -> tuple[Any, Any]:
+        """The RPC carrying `payload` (serialized: `data`) to a peer of the other role, and
+        its request: a Payload that fits one chunk goes in one unary request (a gRPC stream
+        per message costs a client thread and a round of stream reads per call:
+        docs/performance.md), a larger one as a stream of chunks."""
         host = self.role == "host"
-        data = payload.SerializeToString()
         if len(data) <= CHUNK_BYTES:
             if host:
                 one = party_node_pb2.GradientReturnOneRequest

@@ -63,19 +63,27 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         finally:
             self.handler.close(opening)
 
-    def _deliver_one(self, rpc: str, request: object, context: grpc.ServicerContext) -> None:
+    def _deliver_one(
+        self, rpc: str, request: object, context: grpc.ServicerContext, reply_kind: str = ""
+    ) -> bytes | None:
         """A Payload of one chunk in a single request (FeatureExchangeOne, GradientReturnOne):
-        the streamed call's checks, with the size announced by the data itself."""
+        the streamed call's checks, with the size announced by the data itself. Returns the
+        answer the caller waits for (`reply_kind`), if it came in time."""
         body = request.data  # type: ignore[attr-defined]
-        opening = self._opening(rpc, request.header, len(body), context)  # type: ignore[attr-defined]
+        opening = self._opening(rpc, request.header, len(body), context, reply_kind)  # type: ignore[attr-defined]
         peer = _call(context, lambda: self.handler.open(opening))
         try:
-            _call(context, lambda: self.handler.accept(opening, peer, body))
+            return _call(context, lambda: self.handler.accept(opening, peer, body))
         finally:
             self.handler.close(opening)
 
     def _opening(
-        self, rpc: str, header: common_pb2.Header, total: int, context: grpc.ServicerContext
+        self,
+        rpc: str,
+        header: common_pb2.Header,
+        total: int,
+        context: grpc.ServicerContext,
+        reply_kind: str = "",
     ) -> Opening:
         return Opening(
             rpc=rpc,
@@ -84,6 +92,7 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             identities=frozenset(tls_identities(context, self.trust)),
             time_remaining=context.time_remaining(),
             caller_gone=lambda: not context.is_active(),
+            reply_kind=reply_kind,
         )
 
     def FeatureExchange(self, request_iterator, context):
@@ -95,8 +104,8 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
         return party_node_pb2.GradientReturnResponse()
 
     def FeatureExchangeOne(self, request, context):
-        self._deliver_one("FeatureExchange", request, context)
-        return party_node_pb2.FeatureExchangeOneResponse()
+        reply = self._deliver_one("FeatureExchange", request, context, request.reply_kind)
+        return party_node_pb2.FeatureExchangeOneResponse(reply=reply or b"")
 
     def GradientReturnOne(self, request, context):
         self._deliver_one("GradientReturn", request, context)

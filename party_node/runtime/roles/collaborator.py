@@ -82,12 +82,15 @@ class CollaboratorRole(Role):
         return self.mode.depth
 
     def send_batch(self, round_no: int, b: int, features: torch.Tensor, what: str) -> None:
-        """Send batch b's features to the host. Exact mode waits for the acknowledgement: the
-        gradient it waits for next comes later anyway, and a blocking call costs no thread."""
+        """Send batch b's features to the host. Exact mode waits on the call for the batch's
+        gradient (the host answers on it: one call per batch, and no thread of its own to
+        wake here); a blocking call costs no thread either."""
+        exact = self.batch_depth == 1
         self.peers.send(
             self.host.node_id,
             Message(self.features_kind, round_no, b, tensors={"features": features.detach()}),
-            wait=self.batch_depth == 1,
+            wait=exact,
+            reply="train.gradient" if exact else "",
         )
 
     def receive_gradient(

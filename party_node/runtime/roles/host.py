@@ -3,9 +3,7 @@ collaborator the gradient of the loss w.r.t. its features, evaluate."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,12 +40,17 @@ class FeatureProjection(dict):
 
 class EarlyGradients:
     """Sends each collaborator its gradient the moment autograd computes it (a hook on its
-    feature leaf), while the host's backward continues through its own feature model: the
-    collaborator's backward overlaps the host's instead of following it."""
+    feature leaf, run on the thread doing the backward), while the host's backward continues
+    through its own feature model: the collaborator's backward overlaps the host's instead of
+    following it. In exact mode the collaborator's call for this batch is waiting here, so
+    the send only hands the serialized gradient to that call (transport.replies); pipelined
+    mode posts it. A thread of its own cost more in hand-offs and GIL waits than the send
+    does (docs/performance.md)."""
 
     def __init__(self, role: HostRole, round_no: int, batch: int, leaves: dict[str, torch.Tensor]):
         self.role, self.round_no, self.batch = role, round_no, batch
-        self.sent: dict[str, Future] = {}
+        #: What left for each collaborator (after the label defence).
+        self.sent: dict[str, torch.Tensor] = {}
         self.leaves = leaves
         for peer, leaf in leaves.items():
             leaf.register_hook(lambda grad, peer=peer: self._send(peer, grad))
@@ -58,27 +61,20 @@ class EarlyGradients:
                 f"train_a_batch backpropagated twice through the features of '{peer}' in one "
                 "batch; call loss.backward() once per batch"
             )
-        self.sent[peer] = self.role.sender.submit(
-            self._deliver, peer, grad.detach().clone(), self.role.batch_labels
-        )
-
-    def _deliver(self, peer: str, grad: torch.Tensor, labels: torch.Tensor) -> None:
-        # The label defence and the leak sample, off the autograd thread; the sample after
-        # the send (it is not on the collaborator's path).
-        grad = self.role.privacy.defend(grad, labels)
+        grad = self.role.privacy.defend(grad.detach().clone(), self.role.batch_labels)
         message = Message("train.gradient", self.round_no, self.batch, tensors={"gradient": grad})
-        # This thread has nothing else to do: waiting for the acknowledgement here keeps the
-        # host's training thread going and saves grpc's thread per posted call.
-        self.role.peers.send(peer, message, wait=True)
-        self.role.privacy.sample(peer, grad, labels)
+        # Pipelined mode posts it (the training thread must not wait out a round trip).
+        self.role.peers.send(peer, message, wait=self.role.mode.depth == 1)
+        self.sent[peer] = grad
 
     def finish(self) -> None:
-        """Zeros for a collaborator whose features the loss did not use; wait for delivery."""
+        """Zeros for a collaborator whose features the loss did not use; then sample what
+        left for the leak metric (not on any collaborator's path)."""
         for peer, leaf in self.leaves.items():
             if peer not in self.sent:
                 self._send(peer, torch.zeros_like(leaf))
-        for future in self.sent.values():
-            future.result()
+        for peer, grad in self.sent.items():
+            self.role.privacy.sample(peer, grad, self.role.batch_labels)
 
 
 class HostRole(Role):
@@ -98,11 +94,6 @@ class HostRole(Role):
         self.peers = MarkedPeers(self.peers, lambda: self.checkpoint_due)
         self.privacy = HostPrivacy(getattr(s, "label_defence", None))
         self.batch_labels = torch.empty(0)
-
-    @functools.cached_property
-    def sender(self) -> ThreadPoolExecutor:
-        """Delivers gradients off the autograd thread (one at a time, in order)."""
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradients")
 
     @property
     def collaborators(self) -> list[Participant]:
