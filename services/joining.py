@@ -201,3 +201,27 @@ def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:
 
 def names(nodes: list[str]) -> str:
     return ", ".join(f"'{n}'" for n in nodes)
+
+
+def recreate(old: Task, spec: TaskSpec) -> tuple[str, str]:
+    """What creating `spec` where task `old` exists does: ("same", "") for the running task
+    itself, ("retry", "") for a new attempt of an ended one (recover, same participants),
+    ("refuse", why) otherwise."""
+    tid = spec.task_id
+    if not old.phase.terminal:
+        differing = spec_differences(old.spec, spec)
+        if not differing:
+            return "same", ""
+        return "refuse", (
+            f"task '{tid}' already exists with another {', '.join(differing)} "
+            f"(participants {old.spec.participants}, phase {old.phase_label()}); use "
+            "another task id, or repeat the create with the same spec"
+        )
+    if not spec.recover or sorted(old.spec.participants) != sorted(spec.participants):
+        why = f": {old.reason}" if old.reason else ""
+        return "refuse", (
+            f"task '{tid}' already {old.phase.name}{why}; use another task id, or "
+            f"recover=true with the same participants {old.spec.participants} to resume "
+            "it from the newest checkpoint every party has"
+        )
+    return "retry", ""

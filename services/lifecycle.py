@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from services import joining, verdicts
+from services import joining, progress, verdicts
 from services.domain import (
     PHASE_ORDER,
     Command,
@@ -36,6 +36,7 @@ from services.errors import (
     WrongPhase,
 )
 from services.store import TaskStore
+from services.unconfirmed import UnconfirmedJoins
 from wire.limits import MAX_TIMEOUT_S, clip, one_line, shown
 
 log = logging.getLogger("heteronn.coordinator")
@@ -75,11 +76,8 @@ class Lifecycle:
         self.limits = limits or TaskLimits()
         self._lock = threading.RLock()
         self._tasks: dict[str, Task] = {}
-        #: Per waiting task, nodes whose join was recorded before this coordinator started and
-        #: that it has not heard from since: their process may have died with the old one (the
-        #: host's, in the two-notebook workflow), so they do not count as joined until they
-        #: heartbeat or join again; silent past their schedule_timeout, they are un-joined.
-        self._unconfirmed: dict[str, set[str]] = {}
+        #: Joins recorded before this coordinator started, not confirmed since.
+        self._unconfirmed = UnconfirmedJoins()
         now = clock()
         for task in store.load_all():
             self._tasks[task.task_id] = task
@@ -100,9 +98,7 @@ class Lifecycle:
                 raise ValueError(f"a stored timeout is outside 0..{MAX_TIMEOUT_S:g} s")
             task.restart_clocks(now)
             self._store.save(task)
-            if task.phase == Phase.WAITING_FOR_NODES:
-                joined = {n for n, p in task.participants.items() if p.joined}
-                self._unconfirmed[task.task_id] = joined
+            self._unconfirmed.restored(task)
         self._notify(task)
         self._publish(Command.of(task))
 
@@ -125,23 +121,11 @@ class Lifecycle:
                 self._enter(task, Phase.WAITING_FOR_NODES, 0)
                 self._tasks[tid] = task
                 return task.clone()
-            same = sorted(old.spec.participants) == sorted(spec.participants)
-            if not old.phase.terminal:
-                differing = joining.spec_differences(old.spec, spec)
-                if not differing:
-                    return old.clone()
-                raise TaskAlreadyExists(
-                    f"task '{tid}' already exists with another {', '.join(differing)} "
-                    f"(participants {old.spec.participants}, phase {old.phase_label()}); use "
-                    "another task id, or repeat the create with the same spec"
-                )
-            if not spec.recover or not same:
-                why = f": {old.reason}" if old.reason else ""
-                raise TaskAlreadyExists(
-                    f"task '{tid}' already {old.phase.name}{why}; use another task id, or "
-                    f"recover=true with the same participants {old.spec.participants} to resume "
-                    "it from the newest checkpoint every party has"
-                )
+            action, reason = joining.recreate(old, spec)
+            if action == "refuse":
+                raise TaskAlreadyExists(reason)
+            if action == "same":
+                return old.clone()
             return self._new_attempt(old, spec).clone()
 
     def get_task(self, task_id: str) -> Task:
@@ -201,7 +185,7 @@ class Lifecycle:
             joining.validate_join_request(task_id, node)
             if task.phase.terminal:
                 if not recover:
-                    raise WrongPhase(self._ended(task, f"node '{nid}' cannot join it"))
+                    raise WrongPhase(progress.ended(task, f"node '{nid}' cannot join it"))
                 log.info("task %s: node %s restarted with recover after %s", task_id, nid,
                          task.phase.name)
                 task = self._new_attempt(task, task.spec)
@@ -222,8 +206,8 @@ class Lifecycle:
             task.participants[nid] = node
             log.info("task %s: node %s joined as %s from %s (checkpoint round %d batch %d)",
                      task_id, nid, node.role.name, node.address, *node.position())
-            self._unconfirmed.get(task_id, set()).discard(nid)
-            if self._everyone_joined(task):
+            self._unconfirmed.confirm(task_id, nid)
+            if self._unconfirmed.everyone_joined(task):
                 self._all_joined(task)
             else:
                 task.deadline = task.waiting_deadline()
@@ -240,7 +224,8 @@ class Lifecycle:
                          task.task_id, rep.phase.name, rep.node_id)
                 return
             if task.phase.terminal:
-                raise WrongPhase(self._ended(task, f"the report of node '{rep.node_id}' is late"))
+                late = f"the report of node '{rep.node_id}' is late"
+                raise WrongPhase(progress.ended(task, late))
             if rep.error:  # even before it joined: a node that cannot start ends the task now
                 self._fail(task, "node_error", verdicts.name_node(rep))
                 return
@@ -253,7 +238,7 @@ class Lifecycle:
                 task.reports[rep.node_id] = rep
                 self._advance(task)
                 return
-            if _order(rep.phase, rep.round) < _order(task.phase, task.round):
+            if progress.order(rep.phase, rep.round) < progress.order(task.phase, task.round):
                 log.debug("task %s: stale %s round %d report from %s ignored",
                           task.task_id, rep.phase.name, rep.round, rep.node_id)
                 return
@@ -267,18 +252,16 @@ class Lifecycle:
             task = self._get(task_id)
             node = self._participant(task, node_id)
             if task.phase == Phase.FAILED:
-                raise WrongPhase(self._ended(task, "stop"))
+                raise WrongPhase(progress.ended(task, "stop"))
             if task.phase == Phase.FINISHED:
                 return
             if not node.joined:
                 raise WrongPhase(f"node '{node_id}' has not joined task '{task_id}'; join first")
             node.last_heartbeat = self._clock()
             self._store.save_heartbeat(task_id, node_id, node.last_heartbeat)
-            unconfirmed = self._unconfirmed.get(task_id, set())
-            if node_id in unconfirmed:
-                unconfirmed.discard(node_id)
-                if self._everyone_joined(task):
-                    self._all_joined(task)
+            confirmed = self._unconfirmed.confirm(task_id, node_id)
+            if confirmed and self._unconfirmed.everyone_joined(task):
+                self._all_joined(task)
 
     def check_watch(self, task_id: str, node_id: str) -> None:
         """A watcher must name a known task and (if it names itself) be a participant."""
@@ -305,28 +288,14 @@ class Lifecycle:
                 if verdict is not None:
                     self._fail(task, *verdict)
 
-    def _everyone_joined(self, task: Task) -> bool:
-        """Every participant joined, and in this coordinator's lifetime or heard from since."""
-        unconfirmed = self._unconfirmed.get(task.task_id, set())
-        return all(p.joined and n not in unconfirmed for n, p in task.participants.items())
-
     def _unjoin_silent(self, task: Task, now: float) -> None:
-        """A node that joined before this coordinator's restart and stayed silent for its
-        schedule_timeout since: its process is gone; it has to join again (a recover join of
-        its new process does), and the task waits for it instead of failing."""
-        unconfirmed = self._unconfirmed.get(task.task_id)
-        if not unconfirmed or task.phase != Phase.WAITING_FOR_NODES:
-            self._unconfirmed.pop(task.task_id, None)
-            return
-        sched, _, _ = task.effective_timeouts()
-        for nid in sorted(unconfirmed):
-            node = task.participants[nid]
-            if now - node.last_heartbeat > max(sched, self._min_liveness_s):
-                log.info("task %s: node %s joined before the coordinator restarted and has "
-                         "been silent since; it must join again", task.task_id, nid)
-                node.joined = False
-                unconfirmed.discard(nid)
-                self._commit(task, publish=False)
+        """Un-join the nodes restored from the store that stayed silent (UnconfirmedJoins):
+        a recover join of their new process joins them again."""
+        for nid in self._unconfirmed.silent(task, now, self._min_liveness_s):
+            log.info("task %s: node %s joined before the coordinator restarted and has "
+                     "been silent since; it must join again", task.task_id, nid)
+            task.participants[nid].joined = False
+            self._commit(task, publish=False)
 
     # --- transitions -----------------------------------------------------------------
 
@@ -346,45 +315,13 @@ class Lifecycle:
         self._enter(task, Phase.PSI, 0)
 
     def _advance(self, task: Task) -> None:
-        if any(p.node_id not in task.reports for p in task.participants.values()):
+        step = progress.after_reports(task)
+        if step is None:
             self._commit(task, publish=False)
-            return
-        host = task.host()
-        assert host is not None
-        hrep = task.reports[host.node_id]
-        if task.phase == Phase.PSI:
-            self._enter(task, Phase.SPLIT, 0)
-        elif task.phase == Phase.SPLIT:
-            mismatch = verdicts.split_mismatch(task, host.node_id)
-            if mismatch:
-                self._fail(task, "split_mismatch", mismatch)
-            elif task.resume_round and not task.resume_batch:
-                # Resuming at the end of round r: the host's SPLIT report says what that
-                # round's TRAIN report said, and whether its test is still to run.
-                self._after_round(task, task.resume_round, hrep)
-            else:
-                self._enter(task, Phase.TRAIN, task.resume_round + 1)
-        elif task.phase == Phase.TRAIN:
-            for nid, rep in task.reports.items():
-                task.participants[nid].checkpoint_round = rep.checkpoint_round or task.round
-                task.participants[nid].checkpoint_batch = 0
-            self._after_round(task, task.round, hrep)
-        elif task.phase == Phase.TEST:
-            task.metrics = dict(hrep.metrics)
-            if task.finish_after_test:
-                self._enter(task, Phase.FINISHED, task.round)
-            else:
-                self._enter(task, Phase.TRAIN, task.round + 1)
-
-    def _after_round(self, task: Task, round_: int, hrep: Report) -> None:
-        """Round `round_` is trained: its test if asked, then FINISHED or the next round."""
-        task.finish_after_test = hrep.finished
-        if hrep.test_requested:
-            self._enter(task, Phase.TEST, round_)
-        elif hrep.finished:
-            self._enter(task, Phase.FINISHED, round_)
+        elif step.failure is not None:
+            self._fail(task, *step.failure)
         else:
-            self._enter(task, Phase.TRAIN, round_ + 1)
+            self._enter(task, step.phase, step.round)
 
     def _restarted(self, task: Task, nid: str, recover: bool) -> Task:
         """Node `nid` joins a running task as a new process: its earlier process, and the
@@ -474,14 +411,3 @@ class Lifecycle:
                 "(or --participants of `heteronn task create`) or fix the node id"
             )
         return node
-
-    def _ended(self, task: Task, what: str) -> str:
-        if task.phase == Phase.FAILED:
-            return (f"task '{task.task_id}' FAILED: {task.reason}; {what}. To run it again, "
-                    "restart every party with recover=True")
-        return (f"task '{task.task_id}' already FINISHED; {what}. Use a new task id, or restart "
-                "every party with recover=True")
-
-
-def _order(phase: Phase, round_: int) -> tuple[int, int]:
-    return (round_, PHASE_ORDER.get(phase, 0))
