@@ -6,6 +6,7 @@ that send what a peer (or an attacker) would."""
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from party_node.settings import NodeSettings
 from party_node.transport.handler import PeerMessageHandler
 from party_node.transport.node_state import NodeState
 from party_node.transport.serde import message_to_payload
+from party_node.transport.servicer import PartyNodeServicer
 from wire.chunking import payload_to_chunks
 from wire.grpc_factory import Server, open_channel
 from wire.metrics import Metrics
@@ -37,6 +39,25 @@ RPC = {
     "FeatureExchange": party_node_pb2.FeatureExchangeRequest,
     "GradientReturn": party_node_pb2.GradientReturnRequest,
 }
+
+
+class CountingServicer(PartyNodeServicer):
+    """The real servicer, counting the calls of each data RPC it receives."""
+
+    DATA_RPCS = ("FeatureExchange", "FeatureExchangeOne", "GradientReturn", "GradientReturnOne")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.calls: Counter[str] = Counter()
+        for name in self.DATA_RPCS:
+            setattr(self, name, self._counted(name, getattr(self, name)))
+
+    def _counted(self, name: str, method: Any) -> Any:
+        def call(request: Any, context: Any) -> Any:
+            self.calls[name] += 1
+            return method(request, context)
+
+        return call
 
 
 def tls(certs: Path, name: str) -> TlsSettings:

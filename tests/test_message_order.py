@@ -6,7 +6,6 @@ cannot be delivered fails the sender promptly, naming the peer."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import pytest
 import torch
@@ -18,8 +17,9 @@ from party_node.transport.handler import PeerMessageHandler
 from party_node.transport.inbox import MAX_AHEAD, Inbox
 from party_node.transport.node_state import NodeState
 from party_node.transport.peers import GrpcPeers
-from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
+from party_node.transport.servicer import SERVICE_NAME
 from tests.harness import free_port
+from tests.node_rig import CountingServicer
 from wire.grpc_factory import start_server
 from wire.latency_proxy import LatencyProxy
 
@@ -47,22 +47,6 @@ def test_inbox_refuses_a_replayed_or_far_ahead_message():
     with pytest.raises(BadMessage, match=f"at most {MAX_AHEAD} messages may be in flight"):
         inbox.put("c1", msg(9), 2 + MAX_AHEAD)
     inbox.put("c2", msg(1), 1)  # every sender has its own numbering
-
-
-class CountingServicer(PartyNodeServicer):
-    """Counts the calls of each data RPC."""
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        self.calls: Counter[str] = Counter()
-
-    def FeatureExchange(self, request_iterator, context):
-        self.calls["FeatureExchange"] += 1
-        return super().FeatureExchange(request_iterator, context)
-
-    def FeatureExchangeOne(self, request, context):
-        self.calls["FeatureExchangeOne"] += 1
-        return super().FeatureExchangeOne(request, context)
 
 
 class Pair:

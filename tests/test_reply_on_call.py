@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 import grpc
 import pytest
@@ -22,26 +21,11 @@ from party_node.transport.node_state import NodeState
 from party_node.transport.peers import GrpcPeers
 from party_node.transport.replies import Replies
 from party_node.transport.serde import message_to_payload
-from party_node.transport.servicer import SERVICE_NAME, PartyNodeServicer
+from party_node.transport.servicer import SERVICE_NAME
+from tests.node_rig import CountingServicer
 from wire.grpc_factory import start_server
 
 PARTS = (Participant("h", "host", "h"), Participant("c1", "collaborator", "c1"))
-
-
-class CountingServicer(PartyNodeServicer):
-    """Counts the unary data calls a node receives."""
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        self.calls: Counter[str] = Counter()
-
-    def FeatureExchangeOne(self, request, context):
-        self.calls["FeatureExchangeOne"] += 1
-        return super().FeatureExchangeOne(request, context)
-
-    def GradientReturnOne(self, request, context):
-        self.calls["GradientReturnOne"] += 1
-        return super().GradientReturnOne(request, context)
 
 
 class Node:
