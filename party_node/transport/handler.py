@@ -220,7 +220,7 @@ class PeerMessageHandler:
             if slot is None:
                 raise TooLarge(
                     f"{peer.role} '{h.sender}' already has a call waiting for an answer here; "
-                    "one at a time"
+                    "one at a time: wait for that call's answer before sending the next batch"
                 )
         # Wait for room (backpressure) but answer before the caller's deadline, so it hears
         # RESOURCE_EXHAUSTED with the reason rather than DEADLINE_EXCEEDED.
