@@ -294,3 +294,59 @@ def test_a_finished_run_survives_a_crash_in_the_links_teardown(tmp_path, monkeyp
     early = _failing_run(tmp_path / "early", monkeypatch, resumed=False, script=crashed)
     with pytest.raises(PsiError, match="exit status 255"):
         early.wait(20.0)
+
+
+_COUNTED_FAILURE = (
+    "import json, sys\nconfig = json.load(open(sys.argv[1]))\n"
+    "with open(config['input'] + '.runs', 'a') as runs:\n    runs.write('run\\n')\n"
+    "print('{\"error\": \"duplicated read_cnt in result: 4\"}')\nsys.exit(1)\n"
+)
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_a_failed_resumed_run_restarts_afresh_once(tmp_path, monkeypatch, resumed) -> None:
+    """A stand-in for spu that always fails: a resumed run (checkpoints at both ends) is
+    run once more afresh, both workers together, and that fresh run's failure ends the PSI
+    naming spu's error; a run that did not resume is not retried."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(_COUNTED_FAILURE)
+    monkeypatch.setattr("party_node.psi.engine._WORKER", worker)
+    for end in ("h/with-c0", "c0/with-h"):
+        (tmp_path / end / "checkpoint").mkdir(parents=True)
+        if resumed:
+            (tmp_path / end / "checkpoint" / "checkpoint.json").write_text("{}")
+    with pytest.raises(PsiError) as failed:
+        run_engine_psi(tmp_path, ["a", "b"], [["b", "c"]], recover=True)
+    assert "the PSI engine (spu) failed: duplicated read_cnt in result: 4" in str(failed.value)
+    assert "afresh" not in str(failed.value)  # the last run was not a resumed one
+    runs = 2 if resumed else 1
+    for end in ("h", "c0"):
+        assert (tmp_path / end / "input.csv.runs").read_text().count("run") == runs, end
+
+
+def test_a_restart_the_collaborator_did_not_expect_is_refused(tmp_path: Path) -> None:
+    """`PsiLink.restart` only after this party's recovered run failed: a host cannot make a
+    collaborator run its engine twice otherwise."""
+    session = EngineCollaboratorSession(
+        ["a"], EngineOptions(engine="spu-rr22", folder=tmp_path), header("c"),
+        node_id="c", timeout=TIMEOUT,
+    )
+    offer = party_node_pb2.PsiRequest(
+        header=header("h")(),
+        step=party_node_pb2.PSI_STEP_LINK_OFFER,
+        total=1,
+        link=party_node_pb2.PsiLink(
+            engine="spu-rr22", address="127.0.0.1:1", certificate=session_certificate(tmp_path),
+            link_id="l", bucket_size=16, restart=True,
+        ),
+    )
+    with pytest.raises(PsiError, match="asked to restart a PSI engine run it may not restart"):
+        list(session.handle(_iter([offer])))
+    with pytest.raises(PsiError, match="PSI failed"):
+        session.wait_result(1.0)
+
+
+def session_certificate(tmp_path: Path) -> bytes:
+    return EngineRun(
+        tmp_path / "cert", EngineInput.write(tmp_path / "cert-in", ["z"]), "h", False
+    ).certificate

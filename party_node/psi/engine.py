@@ -49,6 +49,11 @@ class Cancellation(Protocol):
     def is_set(self) -> bool: ...
 
 
+class ResumeFailed(PsiError):
+    """A run continued from an interrupted attempt's checkpoint failed in spu: the parties
+    run it once more afresh (`engine_rpc.run_host_engine_psi`, `engine_session`)."""
+
+
 class EngineUnavailable(PsiError):
     """The PSI engine's interpreter is missing; the message says how to install it."""
 
@@ -274,7 +279,8 @@ class EngineRun:
             reason = result.get("error") or (
                 f"exit status {process.returncode}: {self._log_tail()}"
             )
-            raise PsiError(f"the PSI engine (spu) failed: {reason}{self._discard_if_resumed()}")
+            failed = ResumeFailed if self.resumed else PsiError
+            raise failed(f"the PSI engine (spu) failed: {reason}{self._discard_if_resumed()}")
         if process.returncode != 0:
             _log.warning(
                 "the PSI engine exited with status %s after its run finished; result kept",
@@ -284,10 +290,11 @@ class EngineRun:
         return result
 
     def _discard_if_resumed(self) -> str:
-        """spu sometimes cannot finish a run continued from a crashed attempt's buckets (seen
-        when both ends were killed at different points: 'duplicated read_cnt in result').
-        Keeping that checkpoint would fail every later recover the same way, so a resumed
-        run that fails drops it: the next attempt runs this PSI afresh."""
+        """spu sometimes cannot finish a run continued from a crashed attempt's buckets (the
+        host's checkpoint trailing the collaborator's: 'duplicated read_cnt in result').
+        A resumed run that fails drops its checkpoint: both parties then run it afresh in
+        the same PSI (`engine_rpc._with_one_restart`), or, if that cannot happen (the peer
+        is gone), the next recover does, instead of failing the same way forever."""
         if not self.resumed:
             return ""
         shutil.rmtree(self.checkpoint, ignore_errors=True)

@@ -8,11 +8,13 @@ the Psi RPC whose caller the node has already authenticated."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -23,6 +25,7 @@ from party_node.psi.engine import (
     BUCKET_SIZE,
     EngineRun,
     LinkEnd,
+    ResumeFailed,
     RunSpec,
     check_certificate,
     free_port,
@@ -48,6 +51,20 @@ _RETRY_FIRST_S = 0.2
 _RETRY_MAX_S = 2.0
 #: How long the host waits for a collaborator's ENGINE_DONE once its own worker is done.
 _DONE_WAIT_S = 60.0
+#: After a resumed run failed, how long each party waits for the other to begin the fresh
+#: run (the host's restart offer, the collaborator's answer to it).
+RESTART_WAIT_S = 60.0
+_log = logging.getLogger("heteronn.psi")
+
+
+def log_restart(where: str) -> None:
+    """Say that a resumed engine run failed and PSI starts again from scratch (no ids, no
+    names, no spu text: spu's messages may quote keys)."""
+    _log.warning(
+        "the PSI engine could not resume the interrupted run (it failed at %s); "
+        "PSI restarted from scratch",
+        where,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,23 +154,20 @@ def run_host_engine_psi(
     broadcast = len(stubs) == 1
     final: np.ndarray | None = None
     for name, stub in stubs.items():
-        run = EngineRun(options.folder / _folder_name(name), source, header.sender, options.recover)
-        try:
-            rows = _host_run(
-                run,
-                name,
-                stub,
-                header_factory,
-                options,
-                broadcast,
-                remaining,
-                cancel,
-                check_header,
-                (peer_hosts or {}).get(name),
-                peer_sizes,
-            )
-        finally:
-            run.close()
+        attempt = functools.partial(
+            _host_run,
+            name=name,
+            stub=stub,
+            header_factory=header_factory,
+            broadcast=broadcast,
+            remaining=remaining,
+            cancel=cancel,
+            check_header=check_header,
+            peer_host=(peer_hosts or {}).get(name),
+            peer_sizes=peer_sizes,
+        )
+        run_folder = options.folder / _folder_name(name)
+        rows = _with_one_restart(attempt, run_folder, source, header.sender, options)
         final = rows if final is None else np.intersect1d(final, rows, assume_unique=True)
     assert final is not None
     result = {ids[int(row)] for row in final}
@@ -162,6 +176,46 @@ def run_host_engine_psi(
         for name, stub in stubs.items():
             deliver_keys(stub, name, keys, header_factory, remaining(), _rpc_error)
     return result
+
+
+def _with_one_restart(
+    attempt: Callable[..., np.ndarray],
+    folder: Path,
+    source: EngineInput,
+    sender: str,
+    options: EngineOptions,
+) -> np.ndarray:
+    """One run with a collaborator; if it resumed an interrupted run and spu failed at either
+    end (`ResumeFailed`), one more run afresh, offered with `PsiLink.restart` (spu cannot
+    always continue two checkpoints that ended at different buckets)."""
+    run = EngineRun(folder, source, sender, options.recover)
+    try:
+        return attempt(run, options=options, restart=False)
+    except ResumeFailed as exc:
+        where = "the collaborator" if isinstance(exc, PeerResumeFailed) else "this party"
+    finally:
+        run.close()
+    log_restart(where)
+    fresh = replace(options, recover=False)
+    run = EngineRun(folder, source, sender, recover=False)
+    try:
+        return attempt(run, options=fresh, restart=True)
+    finally:
+        run.close()
+
+
+class PeerResumeFailed(ResumeFailed):
+    """The collaborator said its resumed run failed (PSI_STEP_ENGINE_RESUME_FAILED)."""
+
+
+def _peer_resume_failed(message: PsiResponse | None, recover: bool, peer: str) -> None:
+    """Raise if the collaborator's reply says its resumed run failed; only a recovered run
+    may say so."""
+    if message is None or message.step != party_node_pb2.PSI_STEP_ENGINE_RESUME_FAILED:
+        return
+    if not recover:
+        raise PsiError(f"{peer} said its resumed engine run failed, but this run was not resumed")
+    raise PeerResumeFailed(f"{peer}'s PSI engine could not resume the interrupted run")
 
 
 def _host_run(
@@ -176,6 +230,7 @@ def _host_run(
     check_header: HeaderCheck | None,
     peer_host: str | None,
     peer_sizes: dict[str, int] | None = None,
+    restart: bool = False,
 ) -> np.ndarray:
     peer = f"collaborator '{name}'"
     header = header_factory()
@@ -194,11 +249,14 @@ def _host_run(
             bucket_size=options.bucket_size,
             recover=options.recover,
             finished=options.recover and run.finished,
+            restart=restart,
         ),
     )
     delay = _RETRY_FIRST_S
+    # The collaborator is up when a run restarts: a dead one fails the handshake soon.
+    handshake_until = time.monotonic() + (RESTART_WAIT_S if restart else remaining())
     while True:
-        call = stub.Psi(iter([offer]), timeout=remaining(), wait_for_ready=True)
+        call = stub.Psi(iter([offer]), timeout=remaining(), wait_for_ready=not restart)
         replies = iter(call)
         try:
             accept = next(replies, None)
@@ -209,6 +267,7 @@ def _host_run(
                 isinstance(exc, grpc.Call)
                 and exc.code() == grpc.StatusCode.UNAVAILABLE
                 and remaining() > delay
+                and handshake_until > time.monotonic() + delay
                 and not (cancel is not None and cancel.is_set())
             )
             if not retry:
@@ -256,6 +315,8 @@ def _host_run(
                 if isinstance(exc, grpc.RpcError):
                     raise _rpc_error(peer, "engine run", exc)
                 raise exc
+            if done.done():  # its worker failed first: stop ours, restart both
+                _peer_resume_failed(done.result(), options.recover, peer)
 
         if not (empty or reuse):
             run.wait(remaining(), cancel, peer_failed)
@@ -265,6 +326,7 @@ def _host_run(
             raise PsiError(f"{peer} did not report the end of its engine run") from None
         except grpc.RpcError as exc:
             raise _rpc_error(peer, "engine run", exc) from None
+        _peer_resume_failed(message, options.recover, peer)
         if message is None or message.step != party_node_pb2.PSI_STEP_ENGINE_DONE:
             raise PsiError(f"{peer} ended the engine run without ENGINE_DONE")
         rows = np.zeros(0, dtype=np.int64) if empty else run.rows()

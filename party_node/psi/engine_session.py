@@ -5,16 +5,18 @@ collaborators). The host's side is `engine_rpc.py`."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 
 import grpc
 
 from heteronn.v1 import party_node_pb2
-from party_node.psi.engine import EngineRun, LinkEnd, RunSpec
+from party_node.psi.engine import EngineRun, LinkEnd, ResumeFailed, RunSpec
 from party_node.psi.engine_files import EngineInput
 from party_node.psi.engine_rpc import (
     ENGINES,
+    RESTART_WAIT_S,
     EngineOptions,
     HeaderCheck,
     HeaderFactory,
@@ -25,16 +27,28 @@ from party_node.psi.engine_rpc import (
     _check_address,
     _check_link,
     _folder_name,
+    log_restart,
 )
 from party_node.psi.frames import MAX_IDS, PsiError
 from party_node.psi.result_keys import accept_keys
 from party_node.psi.rpc import PsiCancelled, SessionState
 
 
+class _HostLeft(PsiError):
+    """The host ended the Psi call while this party's worker ran."""
+
+
 class EngineCollaboratorSession(SessionState):
     """A collaborator's PSI for one task through the engine. The node's servicer calls
     `handle` for each Psi call from the host; the task runtime blocks in `wait_result`.
-    The input file is written from construction on, so it is ready when the host calls."""
+    The input file is written from construction on, so it is ready when the host calls.
+
+    A recovered run that fails (spu at either end: this worker's ResumeFailed, or the host
+    ending the call) leaves the session `restartable` for RESTART_WAIT_S: the host's one
+    offer with `PsiLink.restart` then runs the PSI afresh; no offer in time fails the PSI."""
+
+    #: A call that ends in these states harms nothing (`restartable`: the host restarts).
+    closed_ok = ("exchanged", "done", "restartable")
 
     def __init__(
         self,
@@ -50,7 +64,7 @@ class EngineCollaboratorSession(SessionState):
     ) -> None:
         if isinstance(ids, str | bytes):
             raise TypeError("ids must be a sequence of str, not a single string")
-        super().__init__(peer)  # waiting -> running -> exchanged -> done | failed
+        super().__init__(peer)  # waiting -> running (-> restartable -> running) -> done | failed
         self._ids = ids
         self.options = options
         self._node_id = node_id
@@ -61,6 +75,9 @@ class EngineCollaboratorSession(SessionState):
         #: The host's set size, once its offer has arrived (PSI reveals it anyway).
         self.peer_size: int | None = None
         self._stop = threading.Event()
+        self._recovering = False  # the host's offer asked to resume an interrupted run
+        self._restarted = False
+        self._failed_here = False  # this party's resumed worker failed (not the host's)
         self._input: futures.Future[EngineInput] = futures.Future()
         threading.Thread(target=self._write_input, name="psi-input", daemon=True).start()
 
@@ -96,10 +113,14 @@ class EngineCollaboratorSession(SessionState):
             )
 
     def _run(self, offer: PsiMessage, context: grpc.ServicerContext | None) -> Iterator[PsiMessage]:
-        self._advance("waiting", "running", "a second PSI engine run for this task")
         link = _check_link(
             offer, party_node_pb2.PSI_STEP_LINK_OFFER, self.options.engine, self.peer
         )
+        if link.restart:
+            self._accept_restart(link.recover)
+        else:
+            self._advance("waiting", "running", "a second PSI engine run for this task")
+            self._recovering = link.recover
         address = _check_address(link.address, f"the {self.peer}", self._peer_host)
         if not 0 < link.bucket_size <= MAX_IDS:
             raise PsiError(f"the {self.peer} asked for engine buckets of {link.bucket_size} ids")
@@ -110,19 +131,25 @@ class EngineCollaboratorSession(SessionState):
             self._node_id,
             link.recover,
         )
+        failure: PsiError | None = None
         try:
             listen, advertise = self.options.bind()
-            yield PsiResponse(
-                header=self._header(),
-                step=party_node_pb2.PSI_STEP_LINK_ACCEPT,
-                total=source.count,
-                link=PsiLink(
-                    engine=self.options.engine,
-                    address=advertise,
-                    certificate=run.certificate,
-                    finished=link.recover and run.finished,
-                ),
-            )
+            try:
+                yield PsiResponse(
+                    header=self._header(),
+                    step=party_node_pb2.PSI_STEP_LINK_ACCEPT,
+                    total=source.count,
+                    link=PsiLink(
+                        engine=self.options.engine,
+                        address=advertise,
+                        certificate=run.certificate,
+                        finished=link.recover and run.finished,
+                    ),
+                )
+            except GeneratorExit:  # the host ended the call: its resumed run may have failed
+                if link.recover and not self._restarted:
+                    failure = _HostLeft(f"the {self.peer} ended the PSI call")
+                raise
             if not 0 <= offer.total <= MAX_IDS:
                 raise PsiError(f"the {self.peer} announced {offer.total} ids, out of range")
             self.peer_size = offer.total
@@ -145,30 +172,88 @@ class EngineCollaboratorSession(SessionState):
                         connect_timeout=self.options.connect_timeout,
                     )
                 )
-
-            def stopped() -> None:
-                if self._stop.is_set():
-                    raise PsiCancelled("PSI cancelled: the task is stopping")
-                if context is not None and not context.is_active():
-                    raise PsiError(f"the {self.peer} cancelled the PSI call")
-
             if empty or reuse:
-                result = {"intersection": 0}
+                result: dict = {"intersection": 0}
             else:
-                result = run.wait(self._timeout, check=stopped)
-            if not link.broadcast:  # before ENGINE_DONE: the host sends the keys right after
-                self._advance("running", "exchanged", "")
-            # ENGINE_DONE as soon as the worker ends; reading the rows (seconds at 10M ids)
-            # must not hold up the host, which bounds its wait for this message.
-            total = result.get("intersection", 0) if link.broadcast else 0
-            yield PsiResponse(
-                header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_DONE, total=total
-            )
-            if link.broadcast:
-                rows = [] if empty else run.rows()  # a reused run kept its output
-                self._done({self._ids[int(row)] for row in rows})
+                result, failure = self._wait_run(run, link.recover, context)
+            if failure is None:
+                if not link.broadcast:  # before ENGINE_DONE: the host sends the keys next
+                    self._advance("running", "exchanged", "")
+                # ENGINE_DONE as soon as the worker ends; reading the rows (seconds at 10M
+                # ids) must not hold up the host, which bounds its wait for this message.
+                total = result.get("intersection", 0) if link.broadcast else 0
+                yield PsiResponse(
+                    header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_DONE, total=total
+                )
+                if link.broadcast:
+                    rows = [] if empty else run.rows()  # a reused run kept its output
+                    self._done({self._ids[int(row)] for row in rows})
         finally:
-            run.close()
+            run.close()  # its worker has ended: a restarted one may take its port
+            if failure is not None:
+                self._await_restart(failure)
+        if isinstance(failure, ResumeFailed):  # the host's worker may still be running
+            yield PsiResponse(
+                header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_RESUME_FAILED
+            )
+
+    def _wait_run(
+        self, run: EngineRun, recover: bool, context: grpc.ServicerContext | None
+    ) -> tuple[dict, PsiError | None]:
+        """The worker's result; the failure of a recovered run (that the host restarts
+        afresh) is returned, any other raised."""
+
+        def stopped() -> None:
+            if self._stop.is_set():
+                raise PsiCancelled("PSI cancelled: the task is stopping")
+            if context is not None and not context.is_active():
+                raise _HostLeft(f"the {self.peer} cancelled the PSI call")
+
+        try:
+            return run.wait(self._timeout, check=stopped), None
+        except (ResumeFailed, _HostLeft) as exc:
+            if not recover or self._restarted:
+                raise
+            return {}, exc
+
+    def _await_restart(self, failure: PsiError) -> None:
+        """running -> restartable; PSI fails with `failure` unless the host restarts the
+        run within RESTART_WAIT_S."""
+        with self._lock:
+            if self._state != "running":  # failed or closed meanwhile
+                return
+            self._state = "restartable"
+            self._failed_here = isinstance(failure, ResumeFailed)
+
+        def give_up() -> None:
+            with self._lock:
+                if self._state != "restartable":
+                    return
+                self._state = "running"  # so that _fail fails it
+            self._fail(f"{failure}; the {self.peer} did not restart the PSI engine run")
+
+        timer = threading.Timer(RESTART_WAIT_S, give_up)
+        timer.daemon = True
+        timer.start()
+
+    def _accept_restart(self, recover: bool) -> None:
+        """The host's restart offer: once, after this party's recovered run failed (waits
+        for that run's worker to end if the offer came first), and afresh."""
+        if recover or self._restarted or not self._recovering:
+            raise PsiError(f"the {self.peer} asked to restart a PSI engine run it may not restart")
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while True:
+            with self._lock:
+                if self._state == "restartable":
+                    self._state, self._restarted = "running", True
+                    break
+                if self._state != "running" or time.monotonic() > deadline:
+                    raise PsiError(
+                        f"the {self.peer} restarted the PSI engine run, but no resumed run "
+                        f"failed here (PSI is {self._state})"
+                    )
+            time.sleep(0.05)
+        log_restart("this party" if self._failed_here else "the host")
 
     def _accept_keys(self, first: PsiMessage, messages: Iterator[PsiMessage]) -> None:
         self._advance("exchanged", "accepting", "the PSI result before finishing the engine run")

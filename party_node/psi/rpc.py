@@ -253,6 +253,8 @@ class SessionState:
         self._finished = threading.Event()
         self._result: set[str] | None = None
 
+    #: States in which a call that ends early harms nothing.
+    closed_ok: tuple[str, ...] = ("exchanged", "done")
     #: Status of a call that broke this session's protocol.
     protocol_error_code = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -271,7 +273,7 @@ class SessionState:
         except BaseException as exc:
             # The call was cancelled, timed out or the connection broke mid-exchange. Once
             # this party's last message is out ("exchanged"), a closed call is harmless.
-            if self._state not in ("exchanged", "done"):
+            if self._state not in self.closed_ok:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
             raise
