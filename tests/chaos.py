@@ -26,10 +26,6 @@ from tests.harness import ROOT
 SURVIVOR_EXIT_S = 90.0
 
 
-#: What a party says when a resumed PSI failed and was dropped (party_node.psi.engine).
-PSI_AFRESH = "restart every party with recover=True to run the PSI afresh"
-
-
 @dataclass
 class Kill:
     attempt: int
@@ -114,15 +110,8 @@ def run_chaos(
         procs = {n: _spawn(workdir, n, nodes, task, extra, logs[n]) for n in nodes}
         if attempt == kills:
             codes = _wait(procs, finish_timeout, logs)
+            # (a PSI that spu cannot resume restarts afresh inside this attempt)
             failed = {n: logs[n].read_text() for n, c in codes.items() if c != 0}
-            if failed and any(PSI_AFRESH in text for text in failed.values()):
-                # spu could not continue the killed PSI's buckets; the parties dropped them
-                # and say so: the documented way on is one more recover (PSI from scratch).
-                attempt += 1
-                logs = {n: logs_dir / f"{attempt}-{n}.log" for n in nodes}
-                procs = {n: _spawn(workdir, n, nodes, task, extra, logs[n]) for n in nodes}
-                codes = _wait(procs, finish_timeout, logs)
-                failed = {n: logs[n].read_text() for n, c in codes.items() if c != 0}
             assert not failed, f"the last attempt failed: {codes}\n{failed}"
             return ChaosRun(done, attempt + 1, logs_dir)
         delay = gen.uniform(0.0, window)
