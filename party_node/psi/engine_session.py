@@ -77,6 +77,7 @@ class EngineCollaboratorSession(SessionState):
         self._stop = threading.Event()
         self._recovering = False  # the host's offer asked to resume an interrupted run
         self._restarted = False
+        self._restart_offered = False  # one restart offer per task, even while it waits
         self._failed_here = False  # this party's resumed worker failed (not the host's)
         self._input: futures.Future[EngineInput] = futures.Future()
         threading.Thread(target=self._write_input, name="psi-input", daemon=True).start()
@@ -239,7 +240,10 @@ class EngineCollaboratorSession(SessionState):
     def _accept_restart(self, recover: bool) -> None:
         """The host's restart offer: once, after this party's recovered run failed (waits
         for that run's worker to end if the offer came first), and afresh."""
-        if recover or self._restarted or not self._recovering:
+        with self._lock:
+            allowed = self._recovering and not (recover or self._restart_offered)
+            self._restart_offered = True
+        if not allowed:
             raise PsiError(f"the {self.peer} asked to restart a PSI engine run it may not restart")
         deadline = time.monotonic() + RESTART_WAIT_S
         while True:
