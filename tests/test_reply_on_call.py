@@ -6,7 +6,6 @@ the batch fails the collaborator, naming the host, with nothing queued."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -22,84 +21,23 @@ from party_node.transport.peers import GrpcPeers
 from party_node.transport.replies import Replies
 from party_node.transport.serde import message_to_payload
 from party_node.transport.servicer import SERVICE_NAME
-from tests.node_rig import CountingServicer
+from tests.node_rig import collaborator_sends, features, host_answers, peer_pair
 from wire.grpc_factory import start_server
 
 PARTS = (Participant("h", "host", "h"), Participant("c1", "collaborator", "c1"))
 
 
-class Node:
-    """One party's server (servicer -> handler -> inbox) and its GrpcPeers, as app.py wires
-    them."""
-
-    def __init__(self, node_id: str, role: str, limits: Limits | None = None) -> None:
-        self.state = NodeState(node_id, "t", role, AbortSignal())
-        self.handler = PeerMessageHandler(self.state, limits)
-        self.servicer = CountingServicer(self.handler)
-
-        def register(server):
-            party_node_pb2_grpc.add_PartyNodeServiceServicer_to_server(self.servicer, server)
-            return [SERVICE_NAME]
-
-        self.server = start_server("127.0.0.1:0", register)
-        self.peers = GrpcPeers(self.state, role, None, send_timeout=30, handler=self.handler)
-        self.address = f"127.0.0.1:{self.server.port}"
-
-    def close(self) -> None:
-        self.peers.close()
-        self.server.stop(0)
-
-
 @pytest.fixture
 def nodes(request):
-    host = Node("h", "host", getattr(request, "param", None))
-    collab = Node("c1", "collaborator")
-    parts = (
-        Participant("h", "host", "h", address=host.address),
-        Participant("c1", "collaborator", "c1", address=collab.address),
-    )
-    host.peers.connect(parts)
-    collab.peers.connect(parts)
-    yield host, collab
-    host.close()
-    collab.close()
-
-
-def features(batch: int) -> Message:
-    return Message("train.features", 1, batch, tensors={"features": torch.full((4, 2), batch)})
-
-
-def gradient(batch: int) -> Message:
-    return Message("train.gradient", 1, batch, tensors={"gradient": torch.full((4, 2), -batch)})
-
-
-def host_answers(host: Node, batches: int, delay_s: float = 0.0) -> threading.Thread:
-    """The host's training thread: take each batch's features, answer with its gradient."""
-
-    def run() -> None:
-        for _ in range(batches):
-            got = host.peers.receive("c1", 10)
-            time.sleep(delay_s)
-            host.peers.send("c1", gradient(got.batch), wait=True)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    with peer_pair(getattr(request, "param", None)) as pair:
+        yield pair
 
 
 def test_the_gradient_comes_back_on_the_call_that_carried_the_features(nodes):
     host, collab = nodes
     answering = host_answers(host, 3)
-    for b in range(3):
-        collab.peers.send("h", features(b), wait=True, reply="train.gradient")
-        # Already here when the send returns: it came back on the call.
-        assert collab.state.inbox.queued_bytes("h") > 0
-        got = collab.peers.receive("h", 1)
-        assert (got.kind, got.batch, float(got.tensors["gradient"][0, 0])) == (
-            "train.gradient",
-            b,
-            -b,
-        )
+    # Each gradient is in the inbox when the send returns: it came back on the call.
+    collaborator_sends(collab, 3, lambda: collab.state.inbox.queued_bytes("h") > 0)
     answering.join(5)
     assert host.servicer.calls == {"FeatureExchangeOne": 3}
     assert collab.servicer.calls == {}, "a gradient took a call of its own"
@@ -174,7 +112,7 @@ def _answer(batch: int, sender: str = "h", kind: str = "train.gradient") -> byte
     [
         (lambda b: _answer(b + 1), r"'train\.gradient' of round 1 batch 1"),
         (lambda b: _answer(b, sender="c2"), r"from 'c2'"),
-        (lambda b: _answer(b, kind="train.features"), r"with 'train\.features'"),
+        (lambda b: _answer(b, kind="train.features"), r"sent 'train\.features' of round 1"),
         (lambda b: b"\xff" * 40, r"not a valid Payload"),
         (lambda b: b"\x00" * (2_000_000), r"at most 1000000 per message"),
     ],

@@ -26,10 +26,12 @@ from party_node.errors import (
     WrongTask,
 )
 from party_node.runtime.links import Participant
+from party_node.transport.feeds import Feed
 from party_node.transport.node_state import NodeState
 from party_node.transport.replies import REPLY_KINDS
 from party_node.transport.serde import message_from_payload
 from wire import limits
+from wire.chunking import CHUNK_BYTES
 from wire.limits import shown
 from wire.tensor_codec import TensorDecodeError
 
@@ -147,22 +149,28 @@ class PeerMessageHandler:
                 f"{shown(h.kind)}; this node accepts at most {most} per message (node setting "
                 f"{setting})"
             )
-        with self._open_lock:
-            if self._open[h.sender] >= self.limits.max_streams_per_sender:
-                raise TooLarge(
-                    f"{peer.role} '{h.sender}' has {self._open[h.sender]} calls open already; "
-                    f"this node takes at most {self.limits.max_streams_per_sender} at once "
-                    "(node setting max_streams_per_sender)"
-                )
-            self._open[h.sender] += 1
+        self._count_open(h.sender, rpc)
         return peer
 
     def close(self, opening: Opening) -> None:
         """The call `open` admitted has ended (however it ended)."""
+        self._uncount_open(opening.header.sender)
+
+    def _count_open(self, sender: str, rpc: str) -> None:
         with self._open_lock:
-            self._open[opening.header.sender] -= 1
-            if self._open[opening.header.sender] <= 0:
-                del self._open[opening.header.sender]
+            if self._open[sender] >= self.limits.max_streams_per_sender:
+                raise TooLarge(
+                    f"{rpc}: '{sender}' has {self._open[sender]} calls open already; this "
+                    f"node takes at most {self.limits.max_streams_per_sender} at once (node "
+                    "setting max_streams_per_sender)"
+                )
+            self._open[sender] += 1
+
+    def _uncount_open(self, sender: str) -> None:
+        with self._open_lock:
+            self._open[sender] -= 1
+            if self._open[sender] <= 0:
+                del self._open[sender]
 
     def open_psi(
         self,
@@ -194,6 +202,25 @@ class PeerMessageHandler:
         if not wait_for(st.psi_ready, stop, self.limits.psi_wait_s):
             raise NotReady(f"node '{st.node_id}' is not ready for PSI yet; retry")
         return st.psi_session
+
+    def open_feed(self, opening: Opening) -> Feed:
+        """Check a Subscribe call (this task, a participant of the other role that is the
+        caller, a bounded deadline, its open calls); returns the feed its stream reads."""
+        st, h = self.state, opening.header
+        if h.task_id != st.task_id:
+            raise WrongTask(f"node '{st.node_id}' runs task '{st.task_id}', not {shown(h.task_id)}")
+        self.check_deadline("Subscribe", opening.time_remaining)
+        if not st.wait_ready(min(self.limits.ready_wait_s, opening.time_remaining or 0)):
+            raise NotReady(f"node '{st.node_id}' has not joined task '{st.task_id}' yet; retry")
+        other = "collaborator" if st.role == "host" else "host"
+        check_sender(st, h.sender, opening.identities, other, "Subscribe")
+        self._count_open(h.sender, opening.rpc)
+        return st.feeds.open(h.sender, h.round)
+
+    def close_feed(self, feed: Feed) -> None:
+        """The Subscribe call `open_feed` admitted has ended (however it ended)."""
+        self.state.feeds.close(feed)
+        self._uncount_open(feed.subscriber)
 
     # ---- the body -----------------------------------------------------------------------------
     def accept(self, opening: Opening, peer: Participant, body: bytes) -> bytes | None:
@@ -246,22 +273,42 @@ class PeerMessageHandler:
     def admit_reply(self, sender: str, kind: str, round_no: int, batch: int, body: bytes) -> None:
         """The answer `sender` gave on this node's own call (FeatureExchangeOne's `reply`):
         the checks of a GradientReturn from it, then into the inbox like one."""
+        self._admit(sender, body, (kind, round_no, batch))
+
+    def admit_streamed(self, sender: str, body: bytes) -> None:
+        """A message from the stream this node subscribed to at `sender` (Subscribe): the
+        checks of a FeatureExchange/GradientReturn from it, then into the inbox like one."""
+        self._admit(sender, body, None)
+
+    def _admit(self, sender: str, body: bytes, answer: tuple[str, int, int] | None) -> None:
+        """Check a Payload `sender` gave on one of this node's own calls: size (by the kind
+        it must be, else by the kind it says), form, task and sender, and (`answer`) the
+        kind, round and batch it must be; queue it."""
         st = self.state
         peer = st.participants[sender]
-        most = self.limits.payload_limit(kind)
-        if len(body) > most:
+        # Before parsing: a stream carries at most one chunk (transport.feeds).
+        cap = self.limits.payload_limit(answer[0]) if answer else CHUNK_BYTES
+        payload = None
+        if len(body) <= cap:
+            payload = self._parse(peer, sender, answer[0] if answer else "a message", body)
+        kind, round_no, batch = answer or (
+            (payload.header.kind, payload.header.round, payload.header.batch) if payload
+            else ("a message", 0, 0)
+        )
+        most = min(cap, self.limits.payload_limit(kind))
+        if payload is None or len(body) > most:
             raise TooLarge(
-                f"{peer.role} '{sender}' answered with {len(body)} bytes of {kind}; this node "
+                f"{peer.role} '{sender}' sent {len(body)} bytes of {shown(kind)}; this node "
                 f"accepts at most {most} per message"
             )
-        payload = self._parse(peer, sender, kind, body)
         h = payload.header
-        got = (h.task_id, h.sender, h.kind, h.round, h.batch)
-        if got != (st.task_id, sender, kind, round_no, batch):
+        if (h.task_id, h.sender, h.kind, h.round, h.batch) != (
+            st.task_id, sender, kind, round_no, batch
+        ):
             raise BadMessage(
-                f"{peer.role} '{sender}' answered batch {batch} of round {round_no} with "
-                f"{shown(h.kind)} of round {h.round} batch {h.batch} from {shown(h.sender)} of "
-                f"task {shown(h.task_id)}; expected {kind} of that batch"
+                f"{peer.role} '{sender}' sent {shown(h.kind)} of round {h.round} batch "
+                f"{h.batch} from {shown(h.sender)} of task {shown(h.task_id)}; expected "
+                f"{kind} of round {round_no} batch {batch} from it of task '{st.task_id}'"
             )
         st.inbox.put(sender, self._decode(peer, payload), h.seq, len(body))
 

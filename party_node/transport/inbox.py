@@ -125,8 +125,24 @@ class Inbox:
                     return message
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TaskFailed(
-                        f"{describe} sent nothing for {timeout:g} s (calculation_timeout); it may "
-                        "be stuck or too slow — check its logs, or raise calculation_timeout"
-                    )
+                    raise TaskFailed(silent(describe, timeout))
                 self._cond.wait(min(left, _POLL_S))
+
+    def take(self, sender: str) -> Message | None:
+        """`sender`'s next message if it is here, without waiting."""
+        with self._cond:
+            queue = self._queues[sender]
+            if not queue:
+                return None
+            message, size = queue.popleft()
+            self._bytes[sender] -= size
+            self._cond.notify_all()
+            return message
+
+
+def silent(describe: str, timeout: float) -> str:
+    """Why a wait for `describe`'s next message ended, and what to do."""
+    return (
+        f"{describe} sent nothing for {timeout:g} s (calculation_timeout); it may be stuck or "
+        "too slow — check its logs, or raise calculation_timeout"
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from party_node.runtime.links import AbortSignal, Participant
+from party_node.transport.feeds import Feeds
 from party_node.transport.inbox import Inbox
 from party_node.transport.replies import Replies
 from wire import limits
@@ -26,6 +27,8 @@ class NodeState:
     inbox: Inbox = field(init=False)
     #: Peers' calls waiting for this node's answer to their message (exact-mode training).
     replies: Replies = field(default_factory=Replies)
+    #: Peers' streams of this node's messages to them (exact-mode training: Subscribe).
+    feeds: Feeds = field(default_factory=Feeds)
     participants: dict[str, Participant] = field(default_factory=dict)
     #: The runtime's phase ("PSI", "TRAIN", ...; empty before it has joined) and round.
     phase: str = ""

@@ -4,28 +4,29 @@ payloads chunked, failures turned into messages that name the peer and its addre
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import grpc.experimental
 
 from heteronn.v1 import common_pb2, party_node_pb2, party_node_pb2_grpc
 from party_node.errors import NodeError, TaskFailed
-from party_node.psi import CollaboratorPsiSession, PsiError, PsiPool, run_host_psi
-from party_node.psi.engine_rpc import EngineOptions, run_host_engine_psi
-from party_node.psi.engine_session import EngineCollaboratorSession
-from party_node.psi.multiparty_rpc import run_host_multiparty_psi
-from party_node.psi.multiparty_session import MultipartyCollaboratorSession
+from party_node.psi.engine_rpc import EngineOptions
 from party_node.runtime.links import Message, Participant
+from party_node.transport.feeds import ROUTE_STREAM, Feed
 from party_node.transport.handler import PeerMessageHandler
+from party_node.transport.inbox import silent
 from party_node.transport.node_state import NodeState
+from party_node.transport.psi_calls import PsiCalls
 from party_node.transport.serde import message_to_payload
+from party_node.transport.subscriptions import Subscriptions, stream_lost
 from wire import limits
 from wire.chunking import CHUNK_BYTES, serialized_to_chunks
 from wire.grpc_factory import open_channel
-from wire.limits import shown
 from wire.metrics import Metrics
 from wire.tls import TlsSettings
 
@@ -39,7 +40,7 @@ class _Outbox:
     in_flight: deque[tuple[grpc.Future, str]] = field(default_factory=deque)
 
 
-class GrpcPeers:
+class GrpcPeers(PsiCalls):
     def __init__(
         self,
         state: NodeState,
@@ -73,6 +74,8 @@ class GrpcPeers:
         self.stubs: dict[str, party_node_pb2_grpc.PartyNodeServiceStub] = {}
         self.participants: dict[str, Participant] = {}
         self._outboxes: dict[str, _Outbox] = {}
+        #: The streams of peers' messages this node reads (transport.subscriptions).
+        self.subscriptions = Subscriptions(state, self.send_timeout)
         #: Messages per peer that may be on their way at once (0: each send waits for its
         #: answer). The task's training mode sets it (runtime.training_mode).
         self.window = 0
@@ -85,7 +88,13 @@ class GrpcPeers:
                 continue
             if not p.address:
                 raise TaskFailed(f"the coordinator has no address for {p.role} '{p.node_id}'")
-            channel = open_channel(p.address, self.tls, self.interceptors, server_name=p.node_id)
+            channel = open_channel(
+                p.address,
+                self.tls,
+                self.interceptors,
+                server_name=p.node_id,
+                extra_options=[(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)],
+            )
             self._channels[p.node_id] = channel
             self.stubs[p.node_id] = party_node_pb2_grpc.PartyNodeServiceStub(channel)
             self._outboxes[p.node_id] = _Outbox()
@@ -94,11 +103,6 @@ class GrpcPeers:
     def _count_channels(self) -> None:
         if self.metrics is not None:
             self.metrics.peers_connected.set(len(self._channels))
-
-    def _peer_psi_size(self, size: int) -> None:
-        """The peers' set sizes PSI revealed (the host: summed over its collaborators)."""
-        if self.metrics is not None:
-            self.metrics.psi_set_size.labels(task_id=self.state.task_id, which="peer").set(size)
 
     def describe(self, peer: str) -> str:
         p = self.participants.get(peer)
@@ -121,33 +125,66 @@ class GrpcPeers:
         its own call, it goes back on that call (transport.replies)."""
         if self.state.abort.is_set():
             raise TaskFailed(self.state.abort.reason)
-        stub, box = self.stubs[peer], self._outboxes[peer]
+        box = self._outboxes[peer]
         with box.lock:
             self._settle(peer, box, wait=False)
-            box.seq += 1
-            payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
-            data = payload.SerializeToString()
-            one = len(data) <= CHUNK_BYTES
-            if one and self.state.replies.offer(
-                peer, message.kind, message.round, message.batch, data
-            ):
+            feed = self._feed_for(peer, box, message)
+            self._deliver(peer, box, message, wait, reply, feed)
+
+    def _deliver(
+        self, peer: str, box: _Outbox, message: Message, wait: bool, reply: str, feed: Feed | None
+    ) -> None:
+        """`send` under the outbox's lock, once the route is chosen: an answer waiting on the
+        peer's call, else the peer's stream (`feed`), else a call of its own."""
+        box.seq += 1
+        payload = message_to_payload(message, self.state.task_id, self.state.node_id, box.seq)
+        data = payload.SerializeToString()
+        one = len(data) <= CHUNK_BYTES
+        if one and self.state.replies.offer(peer, message.kind, message.round, message.batch, data):
+            return
+        if feed is not None:
+            if feed.put(data):
                 return
-            method, request = self._call_for(stub, payload, data)
-            if self.window == 0 or wait or reply:
-                asks = bool(reply) and one and self.handler is not None and self.role != "host"
-                if asks:
-                    request.reply_kind = reply
-                try:
-                    # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
-                    response = method(request, timeout=self.send_timeout)
-                except grpc.RpcError as exc:
-                    self._failed(peer, message.kind, exc)
-                if asks and response.reply:
-                    self._admit_reply(peer, reply, message, response.reply)
-                return
-            while len(box.in_flight) >= self.window:
-                self._settle_one(peer, box.in_flight.popleft())
-            box.in_flight.append((method.future(request, timeout=self.send_timeout), message.kind))
+            feed.end()  # too large, or the peer stopped reading: the rest goes by calls
+        method, request = self._call_for(self.stubs[peer], payload, data)
+        if self.window == 0 or wait or reply:
+            asks = bool(reply) and one and self.handler is not None and self.role != "host"
+            if asks:
+                request.reply_kind = reply
+            try:
+                # No wait_for_ready: a dead peer must fail the send now, not after the timeout.
+                response = method(request, timeout=self.send_timeout)
+            except grpc.RpcError as exc:
+                self._failed(peer, message.kind, exc)
+            if asks and response.reply:
+                self._admit_reply(peer, reply, message, response.reply)
+            return
+        while len(box.in_flight) >= self.window:
+            self._settle_one(peer, box.in_flight.popleft())
+        box.in_flight.append((method.future(request, timeout=self.send_timeout), message.kind))
+
+    def _feed_for(self, peer: str, box: _Outbox, message: Message) -> Feed | None:
+        """The peer's stream if `message` goes on it (transport.feeds). The first message in
+        a stream's scope switches the route: every earlier message delivered, the notice sent
+        the usual way. A message outside the scope ends the stream."""
+        feed = self.state.feeds.current(peer)
+        if feed is None:
+            return None
+        if not feed.in_scope(message.kind, message.round):
+            if feed.live:
+                feed.end()
+            return None
+        if not feed.live:
+            self._settle(peer, box, wait=True)
+            self._deliver(peer, box, Message(ROUTE_STREAM, feed.round, 0), True, "", None)
+            feed.live = True
+        return feed
+
+    def subscribe(self, peer: str, round_no: int) -> None:
+        """Take `peer`'s training messages of round `round_no` from a stream read on the
+        calling thread (transport.subscriptions), once `peer` switches to it."""
+        if self.handler is not None:
+            self.subscriptions.open(peer, round_no, self.stubs[peer])
 
     def _admit_reply(self, peer: str, kind: str, message: Message, data: bytes) -> None:
         assert self.handler is not None
@@ -223,125 +260,42 @@ class GrpcPeers:
         return f"{self.describe(peer)} refused {what}: {name}: {details}"
 
     def receive(self, peer: str, timeout: float) -> Message:
-        return self.state.inbox.get(
-            peer, timeout, self.describe(peer), check=self._check_deliveries
+        """`peer`'s next message: from the inbox, or once `peer` has switched to the stream
+        this node subscribed to, read from it on this thread (transport.subscriptions)."""
+        inbox, deadline = self.state.inbox, time.monotonic() + timeout
+        while True:
+            message = inbox.take(peer)
+            if message is None:
+                stream = self.subscriptions.live(peer)
+                if stream is not None:
+                    self._read_stream(peer, stream, timeout, deadline)
+                    continue
+                left = max(0.0, deadline - time.monotonic())
+                message = inbox.get(peer, left, self.describe(peer), check=self._check_deliveries)
+            if message.kind != ROUTE_STREAM:
+                return message
+            self.subscriptions.route(peer, message.round)
+
+    def _read_stream(self, peer: str, stream: Any, timeout: float, deadline: float) -> None:
+        """One message of `peer`'s stream into the inbox, checked as if it had come by call."""
+        assert self.handler is not None
+        data = self.subscriptions.read(
+            stream,
+            max(0.0, deadline - time.monotonic()),
+            lambda: silent(self.describe(peer), timeout),
+            lambda exc: stream_lost(self.describe(peer), exc),
         )
-
-    def _psi_header(self) -> common_pb2.Header:
-        return common_pb2.Header(task_id=self.state.task_id, sender=self.state.node_id, kind="psi")
-
-    def _psi_header_check(self, sender: str) -> Callable[[common_pb2.Header], None]:
-        """Every PSI message of a call must name this task and the peer called (the caller's
-        certificate was checked when the call opened)."""
-        task = self.state.task_id
-
-        def check(header: common_pb2.Header) -> None:
-            if header.task_id != task or header.sender != sender:
-                raise PsiError(
-                    f"a PSI message names sender {shown(header.sender)} of task "
-                    f"{shown(header.task_id)}; expected '{sender}' of task '{task}'"
-                )
-
-        return check
-
-    def _address_host(self, node_id: str) -> str:
-        return self.participants[node_id].address.rpartition(":")[0]
-
-    def psi_as_host(self, ids: Sequence[str], round_timeout: float) -> set[str]:
-        stubs = {
-            p: self.stubs[p] for p, info in self.participants.items() if info.role == "collaborator"
-        }
-        sizes: dict[str, int] = {}
+        if data is None:
+            return
         try:
-            if self.psi_multiparty and len(stubs) >= 2:
-                final = run_host_multiparty_psi(
-                    stubs,
-                    ids,
-                    self._psi_header,
-                    min(round_timeout, self.max_call_s),
-                    cancel=self.state.abort,
-                    check_header=self._psi_header_check,
-                    peer_sizes=sizes,
-                )
-                self._peer_psi_size(sum(sizes.values()))
-                return final
-            if self.psi_engine is not None:
-                final = run_host_engine_psi(
-                    stubs,
-                    ids,
-                    self._psi_header,
-                    self.psi_engine,
-                    min(round_timeout, self.max_call_s),
-                    cancel=self.state.abort,
-                    peer_hosts={name: self._address_host(name) for name in stubs},
-                    peer_sizes=sizes,
-                )
-                self._peer_psi_size(sum(sizes.values()))
-                return final
-            with PsiPool() as pool:
-                final = run_host_psi(
-                    stubs,
-                    ids,
-                    self._psi_header,
-                    pool,
-                    min(round_timeout, self.max_call_s),
-                    cancel=self.state.abort,
-                    peer_sizes=sizes,
-                )
-        except (PsiError, TimeoutError) as exc:
-            raise TaskFailed(self.state.abort.reason or str(exc)) from None
-        self._peer_psi_size(sum(sizes.values()))
-        return final
-
-    def psi_as_collaborator(self, ids: Sequence[str], timeout: float) -> set[str]:
-        host = next(p for p in self.participants.values() if p.role == "host")
-        collaborators = [p for p, i in self.participants.items() if i.role == "collaborator"]
-        if self.psi_multiparty and len(collaborators) >= 2:
-            session = MultipartyCollaboratorSession(
-                ids,
-                self._psi_header,
-                node_id=self.state.node_id,
-                task_id=self.state.task_id,
-                collaborators=collaborators,
-                timeout=timeout,
-                peer=f"host '{host.node_id}'",
-                check_header=self._psi_header_check(host.node_id),
-            )
-            return self._serve_psi(session, timeout)
-        if self.psi_engine is not None:
-            session = EngineCollaboratorSession(
-                ids,
-                self.psi_engine,
-                self._psi_header,
-                node_id=self.state.node_id,
-                timeout=timeout,
-                peer=f"host '{host.node_id}'",
-                peer_host=self._address_host(host.node_id),
-            )
-            return self._serve_psi(session, timeout)
-        with PsiPool() as pool:
-            session = CollaboratorPsiSession(
-                ids, pool, self._psi_header, peer=f"host '{host.node_id}'"
-            )
-            return self._serve_psi(session, timeout)
-
-    def _serve_psi(
-        self,
-        session: CollaboratorPsiSession | EngineCollaboratorSession | MultipartyCollaboratorSession,
-        timeout: float,
-    ) -> set[str]:
-        self.state.psi_session = session
-        self.state.psi_ready.set()
-        try:
-            final = session.wait_result(timeout, cancel=self.state.abort)
-        except (PsiError, TimeoutError) as exc:
-            raise TaskFailed(self.state.abort.reason or str(exc)) from None
-        finally:
-            session.close()
-        self._peer_psi_size(getattr(session, "peer_size", None) or 0)
-        return final
+            self.handler.admit_streamed(peer, data)
+        except NodeError as exc:
+            raise TaskFailed(
+                f"a message {self.describe(peer)} streamed to this node was refused: {exc}"
+            ) from None
 
     def close(self) -> None:
+        self.subscriptions.close()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -19,6 +20,9 @@ from wire.status_error import abort_with, status_call
 
 log = logging.getLogger("heteronn")
 T = TypeVar("T")
+
+#: How often a Subscribe stream with nothing to send looks at its caller and the task.
+_POLL_S = 0.2
 
 SERVICE_NAME = party_node_pb2.DESCRIPTOR.services_by_name["PartyNodeService"].full_name
 
@@ -127,6 +131,29 @@ class PartyNodeServicer(party_node_pb2_grpc.PartyNodeServiceServicer):
             lambda: self.handler.open_psi(first.header, identities, caller_gone, remaining),
         )
         yield from session.handle(itertools.chain([first], messages), context)
+
+    def Subscribe(self, request, context):
+        """The caller's stream of this node's messages to it (transport.feeds): items as this
+        node sends them, until the feed ends, the caller goes, or the deadline nears."""
+        opening = self._opening("Subscribe", request.header, 0, context)
+        feed = _call(context, lambda: self.handler.open_feed(opening))
+        remaining = opening.time_remaining or 0.0
+        end_at = time.monotonic() + remaining - min(1.0, remaining / 2)
+        abort = self.handler.state.abort
+        try:
+            while True:
+                item = feed.take(_POLL_S)
+                if item is None:
+                    return
+                if item is False:
+                    if not context.is_active() or abort.is_set():
+                        return
+                    if time.monotonic() > end_at:
+                        feed.end()  # the items left still go, then the stream ends in time
+                    continue
+                yield party_node_pb2.SubscribeResponse(data=item)
+        finally:
+            self.handler.close_feed(feed)
 
     def GetStatus(self, request, context):
         st = self.handler.state

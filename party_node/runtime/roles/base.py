@@ -97,6 +97,15 @@ class Role:
         self.train_ids = _sorted(train)
         self.test_ids = _sorted(test)
 
+    #: Plain roles' training messages may come by stream (secure roles' exceed one chunk).
+    plain_messages = True
+
+    @property
+    def streams_training(self) -> bool:
+        """Whether this round's training messages come by stream (exact-mode plain training:
+        transport.feeds; pipelined mode keeps several calls in flight instead)."""
+        return self.plain_messages and self.mode.depth == 1
+
     @property
     def timeout(self) -> float:
         return float(self.s.calculation_timeout)

@@ -38,6 +38,8 @@ class CollaboratorRole(Role):
         (training_mode: 1, i.e. right away, in exact mode)."""
         s = self.s
         host = self.host
+        if self.streams_training:
+            self.peers.subscribe(host.node_id, round_no)
         s.feature_model.train()
         what = f"iterate_train_feature in round {round_no}"
         flight = InFlight(self.batch_depth)

@@ -137,6 +137,9 @@ class HostRole(Role):
 
     def train_round(self, round_no: int) -> dict[str, Any]:
         s = self.s
+        if self.streams_training:
+            for peer in self.collaborators:
+                self.peers.subscribe(peer.node_id, round_no)
         self.publish_leak()
         s.feature_model.train()
         s.infer_model.train()

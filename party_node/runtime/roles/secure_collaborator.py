@@ -30,6 +30,7 @@ from party_node.secure import params as kinds
 
 class SecureCollaboratorRole(SecureExchange, CollaboratorRole):
     features_kind = kinds.KIND_FWD
+    plain_messages = False
 
     def build_extra(self) -> None:
         self.init_secure()

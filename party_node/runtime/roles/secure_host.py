@@ -34,6 +34,7 @@ from party_node.secure import params as kinds
 
 class SecureHostRole(SecureExchange, HostRole):
     features_kind = kinds.KIND_FWD
+    plain_messages = False
 
     def build_extra(self) -> None:
         super().build_extra()
