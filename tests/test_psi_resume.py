@@ -155,18 +155,35 @@ def test_psi_resumes_after_a_killed_collaborator(tmp_path: Path, caplog) -> None
     assert done_now <= N // BUCKET - resumed_from[0], (done_now, resumed_from)
 
 
-def test_psi_restarts_afresh_when_spu_cannot_resume(tmp_path: Path, caplog) -> None:
-    """The host's checkpoint one bucket behind the collaborator's makes spu's resumed run fail
-    at both ends ('duplicated read_cnt in result', in its finalisation) every time: the same
-    recover runs the PSI afresh and ends with the exact intersection."""
-    host_dir, collab_dir = tmp_path / "h", tmp_path / "c"
-    kill_mid_psi(host_dir, collab_dir)
-    checkpoint = host_dir / "with-c" / "checkpoint" / "checkpoint.json"
-    state = json.loads(checkpoint.read_text())
+def trail_by_a_bucket(checkpoint: Path, collab_dir: Path) -> None:
+    """The host's checkpoint one bucket behind the collaborator's: spu's resumed run fails at
+    both ends in its finalisation ('duplicated read_cnt in result'), every time. (About one
+    kill in eight leaves the host's checkpoint.json cut short already: its worker stopped
+    while writing it; then spu fails as in `truncate`.)"""
+    try:
+        state = json.loads(checkpoint.read_text())
+    except ValueError:
+        return
     behind = min(int(state["parsed_bucket_count"]), finished_buckets(collab_dir) - 1)
     assert behind > 0, state
     state["parsed_bucket_count"] = str(behind)
     checkpoint.write_text(json.dumps(state))
+
+
+def truncate(checkpoint: Path, collab_dir: Path) -> None:
+    """The host's checkpoint.json cut short (its worker stopped while writing it, seen on
+    main): spu fails at the host as it starts ('couldn't be parsed as RecoveryCheckpoint'),
+    while the collaborator's worker waits for the link."""
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("damage", [trail_by_a_bucket, truncate], ids=lambda f: f.__name__)
+def test_psi_restarts_afresh_when_spu_cannot_resume(tmp_path: Path, caplog, damage) -> None:
+    """spu cannot continue the killed PSI: the same recover runs it afresh, both workers
+    together, and ends with the exact intersection."""
+    host_dir, collab_dir = tmp_path / "h", tmp_path / "c"
+    kill_mid_psi(host_dir, collab_dir)
+    damage(host_dir / "with-c" / "checkpoint" / "checkpoint.json", collab_dir)
     with caplog.at_level(logging.WARNING, logger="heteronn.psi"):
         recover(host_dir, collab_dir)
     assert RESTARTED in caplog.text

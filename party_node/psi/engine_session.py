@@ -47,9 +47,6 @@ class EngineCollaboratorSession(SessionState):
     ending the call) leaves the session `restartable` for RESTART_WAIT_S: the host's one
     offer with `PsiLink.restart` then runs the PSI afresh; no offer in time fails the PSI."""
 
-    #: A call that ends in these states harms nothing (`restartable`: the host restarts).
-    closed_ok = ("exchanged", "done", "restartable")
-
     def __init__(
         self,
         ids: Sequence[str],
@@ -78,6 +75,8 @@ class EngineCollaboratorSession(SessionState):
         self._recovering = False  # the host's offer asked to resume an interrupted run
         self._restarted = False
         self._restart_offered = False  # one restart offer per task, even while it waits
+        #: The call whose recovered run failed: its end must not fail the restarted run.
+        self._failed_call: object | None = None
         self._failed_here = False  # this party's resumed worker failed (not the host's)
         self._input: futures.Future[EngineInput] = futures.Future()
         threading.Thread(target=self._write_input, name="psi-input", daemon=True).start()
@@ -192,7 +191,7 @@ class EngineCollaboratorSession(SessionState):
         finally:
             run.close()  # its worker has ended: a restarted one may take its port
             if failure is not None:
-                self._await_restart(failure)
+                self._await_restart(failure, context)
         if isinstance(failure, ResumeFailed):  # the host's worker may still be running
             yield PsiResponse(
                 header=self._header(), step=party_node_pb2.PSI_STEP_ENGINE_RESUME_FAILED
@@ -217,7 +216,7 @@ class EngineCollaboratorSession(SessionState):
                 raise
             return {}, exc
 
-    def _await_restart(self, failure: PsiError) -> None:
+    def _await_restart(self, failure: PsiError, context: object) -> None:
         """running -> restartable; PSI fails with `failure` unless the host restarts the
         run within RESTART_WAIT_S."""
         with self._lock:
@@ -225,6 +224,7 @@ class EngineCollaboratorSession(SessionState):
                 return
             self._state = "restartable"
             self._failed_here = isinstance(failure, ResumeFailed)
+            self._failed_call = context
 
         def give_up() -> None:
             with self._lock:
@@ -258,6 +258,9 @@ class EngineCollaboratorSession(SessionState):
                     )
             time.sleep(0.05)
         log_restart("this party" if self._failed_here else "the host")
+
+    def _handed_off(self, context: grpc.ServicerContext | None) -> bool:
+        return context is not None and context is self._failed_call
 
     def _accept_keys(self, first: PsiMessage, messages: Iterator[PsiMessage]) -> None:
         self._advance("exchanged", "accepting", "the PSI result before finishing the engine run")

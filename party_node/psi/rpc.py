@@ -253,8 +253,6 @@ class SessionState:
         self._finished = threading.Event()
         self._result: set[str] | None = None
 
-    #: States in which a call that ends early harms nothing.
-    closed_ok: tuple[str, ...] = ("exchanged", "done")
     #: Status of a call that broke this session's protocol.
     protocol_error_code = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -273,7 +271,7 @@ class SessionState:
         except BaseException as exc:
             # The call was cancelled, timed out or the connection broke mid-exchange. Once
             # this party's last message is out ("exchanged"), a closed call is harmless.
-            if self._state not in self.closed_ok:
+            if self._state not in ("exchanged", "done") and not self._handed_off(context):
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 self._fail(f"the {self.peer}'s PSI call ended early ({reason})")
             raise
@@ -285,6 +283,10 @@ class SessionState:
 
     def _stopped(self) -> None:
         """Stop this session's own work (blinding, a worker); called once, on failure."""
+
+    def _handed_off(self, context: grpc.ServicerContext | None) -> bool:
+        """Whether this call gave the session to a later call (its end then harms nothing)."""
+        return False
 
     def _advance(self, expected: str, new: str, wrong: str) -> None:
         with self._lock:
